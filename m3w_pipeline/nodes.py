@@ -1,0 +1,58 @@
+"""The ordered content of one page: what extraction produces and every later step reads.
+
+Kept separate from `extract` so that shards, filters and pairs can use the types
+without pulling in the HTML stack. All types are plain dataclasses: they pickle
+for Beam and convert to JSON with `dataclasses.asdict`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+NodeType = Literal["text", "image", "video"]
+
+
+@dataclass
+class ImageRef:
+    """An <img>/<picture> reference as found on the page, before any bytes are seen."""
+
+    url: str  # absolute URL, resolved against the page URL and <base>
+    alt: Optional[str] = None
+    title: Optional[str] = None
+    width_attr: Optional[int] = None  # the width="" attribute, when numeric
+    height_attr: Optional[int] = None
+    caption: Optional[str] = None  # text of the enclosing <figure>'s <figcaption>
+
+
+@dataclass
+class VideoRef:
+    """A video reference: <video>/<source>, og:video, figure-wrapped players."""
+
+    sources: list[str] = field(default_factory=list)  # absolute candidate URLs, best first
+    poster: Optional[str] = None
+    tracks: list[str] = field(default_factory=list)  # absolute <track> URLs
+    title: Optional[str] = None
+    caption: Optional[str] = None
+    origin: str = "video-tag"  # video-tag | og-video | iframe
+
+
+@dataclass
+class Node:
+    type: NodeType
+    text: Optional[str] = None  # for type == "text"
+    image: Optional[ImageRef] = None  # for type == "image"
+    video: Optional[VideoRef] = None  # for type == "video"
+
+
+@dataclass
+class ExtractedPage:
+    url: str
+    nodes: list[Node]
+    title: Optional[str] = None
+    lang: Optional[str] = None  # the page's declared language (<html lang>, meta), if any
+
+    def text_nodes(self) -> list[str]:
+        return [n.text for n in self.nodes if n.type == "text" and n.text]
+
+    def image_refs(self) -> list[ImageRef]:
+        return [n.image for n in self.nodes if n.type == "image" and n.image is not None]
