@@ -1,0 +1,260 @@
+"""The M3W build as a Beam pipeline: thin wiring over `m3w_pipeline` functions.
+
+    WARC files -> records -> pages -> extract ----------------------+
+                         -> media records (by URL) -+                |
+                             image refs (by URL) ---+-> CoGroupByKey -> resolve once per URL
+                                                                     |
+                              (doc key) <----------------------------+
+    CoGroupByKey(doc key) -> assemble -> filters -> shards -> manifest
+
+Every DoFn counts each element it consumes under (stage, outcome), both as a
+Beam metric and as data, so the manifest can be reconciled on any runner.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
+
+from m3w_pipeline import warc as warc_lib
+from m3w_pipeline.config import BuildConfig, ExtractConfig, FilterConfig, ImageConfig, ShardConfig, WarcConfig
+from m3w_pipeline.document import assemble_document, document_key
+from m3w_pipeline.extract import extract_page
+from m3w_pipeline.filters import document_filters, first_failure
+from m3w_pipeline.media import ImageResult, process_image
+from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
+from m3w_pipeline.stats import IN, Count, build_manifest
+
+from beam_jobs import fsio
+
+COUNTS = "counts"
+MEDIA = "media"
+BROKEN = "broken"
+MANIFEST_NAME = "manifest.json"
+
+
+def count(stage: str, outcome: str, n: int = 1) -> TaggedOutput:
+    """Record one accounting event: a Beam counter now, and an element for the manifest."""
+    Metrics.counter(f"m3w.{stage}", outcome).inc(n)
+    return TaggedOutput(COUNTS, Count(stage, outcome, n))
+
+
+class ReadWarcFn(beam.DoFn):
+    """One WARC file -> pages (main), media keyed by URL, broken-file reports, counts."""
+
+    def __init__(self, config: WarcConfig):
+        self.config = config
+
+    def process(self, path: str) -> Iterator[Any]:
+        try:
+            stream = fsio.open_input(path)
+        except Exception as err:  # missing, forbidden, network: the file is reported, the job goes on
+            yield TaggedOutput(BROKEN, dataclasses.asdict(warc_lib.BrokenFile(path, "unreadable", f"{type(err).__name__}: {err}", 0)))
+            return
+        with stream:
+            for item in warc_lib.iter_warc(stream, path, self.config):
+                if isinstance(item, warc_lib.BrokenFile):
+                    yield TaggedOutput(BROKEN, dataclasses.asdict(item))
+                    continue
+                yield count("records", IN)
+                if isinstance(item, warc_lib.Page):
+                    yield count("records", "page")
+                    yield item
+                elif isinstance(item, warc_lib.MediaRecord):
+                    yield count("records", "media")
+                    yield TaggedOutput(MEDIA, (warc_lib.normalize_url(item.url), item))
+                else:
+                    yield count("records", item.reason)
+
+
+class ExtractFn(beam.DoFn):
+    """Page -> (doc key, (ExtractedPage, Provenance)); the one parse of each page."""
+
+    def __init__(self, config: ExtractConfig):
+        self.config = config
+
+    def process(self, page: warc_lib.Page) -> Iterator[Any]:
+        yield count("pages", IN)
+        try:
+            extracted = extract_page(page.html, page.url, self.config)
+        except Exception:  # the extractor is meant never to raise; if it does, the page is counted, not lost
+            yield count("pages", "extract-error")
+            return
+        if not extracted.nodes:
+            yield count("pages", "empty-extraction")
+            return
+        yield count("pages", "extracted")
+        yield (document_key(page.url, page.provenance), (extracted, page.provenance))
+
+
+def image_refs(keyed_doc: tuple[str, Any]) -> Iterator[Any]:
+    """(doc key, page) -> (normalised image URL, (doc key, node index)) per image node."""
+    key, (page, _) = keyed_doc
+    for index, node in enumerate(page.nodes):
+        if node.type == "image" and node.image is not None:
+            yield count("image_refs", IN)
+            yield (warc_lib.normalize_url(node.image.url), (key, index))
+
+
+class ResolveImagesFn(beam.DoFn):
+    """Per URL: choose one media record, process it once, hand the result to every referencing node."""
+
+    def __init__(self, config: ImageConfig):
+        self.config = config
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        _, grouped = element
+        refs = list(grouped["refs"])
+        records = sorted(grouped["media"], key=lambda m: (m.provenance.capture_date, m.provenance.warc_file, m.provenance.offset))
+        for _ in records:
+            yield count("media_records", IN)
+        if not records:
+            return  # every ref stays missing; assembly counts it
+        chosen, duplicates = records[-1], records[:-1]  # the most recent capture wins
+        if duplicates:
+            yield count("media_records", "duplicate-url", len(duplicates))
+        if not refs:
+            yield count("media_records", "unreferenced")
+            return
+        yield count("media_records", "used")
+        result = process_image(chosen.data, self.config)
+        for doc_key, node_index in refs:
+            yield (doc_key, (node_index, result))
+
+
+class AssembleFn(beam.DoFn):
+    """(doc key, {page, images}) -> a filtered Document; counts image-ref and document outcomes."""
+
+    def __init__(self, config: FilterConfig):
+        self.config = config
+
+    def setup(self) -> None:
+        self.filters = document_filters(self.config)
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        key, grouped = element
+        pages = list(grouped["page"])
+        if not pages:  # cannot happen: image results only exist for extracted pages
+            return
+        page, provenance = pages[0]
+        results: dict[int, Optional[ImageResult]] = dict(grouped["images"])
+        doc, outcomes = assemble_document(key, page, provenance, results)
+        for outcome, n in sorted(outcomes.items()):
+            yield count("image_refs", outcome, n)
+        yield count("documents", IN)
+        reason = first_failure(doc, self.filters)
+        if reason is not None:
+            yield count("documents", reason)
+            return
+        yield count("documents", "kept")
+        yield doc
+
+
+class WriteShardFn(beam.DoFn):
+    """(shard index, documents) -> NAME.tar + NAME.parquet, each written to a temp name then renamed."""
+
+    def __init__(self, output_dir: str, config: ShardConfig):
+        self.output_dir = output_dir
+        self.config = config
+
+    def process(self, element: tuple[int, Iterable[Any]]) -> Iterator[dict[str, Any]]:
+        index, docs = element
+        name = shard_name(self.config.prefix, index)
+        holder: dict[str, Any] = {}
+
+        def write_tar(out):
+            holder["info"], holder["table"] = write_m3w_shard(docs, name, out)
+
+        fsio.write_atomic(fsio.join(self.output_dir, f"{name}.tar"), write_tar)
+        info, table = holder["info"], holder["table"]
+        index_bytes = parquet_bytes(table)
+        fsio.write_bytes_atomic(fsio.join(self.output_dir, f"{name}.parquet"), index_bytes)
+        info.parquet_bytes, info.parquet_sha256 = len(index_bytes), sha256_bytes(index_bytes)
+        yield dataclasses.asdict(info)
+
+
+class WriteManifestFn(beam.DoFn):
+    """Runs once, after every shard: writes manifest.json and removes shards a previous build left."""
+
+    def __init__(self, output_dir: str, inputs: list[str], config: BuildConfig, corpus: str):
+        self.output_dir = output_dir
+        self.inputs = inputs
+        self.config = config
+        self.corpus = corpus
+
+    def process(self, _: Any, counts: dict, broken: list, shards: list) -> Iterator[dict[str, Any]]:
+        import json
+
+        manifest = build_manifest(counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
+        keep = {fsio.join(self.output_dir, f"{s['name']}.{ext}") for s in shards for ext in ("tar", "parquet")}
+        prefix = self.config.shards.prefix
+        manifest["removed_stale_files"] = [
+            p.rsplit("/", 1)[-1]
+            for ext in ("tar", "parquet")
+            for p in fsio.delete_matching(fsio.join(self.output_dir, f"{prefix}-*.{ext}"), keep)
+        ]
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        fsio.write_bytes_atomic(fsio.join(self.output_dir, MANIFEST_NAME), data)
+        yield manifest
+
+
+def _shard_of(doc: Any, n_shards: int) -> tuple[int, Any]:
+    return int(doc.key[:15], 16) % n_shards, doc
+
+
+def _n_shards(n_docs: int, per_shard: int) -> int:
+    return max(1, math.ceil(n_docs / per_shard))
+
+
+def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: str, config: BuildConfig) -> beam.PCollection:
+    """Add the M3W build to `pipeline`; returns the PCollection holding the one manifest dict."""
+    read = (
+        pipeline
+        | "Inputs" >> beam.Create(sorted(inputs))
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadWarc" >> beam.ParDo(ReadWarcFn(config.warc)).with_outputs(MEDIA, BROKEN, COUNTS, main="pages")
+    )
+    extracted = read.pages | "Extract" >> beam.ParDo(ExtractFn(config.extract)).with_outputs(COUNTS, main="docs")
+    refs = extracted.docs | "ImageRefs" >> beam.FlatMap(image_refs).with_outputs(COUNTS, main="refs")
+    resolved = (
+        {"refs": refs.refs, "media": read[MEDIA]}
+        | "JoinMediaByUrl" >> beam.CoGroupByKey()
+        | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, main="images")
+    )
+    assembled = (
+        {"page": extracted.docs, "images": resolved.images}
+        | "JoinByDocument" >> beam.CoGroupByKey()
+        | "AssembleAndFilter" >> beam.ParDo(AssembleFn(config.filters)).with_outputs(COUNTS, main="docs")
+    )
+    n_shards = (
+        assembled.docs
+        | "CountKept" >> beam.combiners.Count.Globally()
+        | "ShardCount" >> beam.Map(_n_shards, config.shards.samples_per_shard)
+    )
+    shards = (
+        assembled.docs
+        | "AssignShard" >> beam.Map(_shard_of, AsSingleton(n_shards))
+        | "GroupShards" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, config.shards))
+    )
+    counts = (
+        [read[COUNTS], extracted[COUNTS], refs[COUNTS], resolved[COUNTS], assembled[COUNTS]]
+        | "AllCounts" >> beam.Flatten()
+        | "CountKey" >> beam.Map(lambda c: ((c.stage, c.outcome), c.n))
+        | "SumCounts" >> beam.CombinePerKey(sum)
+    )
+    return (
+        pipeline
+        | "ManifestTrigger" >> beam.Create([None])
+        | "WriteManifest"
+        >> beam.ParDo(
+            WriteManifestFn(output_dir, inputs, config, "m3w"),
+            counts=AsDict(counts),
+            broken=AsList(read[BROKEN]),
+            shards=AsList(shards),
+        )
+    )

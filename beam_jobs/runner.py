@@ -1,0 +1,63 @@
+"""Build entry point: parse our options, pass every other flag to Beam, run, return the manifest."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from m3w_pipeline.config import BuildConfig
+
+from beam_jobs import fsio
+from beam_jobs.m3w_job import MANIFEST_NAME, build_m3w_pipeline
+
+# The embedded runner the DirectRunner itself would choose for a batch job. Naming it
+# skips the DirectRunner's attempt to download the Prism runner, which fails offline.
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    options = PipelineOptions(list(beam_args))
+    if not options.view_as(StandardOptions).runner:
+        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    # DoFns reference module-level functions; workers must import them, not unpickle a session.
+    options.view_as(SetupOptions).save_main_session = False
+    return options
+
+
+def finished_manifest(output_dir: str, inputs: list[str], config: BuildConfig) -> Optional[dict[str, Any]]:
+    """The existing manifest when OUTPUT already holds this exact build (same inputs and config)."""
+    path = fsio.join(output_dir, MANIFEST_NAME)
+    if not fsio.exists(path):
+        return None
+    try:
+        manifest = json.loads(fsio.read_bytes(path))
+    except (ValueError, OSError):
+        return None
+    same = manifest.get("inputs") == sorted(inputs) and manifest.get("config") == config.to_dict()
+    return manifest if same and manifest.get("reconciles") else None
+
+
+def run_build(
+    corpus: str,
+    inputs: list[str],
+    output_dir: str,
+    config: BuildConfig,
+    beam_args: Sequence[str] = (),
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run one corpus build and return its manifest (also written to OUTPUT/manifest.json)."""
+    if corpus != "m3w":
+        raise ValueError(f"corpus {corpus!r} is not built yet; only 'm3w' is")
+    if not force:
+        done = finished_manifest(output_dir, inputs, config)
+        if done is not None:
+            logging.info("output already holds this build; skipping (use --force to rebuild)")
+            done["skipped"] = True
+            return done
+    fsio.mkdirs(output_dir)
+    with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
+        build_m3w_pipeline(pipeline, inputs, output_dir, config)
+    return json.loads(fsio.read_bytes(fsio.join(output_dir, MANIFEST_NAME)))

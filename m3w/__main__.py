@@ -1,0 +1,3 @@
+from m3w.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""`m3w`: the command line over the pipeline, the Beam jobs and the model.
+
+Imports are per command, so `m3w extract` does not pay for Beam or torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+
+def _cmd_sample_crawl(args: argparse.Namespace) -> int:
+    from m3w_pipeline.sample import write_sample_crawl
+
+    crawl = write_sample_crawl(args.out_dir, pages=args.pages, seed=args.seed)
+    for path in crawl.warc_files:
+        print(path)
+    print(f"truth: {crawl.truth_file}", file=sys.stderr)
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from m3w_pipeline.extract import extract_page, page_to_json
+
+    data = Path(args.page).read_bytes()
+    if args.page.endswith(".gz"):
+        import gzip
+
+        data = gzip.decompress(data)
+    page = extract_page(data, args.url or Path(args.page).resolve().as_uri())
+    print(json.dumps(page_to_json(page), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _build_config(args: argparse.Namespace) -> Any:
+    from m3w_pipeline.config import BuildConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        text = Path(args.config).read_text("utf-8")
+        if args.config.endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    overrides = {
+        ("filters", "min_words_per_document"): args.min_words,
+        ("filters", "min_images_per_document"): args.min_images,
+        ("filters", "max_images_per_document"): args.max_images,
+        ("image", "max_side"): args.max_image_side,
+        ("shards", "samples_per_shard"): args.samples_per_shard,
+        ("warc", "max_page_bytes"): args.max_page_bytes,
+    }
+    for (section, name), value in overrides.items():
+        if value is not None:
+            data.setdefault(section, {})[name] = value
+    return BuildConfig.from_dict(data)
+
+
+def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from beam_jobs.fsio import expand_inputs
+    from beam_jobs.runner import run_build
+    from m3w_pipeline.stats import summary_lines
+
+    config = _build_config(args)
+    inputs = expand_inputs(args.input, args.listing_base_url)
+    print(f"m3w build {args.corpus}: {len(inputs)} input files -> {args.output}", file=sys.stderr)
+    manifest = run_build(args.corpus, inputs, args.output, config, beam_args, force=args.force)
+    if manifest.get("skipped"):
+        print("output already holds this build (same inputs and config); nothing to do. --force rebuilds.")
+    for line in summary_lines(manifest):
+        print(line)
+    return 0 if manifest["reconciles"] else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m3w", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (Beam progress)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-crawl", help="write a generated sample crawl (WARC.gz) to OUT_DIR")
+    p.add_argument("out_dir")
+    p.add_argument("--pages", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("extract", help="print the ordered document extracted from one HTML page")
+    p.add_argument("page", help="an .html or .html.gz file")
+    p.add_argument("--url", help="the page's URL (relative image URLs resolve against it)")
+
+    p = sub.add_parser(
+        "build",
+        help="build a corpus with Beam; unknown flags (--runner, --project, ...) go to Beam",
+        description="Build a corpus. Flags this command does not know are Beam pipeline options, "
+        "e.g. --runner DataflowRunner --project P --region R --temp_location gs://B/tmp.",
+    )
+    p.add_argument("corpus", choices=["m3w"])
+    p.add_argument("--input", nargs="+", required=True, help="WARC paths, globs, URLs or a CC warc.paths.gz listing")
+    p.add_argument("--output", required=True)
+    p.add_argument("--config", help="BuildConfig as JSON or TOML (sections warc, extract, image, filters, shards)")
+    p.add_argument("--listing-base-url", default="https://data.commoncrawl.org/")
+    p.add_argument("--force", action="store_true", help="rebuild even when OUTPUT already holds this build")
+    p.add_argument("--min-words", type=int)
+    p.add_argument("--min-images", type=int)
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--max-image-side", type=int)
+    p.add_argument("--samples-per-shard", type=int)
+    p.add_argument("--max-page-bytes", type=int)
+
+    try:
+        from model.cli import add_generate_arguments
+    except ImportError:  # the model package is optional at run time
+        add_generate_arguments = None
+    if add_generate_arguments is not None:
+        p = sub.add_parser("generate", help="few-shot generation with a trained checkpoint")
+        add_generate_arguments(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "build":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "sample-crawl":
+        return _cmd_sample_crawl(args)
+    if args.command == "extract":
+        return _cmd_extract(args)
+    if args.command == "build":
+        return _cmd_build(args, rest)
+    if args.command == "generate":
+        from model.cli import run_generate
+
+        return run_generate(args)
+    parser.error(f"unknown command {args.command}")
+    return 2

@@ -1,0 +1,116 @@
+"""Accounting: per-stage counts that must reconcile, and the manifest written next to the shards.
+
+Each stage has one input counter (`in`) and outcomes. Every outcome is either
+kept (flows to the next stage) or a named drop. A stage reconciles when
+in == sum(outcomes); consecutive stages must also agree (what one keeps, the
+next one reads). A manifest that does not reconcile is a bug, and the job says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+# stage -> outcomes that are not drops. Any other outcome of the stage is a drop reason.
+KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "records": ("page", "media"),
+    "pages": ("extracted",),
+    "image_refs": ("resolved", "missing"),
+    "media_records": ("used",),
+    "documents": ("kept",),
+}
+
+# (stage, kept outcome) -> the stage whose `in` it must equal.
+STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
+    ("records", "page", "pages"),
+    ("records", "media", "media_records"),
+    ("pages", "extracted", "documents"),
+)
+
+IN = "in"
+
+
+@dataclass(frozen=True)
+class Count:
+    """One event for the accounting; Beam sums them per (stage, outcome)."""
+
+    stage: str
+    outcome: str
+    n: int = 1
+
+
+def counts_to_stages(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, Any]]:
+    """{(stage, outcome): n} -> {stage: {in, kept: {...}, dropped: {...}, reconciles}}."""
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in sorted({s for s, _ in counts} | set(KEPT_OUTCOMES)):
+        outcomes = {o: n for (s, o), n in counts.items() if s == stage and o != IN}
+        n_in = counts.get((stage, IN), 0)
+        kept_names = KEPT_OUTCOMES.get(stage, ())
+        kept = {o: outcomes.get(o, 0) for o in kept_names}
+        dropped = {o: n for o, n in sorted(outcomes.items()) if o not in kept_names}
+        stages[stage] = {
+            "in": n_in,
+            "kept": kept,
+            "dropped": dropped,
+            "reconciles": n_in == sum(outcomes.values()),
+        }
+    return stages
+
+
+def reconciliation_errors(stages: Mapping[str, Mapping[str, Any]], samples_written: int) -> list[str]:
+    errors = []
+    for stage, s in stages.items():
+        total = sum(s["kept"].values()) + sum(s["dropped"].values())
+        if s["in"] != total:
+            errors.append(f"{stage}: in={s['in']} but kept+dropped={total}")
+    for stage, outcome, next_stage in STAGE_LINKS:
+        a = stages.get(stage, {}).get("kept", {}).get(outcome, 0)
+        b = stages.get(next_stage, {}).get("in", 0)
+        if a != b:
+            errors.append(f"{stage}.{outcome}={a} but {next_stage}.in={b}")
+    kept_docs = stages.get("documents", {}).get("kept", {}).get("kept", 0)
+    if kept_docs != samples_written:
+        errors.append(f"documents.kept={kept_docs} but shards hold {samples_written} samples")
+    return errors
+
+
+def build_manifest(
+    counts: Mapping[tuple[str, str], int],
+    shards: Iterable[Mapping[str, Any]],
+    broken_files: Iterable[Mapping[str, Any]],
+    inputs: Iterable[str],
+    config: Mapping[str, Any],
+    corpus: str = "m3w",
+) -> dict[str, Any]:
+    """The manifest: deterministic (no timestamps), so equal builds give equal manifests."""
+    shard_list = sorted((dict(s) for s in shards), key=lambda s: s["name"])
+    stages = counts_to_stages(counts)
+    samples = sum(s["samples"] for s in shard_list)
+    errors = reconciliation_errors(stages, samples)
+    return {
+        "corpus": corpus,
+        "inputs": sorted(inputs),
+        "config": dict(config),
+        "stages": stages,
+        "reconciles": not errors,
+        "reconciliation_errors": errors,
+        "broken_files": sorted((dict(b) for b in broken_files), key=lambda b: (b["warc_file"], b["reason"])),
+        "shards": shard_list,
+        "totals": {
+            "shards": len(shard_list),
+            "samples": samples,
+            "images": stages.get("image_refs", {}).get("kept", {}).get("resolved", 0),
+        },
+    }
+
+
+def summary_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """A short human summary of a manifest, for the CLI."""
+    lines = [f"corpus {manifest['corpus']}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shards"]
+    for stage, s in manifest["stages"].items():
+        kept = ", ".join(f"{k}={v}" for k, v in s["kept"].items())
+        dropped = ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "-"
+        lines.append(f"  {stage:<14} in={s['in']:<7} kept: {kept}; dropped: {dropped}")
+    for b in manifest["broken_files"]:
+        lines.append(f"  broken file {b['warc_file']}: {b['reason']} after {b['records_read']} records ({b['detail'][:80]})")
+    lines.append("  reconciles: " + ("yes" if manifest["reconciles"] else "NO: " + "; ".join(manifest["reconciliation_errors"])))
+    return lines
