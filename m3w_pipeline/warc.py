@@ -105,6 +105,10 @@ def iter_warc(stream: BinaryIO, name: str, config: WarcConfig = WarcConfig()) ->
     try:
         iterator = ArchiveIterator(stream, arc2warc=True)
         for record in iterator:
+            declared = record.rec_headers.get_header("Content-Length") or ""
+            if not declared.strip().isdigit():  # warcio parses garbage lines as ARC headers
+                yield BrokenFile(name, "invalid-record", f"record header without a numeric length: {declared[:40]!r}", records_read)
+                return
             records_read += 1
             item = _classify(record, iterator, name, config)
             # Offsets are only final once the record has been consumed.
