@@ -110,20 +110,22 @@ class ResolveImagesFn(beam.DoFn):
         _, grouped = element
         refs = list(grouped["refs"])
         records = sorted(grouped["media"], key=lambda m: (m.provenance.capture_date, m.provenance.warc_file, m.provenance.offset))
-        for _ in records:
-            yield count("media_records", IN)
-        if not records:
-            return  # every ref stays missing; assembly counts it
+        if records:
+            yield count("media_records", IN, len(records))
+            yield from self._resolve(refs, records)
+
+    def _resolve(self, refs: list, records: list) -> Iterator[Any]:
         chosen, duplicates = records[-1], records[:-1]  # the most recent capture wins
         if duplicates:
             yield count("media_records", "duplicate-url", len(duplicates))
         if not refs:
             yield count("media_records", "unreferenced")
-            return
-        yield count("media_records", "used")
-        result = process_image(chosen.data, self.config)
-        for doc_key, node_index in refs:
-            yield (doc_key, (node_index, result))
+        else:
+            yield count("media_records", "used")
+            result = process_image(chosen.data, self.config)
+            for doc_key, node_index in refs:
+                yield (doc_key, (node_index, result))
+        # With no media record, every ref stays missing; assembly counts it.
 
 
 class AssembleFn(beam.DoFn):

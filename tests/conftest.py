@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def build(corpus: str, inputs: list[str], output: Path, *extra: str) -> dict:
+    """Run `m3w build` in-process, as a user would from the shell; returns the manifest."""
+    from m3w.cli import main
+
+    rc = main(["build", corpus, "--input", *inputs, "--output", str(output), *extra])
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert rc == 0, manifest.get("reconciliation_errors")
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def corpus_build(tmp_path_factory) -> Path:
+    """M3W over every real WARC in the shared corpus, broken ones included."""
+    out = tmp_path_factory.mktemp("corpus_build")
+    build("m3w", [str(CORPUS / "warc" / "*")], out, "--samples-per-shard", "2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_crawl(tmp_path_factory):
+    from m3w_pipeline.sample import write_sample_crawl
+
+    return write_sample_crawl(tmp_path_factory.mktemp("sample_crawl"), pages=120, seed=7)
+
+
+@pytest.fixture(scope="session")
+def sample_build(tmp_path_factory, sample_crawl) -> Path:
+    out = tmp_path_factory.mktemp("sample_build")
+    build("m3w", [str(p) for p in sample_crawl.warc_files], out, "--samples-per-shard", "25")
+    return out

@@ -1,0 +1,144 @@
+"""The M3W Beam job end to end: real WARCs in, webdataset shards + Parquet + manifest out."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import jsonschema
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from m3w_pipeline import warc
+from m3w_pipeline.media import process_image
+from m3w_pipeline.shards import load_arrow_schema, load_json_schema, validate_document_json
+
+from conftest import CORPUS, build
+
+GOV_UK = CORPUS / "warc" / "ukwa__BL-20140325121225068-00000-32090_opera_8443.warc.gz"
+
+
+def manifest_of(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def read_samples(out: Path) -> list[dict]:
+    """Every sample, read the way a training loader reads webdataset shards."""
+    urls = sorted(str(p) for p in out.glob("*.tar"))
+    return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+def test_corpus_build_reconciles_and_lists_broken_files(corpus_build):
+    m = manifest_of(corpus_build)
+    assert m["reconciles"], m["reconciliation_errors"]
+    s = m["stages"]
+    for stage in ("records", "pages", "image_refs", "media_records", "documents"):
+        assert s[stage]["in"] == sum(s[stage]["kept"].values()) + sum(s[stage]["dropped"].values())
+    assert s["records"]["kept"]["page"] == s["pages"]["in"]
+    assert s["records"]["in"] > 700  # 31 files, ~750 records
+    assert s["records"]["dropped"]["request"] > 250 and s["records"]["dropped"]["revisit"] > 100
+    broken = {Path(b["warc_file"]).name: b["reason"] for b in m["broken_files"]}
+    assert broken == {
+        "resiliparse__clipped.warc.gz": "record-cut-short",
+        "warcio__example-bad.warc.gz.bad": "not-per-record-gzip",
+        "warcio__example-trunc.warc": "content-encoding",
+        "warcio__example-wrong-chunks.warc.gz": "invalid-record",
+    }
+    assert m["totals"]["samples"] == s["documents"]["kept"]["kept"] > 0
+    assert sum(sh["samples"] for sh in m["shards"]) == m["totals"]["samples"]
+
+
+def test_manifest_checksums_match_the_files(corpus_build):
+    for shard in manifest_of(corpus_build)["shards"]:
+        tar = (corpus_build / f"{shard['name']}.tar").read_bytes()
+        par = (corpus_build / f"{shard['name']}.parquet").read_bytes()
+        assert hashlib.sha256(tar).hexdigest() == shard["tar_sha256"] and len(tar) == shard["tar_bytes"]
+        assert hashlib.sha256(par).hexdigest() == shard["parquet_sha256"]
+    assert not list(corpus_build.glob("*.tmp-*"))
+
+
+def test_gov_uk_home_page_has_its_370px_photos_from_the_same_warc_in_page_order(corpus_build):
+    samples = {json.loads(s["json"])["url"]: s for s in read_samples(corpus_build)}
+    assert "http://data.gov.uk/" in samples
+    sample = samples["http://data.gov.uk/"]
+    doc = json.loads(sample["json"])
+    images = [im for im in doc["images"] if im is not None and im["status"] == "ok"]
+    expected = ["oliver2_0.jpg", "Harvey-Lewis5016sf.jpg", "Tim-Straughan.jpg"]
+    big = [im for im in images if im["original_width"] == 370]
+    assert [im["url"].split("/")[-1].split("?")[0] for im in big] == expected
+    records = {
+        r.url: r for r in warc.iter_warc(open(GOV_UK, "rb"), str(GOV_UK)) if isinstance(r, warc.MediaRecord)
+    }
+    for im in big:
+        assert im["original_height"] == 370
+        stored = sample[im["file"]]
+        assert hashlib.sha256(stored).hexdigest() == im["sha256"]
+        # the stored bytes are exactly our processing of the WARC's own record
+        assert process_image(records[im["url"]].data).image.data == stored
+        assert Image.open(io.BytesIO(stored)).size == (im["width"], im["height"])
+    assert doc["provenance"]["warc_file"].endswith(GOV_UK.name)
+
+
+def test_shards_read_back_with_webdataset_and_pyarrow_and_match_the_schemas(corpus_build):
+    validator = jsonschema.Draft202012Validator(load_json_schema("m3w_document"))
+    samples = read_samples(corpus_build)
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys)) == manifest_of(corpus_build)["totals"]["samples"]
+    n_images = 0
+    for s in samples:
+        doc = json.loads(s["json"])
+        assert validate_document_json(doc, validator) == []
+        assert doc["key"] == s["__key__"]
+        for im in doc["images"]:
+            if im is not None and im["status"] == "ok":
+                data = s[im["file"]]
+                assert hashlib.sha256(data).hexdigest() == im["sha256"]
+                assert Image.open(io.BytesIO(data)).mode == "RGB"
+                n_images += 1
+    assert n_images == manifest_of(corpus_build)["stages"]["image_refs"]["kept"]["resolved"]
+
+    schema = load_arrow_schema("m3w_index")
+    for par in corpus_build.glob("*.parquet"):
+        table = pq.read_table(par)
+        assert table.schema.equals(schema, check_metadata=False)
+        tar_path = par.with_suffix(".tar")
+        with tarfile.open(tar_path) as tf:
+            by_offset = {m.offset: m.name for m in tf.getmembers()}
+        data = tar_path.read_bytes()
+        for row in table.to_pylist():
+            assert by_offset[row["offset"]] == f"{row['key']}.json"  # offset locates the sample
+            first = tarfile.TarInfo.frombuf(data[row["offset"] : row["offset"] + 512], "utf-8", "strict")
+            assert first.name == f"{row['key']}.json"
+            assert row["shard"] == par.stem
+
+
+def test_same_input_twice_gives_byte_identical_output(tmp_path, corpus_build):
+    again = tmp_path / "again"
+    build("m3w", [str(CORPUS / "warc" / "*")], again, "--samples-per-shard", "2")
+    first = {p.name: p.read_bytes() for p in corpus_build.iterdir()}
+    second = {p.name: p.read_bytes() for p in again.iterdir()}
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name] == second[name], name
+
+
+def test_rerun_into_the_same_output_skips_then_rebuilds_without_duplicates(tmp_path):
+    out = tmp_path / "out"
+    inputs = [str(GOV_UK), str(CORPUS / "warc" / "pywb__iana.warc.gz")]
+    m1 = build("m3w", inputs, out, "--samples-per-shard", "1", "--min-words", "5")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    m2 = build("m3w", inputs, out, "--samples-per-shard", "1", "--min-words", "5")  # finished: skipped
+    assert m2 == m1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a different build into the same place: fewer, larger shards; the old ones must not linger
+    m3 = build("m3w", inputs, out, "--samples-per-shard", "1000", "--min-words", "5")
+    assert m3["totals"]["shards"] == 1 < m1["totals"]["shards"]
+    assert sorted(p.name for p in out.glob("*.tar")) == ["m3w-00000.tar"]
+    stale = {sh["name"] for sh in m1["shards"]} - {"m3w-00000"}
+    assert sorted(m3["removed_stale_files"]) == sorted(f"{n}.{ext}" for n in stale for ext in ("parquet", "tar"))
+    keys = [s["__key__"] for s in read_samples(out)]
+    assert len(keys) == len(set(keys)) == m1["totals"]["samples"]
