@@ -24,6 +24,27 @@ class ExtractConfig:
     min_text_node_chars: int = 1
     # Keep <figcaption> text as a text node right after its image.
     keep_figcaptions: bool = True
+    # Reader comments are not main content; trafilatura's include_comments.
+    include_comments: bool = False
+    # Keep table rows as text nodes (trafilatura's include_tables).
+    include_tables: bool = True
+    # Skip trafilatura's readability/justext comparison: faster, a little less recall.
+    fast: bool = False
+    # Split a paragraph around an inline image so the image keeps its DOM position.
+    split_text_at_inline_images: bool = True
+    # Images whose width or height attribute is below this are spacers / tracking pixels.
+    min_declared_image_side: int = 2
+    # From a srcset, take the widest candidate up to this many px (0: no cap, widest).
+    max_srcset_width: int = 0
+    # Keep only the first image node per absolute URL.
+    dedup_images: bool = True
+    # Drop related-article cards: an image linked to a page that a nearby text link (within
+    # teaser_max_depth ancestors, link text >= teaser_link_density of the text) also targets.
+    drop_teaser_images: bool = True
+    teaser_max_depth: int = 4
+    teaser_link_density: float = 0.5
+    # Add a video node for the page's og:video meta unless a <video> already has that URL.
+    include_og_video: bool = True
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,9 @@ class ImageConfig:
     max_side: int = 512
     output_format: str = "jpg"
     jpeg_quality: int = 90
+    # Convert images with an embedded non-sRGB ICC profile (Display P3, Adobe RGB,
+    # CMYK press profiles) to sRGB; costs a few ms per such image.
+    convert_icc_to_srgb: bool = True
 
 
 @dataclass(frozen=True)
