@@ -142,3 +142,49 @@ def test_rerun_into_the_same_output_skips_then_rebuilds_without_duplicates(tmp_p
     assert sorted(m3["removed_stale_files"]) == sorted(f"{n}.{ext}" for n in stale for ext in ("parquet", "tar"))
     keys = [s["__key__"] for s in read_samples(out)]
     assert len(keys) == len(set(keys)) == m1["totals"]["samples"]
+
+
+@pytest.fixture
+def job_service(tmp_path):
+    """Beam's in-process Python job service: the route Flink and Spark job servers take."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", "0", "--port_file", str(port_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, "job service did not start"
+            time.sleep(0.2)
+        port = int(port_file.read_text().strip())
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        yield f"localhost:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_portable_runner_gives_the_same_shards_as_the_embedded_runner(tmp_path, job_service):
+    inputs = [str(GOV_UK), str(CORPUS / "warc" / "resiliparse__clipped.warc.gz")]
+    local = build("m3w", inputs, tmp_path / "local", "--samples-per-shard", "3", "--min-words", "5")
+    portable = build(
+        "m3w", inputs, tmp_path / "portable", "--samples-per-shard", "3", "--min-words", "5",
+        "--runner", "PortableRunner", f"--job_endpoint={job_service}", "--environment_type=LOOPBACK",
+    )
+    assert portable["reconciles"] and portable["stages"] == local["stages"]
+    assert portable["broken_files"] == local["broken_files"]
+    assert [s["tar_sha256"] for s in portable["shards"]] == [s["tar_sha256"] for s in local["shards"]]
