@@ -27,7 +27,7 @@ from m3w_pipeline.extract import extract_page
 from m3w_pipeline.filters import document_filters, first_failure
 from m3w_pipeline.media import ImageResult, process_image
 from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
-from m3w_pipeline.stats import IN, Count, build_manifest
+from m3w_pipeline.accounting import IN, Count, build_manifest
 
 from beam_jobs import fsio
 

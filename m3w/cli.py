@@ -64,7 +64,7 @@ def _build_config(args: argparse.Namespace) -> Any:
 def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beam_jobs.fsio import expand_inputs
     from beam_jobs.runner import run_build
-    from m3w_pipeline.stats import summary_lines
+    from m3w_pipeline.accounting import summary_lines
 
     config = _build_config(args)
     inputs = expand_inputs(args.input, args.listing_base_url)
