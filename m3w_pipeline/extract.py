@@ -39,6 +39,8 @@ _LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset")
 # Formats Pillow cannot decode: a srcset/<source> candidate in one of these loses to any other.
 # A src that is only a lazy-loading stand-in (used when no lazy URL is declared).
 _PLACEHOLDER_SRC_RE = re.compile(r"/(?:pixel|blank|spacer|transparent|empty|placeholder|lazy|loading|grey|gray)[^/]*\.(?:gif|png|svg)$", re.IGNORECASE)
+# Inline emoji/smiley images: their alt text is part of the sentence, not an image node.
+_EMOJI_CLASS_RE = re.compile(r"\b(?:emoji|wp-smiley|emoticon)\b", re.IGNORECASE)
 _UNDECODABLE_EXTS = frozenset({"svg", "svgz", "jxl", "heic", "heif", "pdf"})
 _UNDECODABLE_TYPES = frozenset({"image/svg+xml", "image/jxl", "image/heic", "image/heif"})
 _IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "avif", "bmp", "svg", "svgz", "ico", "tif", "tiff", "jxl", "heic", "heif"})
@@ -49,6 +51,9 @@ _DISPLAY_NONE_RE = re.compile(r"display\s*:\s*none", re.IGNORECASE)
 _INT_ATTR_RE = re.compile(r"\s*(\d+)(?:\.\d*)?\s*(?:px)?\s*")
 # Characters left as-is when percent-encoding a URL (spaces, non-ASCII get encoded, % kept).
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+# srcset entry: a URL (non-space run not ending in a comma), then commas or " descriptor".
+_SRCSET_RE = re.compile(r"[\s,]*(\S*[^\s,])(?:,+|\s+([^,]*))?")
+_HAS_HOST_RE = re.compile(r"https?://[^/\s?#]")
 _WS_RE = re.compile(r"[\t\n\r]")
 # Browsers treat these declared labels as windows-1252 (WHATWG encoding standard).
 _CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252"}
@@ -245,11 +250,13 @@ def _absolute(raw: Optional[str], base: str) -> Optional[str]:
     value = _WS_RE.sub("", raw.strip())
     if not value or value.startswith(("data:", "javascript:", "about:", "blob:", "#")):
         return None
+    if value.startswith(("http://", "https://")) and "/./" not in value and "/../" not in value:
+        return _encode_url(value) if len(value) < 4096 and _HAS_HOST_RE.match(value) else None
     try:
         resolved = _encode_url(urljoin(base, value))
     except ValueError:
         return None
-    return resolved if resolved.startswith(("http://", "https://")) and len(resolved) < 4096 else None
+    return resolved if _HAS_HOST_RE.match(resolved) and len(resolved) < 4096 else None
 
 
 def _encode_url(url: str) -> str:
@@ -272,10 +279,11 @@ def _encode_url(url: str) -> str:
 def _rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig) -> _MediaTable:
     """Replace media elements by placeholders trafilatura keeps; record their refs in a table."""
     table = _MediaTable()
+    teasers = _TeaserCards(tree, url, config)
     for video in list(tree.iter("video")):
         _rewrite_video(video, base, table)
     for picture in list(tree.iter("picture")):
-        if config.drop_teaser_images and _is_teaser(picture, url, config):
+        if config.drop_teaser_images and teasers.is_teaser(picture):
             _drop(picture)
             continue
         img = next(picture.iter("img"), None)
@@ -283,7 +291,10 @@ def _rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig
     for img in list(tree.iter("img", "amp-img")):
         if (img.get("src") or "").startswith(_PLACEHOLDER_PREFIX):
             continue
-        if config.drop_teaser_images and _is_teaser(img, url, config):
+        if _EMOJI_CLASS_RE.search(img.get("class") or ""):
+            _replace_with_text(img, _clean_text(img.get("alt")) or "")
+            continue
+        if config.drop_teaser_images and teasers.is_teaser(img):
             _drop(img)
             continue
         _rewrite_image(img, img, [], base, config, table)
@@ -291,29 +302,47 @@ def _rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig
     return table
 
 
-def _is_teaser(elem: HtmlElement, url: str, config: ExtractConfig) -> bool:
-    """An image linking to another page that a text link in the same small, link-dense
-    container also points to: a related-article card, not content.
+class _TeaserCards:
+    """Finds related-article cards: an image linking to another page that a text link in the
+    same small, link-dense container also points to.
 
-    trafilatura keeps any block holding an image ("image container"), so without this
-    the thumbnails and titles of related-post lists leak into the main content.
+    trafilatura keeps any block holding an image ("image container"), so without this the
+    thumbnails and titles of related-post lists leak into the main content. Text links are
+    indexed by href once, on the first linked image.
     """
-    link = next(elem.iterancestors("a"), None)
-    href = (link.get("href") or "").strip() if link is not None else ""
-    if not href or href.startswith("#") or _url_ext(href) in _IMAGE_EXTS or href == url:
-        return False
-    container: Optional[HtmlElement] = link
-    for _ in range(config.teaser_max_depth + 1):
-        if container is None:
+
+    def __init__(self, tree: HtmlElement, url: str, config: ExtractConfig) -> None:
+        self.tree, self.url, self.config = tree, url, config
+        self.text_links: Optional[dict[str, list[HtmlElement]]] = None
+
+    def _index(self) -> dict[str, list[HtmlElement]]:
+        index: dict[str, list[HtmlElement]] = {}
+        for link in self.tree.iter("a"):
+            href = (link.get("href") or "").strip()
+            if href and link.text_content().strip():
+                index.setdefault(href, []).append(link)
+        return index
+
+    def is_teaser(self, elem: HtmlElement) -> bool:
+        link = next(elem.iterancestors("a"), None)
+        href = (link.get("href") or "").strip() if link is not None else ""
+        if not href or href.startswith("#") or href == self.url or _url_ext(href) in _IMAGE_EXTS:
             return False
-        twins = [a for a in container.iter("a") if (a.get("href") or "").strip() == href]
-        if not any(a.text_content().strip() for a in twins):
+        if self.text_links is None:
+            self.text_links = self._index()
+        twins = self.text_links.get(href)
+        if not twins:
+            return False
+        container: Optional[HtmlElement] = link
+        for _ in range(self.config.teaser_max_depth + 1):
+            if container is None:
+                return False
+            if any(t is container or container in t.iterancestors() for t in twins):
+                total = len("".join(container.text_content().split()))
+                linked = sum(len("".join(a.text_content().split())) for a in container.iter("a"))
+                return total == 0 or linked >= self.config.teaser_link_density * total
             container = container.getparent()
-            continue
-        total = len("".join(container.text_content().split()))
-        linked = sum(len("".join(a.text_content().split())) for a in container.iter("a"))
-        return total == 0 or linked >= config.teaser_link_density * total
-    return False
+        return False
 
 
 def _replace_with_placeholder(elem: HtmlElement, kind: str, index: int) -> None:
@@ -322,6 +351,13 @@ def _replace_with_placeholder(elem: HtmlElement, kind: str, index: int) -> None:
     parent = elem.getparent()
     if parent is not None:
         parent.replace(elem, placeholder)
+
+
+def _replace_with_text(elem: HtmlElement, text: str) -> None:
+    """Remove an element, leaving `text` in its place (emoji images keep their alt text)."""
+    if elem.getparent() is not None:
+        elem.tail = text + (elem.tail or "")
+        elem.drop_tree()
 
 
 def _drop(elem: HtmlElement) -> None:
@@ -337,8 +373,17 @@ def _rewrite_image(
     config: ExtractConfig,
     table: _MediaTable,
 ) -> None:
-    """Record an ImageRef for an <img>/<picture> and put a placeholder in its place."""
+    """Record an ImageRef for an <img>/<picture> and put a placeholder in its place.
+
+    A lazy image with no usable URL falls back to the <noscript><img> right after it.
+    """
     ref = _image_ref(img, sources, base, config)
+    following = elem.getnext()
+    if ref is None and following is not None and following.tag == "noscript":
+        fallback = next(following.iter("img"), None)
+        ref = _image_ref(fallback, [], base, config) if fallback is not None else None
+        if ref is not None and ref.alt is None and img is not None:
+            ref.alt = _clean_text(img.get("alt"))
     if ref is None:
         _drop(elem)
         return
@@ -416,26 +461,7 @@ def _lazy_src_attrs(elem: HtmlElement) -> list[str]:
 
 def _parse_srcset(value: str) -> list[tuple[str, str]]:
     """(url, descriptor) pairs per the HTML srcset grammar (URLs may contain commas)."""
-    out: list[tuple[str, str]] = []
-    pos, end = 0, len(value)
-    while pos < end:
-        while pos < end and (value[pos].isspace() or value[pos] == ","):
-            pos += 1
-        start = pos
-        while pos < end and not value[pos].isspace():
-            pos += 1
-        url = value[start:pos]
-        descriptor = ""
-        if url.endswith(","):
-            url = url.rstrip(",")
-        else:
-            start = pos
-            while pos < end and value[pos] != ",":
-                pos += 1
-            descriptor = value[start:pos].strip()
-        if url:
-            out.append((url, descriptor))
-    return out
+    return [(m.group(1), m.group(2) or "") for m in _SRCSET_RE.finditer(value)]
 
 
 def _candidate_rank(url: str, mime: str, descriptor: str, config: ExtractConfig) -> tuple[int, int, float]:
@@ -575,11 +601,20 @@ class _NodeBuilder:
         self.config = config
         self.nodes: list[Node] = []
         self.buffer: list[str] = []
+        self.cell_pending = False  # a table cell began: separate it from the previous one
         self.seen_media: set[int] = set()
         self.seen_urls: set[str] = set()
         self.group_last: dict[int, int] = {}  # caption group -> index of its last media node
 
+    def add(self, text: str) -> None:
+        if self.cell_pending and text.strip():
+            if self.buffer:
+                self.buffer.append(" | ")
+            self.cell_pending = False
+        self.buffer.append(text)
+
     def flush(self) -> None:
+        self.cell_pending = False
         if not self.buffer:
             return
         text = " ".join("".join(self.buffer).split())
@@ -600,13 +635,13 @@ class _NodeBuilder:
         if tag == "lb":
             self.buffer.append(" ")
         elif tag == "cell" and elem.getprevious() is not None:
-            self.buffer.append(" | ")
+            self.cell_pending = True
         if elem.text:
-            self.buffer.append(elem.text)
+            self.add(elem.text)
         for child in elem:
             self.visit(child)
             if child.tail:
-                self.buffer.append(child.tail)
+                self.add(child.tail)
         if block:
             self.flush()
 

@@ -277,6 +277,30 @@ def test_inline_image_stays_inside_its_paragraph_position():
     assert page.nodes[i + 1].text == "shows erosion after the storm."
 
 
+def test_plain_trafilatura_drops_what_we_keep():
+    """The defect this module exists for: trafilatura's image filter wants a file extension."""
+    body = '<img src="https://cdn.example.net/p/abc123?w=1200" alt="cdn"><p>Text after the CDN image, long enough to stay.</p>'
+    html = article_page(body)
+    xml = trafilatura.extract(html, url="https://x.example.com/", include_images=True, output_format="xml") or ""
+    assert "abc123" not in xml
+    assert image_urls(extract_page(html, "https://x.example.com/")) == ["https://cdn.example.net/p/abc123?w=1200"]
+
+
+def test_emoji_images_stay_text_and_noscript_fallback_is_used():
+    body = """<p>We were happy <img class="wp-smiley emoji" src="https://s.w.org/emoji/1f600.svg" alt="😀"> with the results.</p>
+<img class="lazy" src="data:image/gif;base64,R0lGOD" alt="Lazy one"><noscript><img src="/real.jpg"></noscript>
+<p>After the noscript image comes one more long paragraph of article text.</p>"""
+    page = extract_page(article_page(body), "https://x.example.com/")
+    assert "We were happy 😀 with the results." in page.text_nodes()
+    assert [(r.url, r.alt) for r in page.image_refs()] == [("https://x.example.com/real.jpg", "Lazy one")]
+
+
+def test_table_rows_are_text_nodes_with_cell_separators():
+    body = "<table><tr><th>Station</th><th>Nitrate</th></tr><tr><td>North</td><td>4.2 mg/l</td></tr></table>"
+    texts = extract_page(article_page(body), "https://x.example.com/").text_nodes()
+    assert "Station | Nitrate" in texts and "North | 4.2 mg/l" in texts
+
+
 def test_related_article_cards_are_not_content():
     cards = "".join(
         f'<li><a href="/story/{i}"><img src="/thumbs/{i}.jpg" alt=""></a><a href="/story/{i}">Related story number {i} headline</a></li>'
