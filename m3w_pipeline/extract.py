@@ -36,11 +36,11 @@ _PLACEHOLDER_RE = re.compile(r"http://m3w\.invalid/([iv])/(\d+)\.png")
 
 _LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-hi-res-src", "data-full-src")
 _LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset")
-# Formats Pillow cannot decode: a srcset/<source> candidate in one of these loses to any other.
 # A src that is only a lazy-loading stand-in (used when no lazy URL is declared).
 _PLACEHOLDER_SRC_RE = re.compile(r"/(?:pixel|blank|spacer|transparent|empty|placeholder|lazy|loading|grey|gray)[^/]*\.(?:gif|png|svg)$", re.IGNORECASE)
 # Inline emoji/smiley images: their alt text is part of the sentence, not an image node.
 _EMOJI_CLASS_RE = re.compile(r"\b(?:emoji|wp-smiley|emoticon)\b", re.IGNORECASE)
+# Formats Pillow cannot decode: a srcset/<source> candidate in one of these loses to any other.
 _UNDECODABLE_EXTS = frozenset({"svg", "svgz", "jxl", "heic", "heif", "pdf"})
 _UNDECODABLE_TYPES = frozenset({"image/svg+xml", "image/jxl", "image/heic", "image/heif"})
 _IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "avif", "bmp", "svg", "svgz", "ico", "tif", "tiff", "jxl", "heic", "heif"})
@@ -59,7 +59,7 @@ _WS_RE = re.compile(r"[\t\n\r]")
 _CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252"}
 
 # trafilatura XML output: elements that start a new text node.
-_BLOCK_TAGS = frozenset({"p", "head", "item", "row", "code", "quote", "list", "table", "div", "note", "figure", "body", "doc", "main", "article", "section"})
+_BLOCK_TAGS = frozenset({"p", "head", "item", "row", "code", "quote", "list", "table", "div", "note", "body", "doc", "main", "article", "section"})
 
 
 @dataclass
@@ -69,7 +69,6 @@ class _Media:
     image: Optional[ImageRef] = None
     video: Optional[VideoRef] = None
     caption_group: Optional[int] = None  # media of one <figure> share a group
-    caption: Optional[str] = None
 
 
 @dataclass
@@ -146,7 +145,8 @@ def decode_html(data: bytes) -> str:
     except UnicodeDecodeError:
         pass
     try:
-        best = from_bytes(data[:200_000]).best()
+        sample = data if len(data) <= 20_000 else data[:10_000] + data[-10_000:]
+        best = from_bytes(sample).best()
         if best is not None and best.encoding:
             return data.decode(best.encoding, errors="replace")
     except Exception:  # noqa: BLE001 -- detection is best effort
