@@ -17,7 +17,6 @@ A vision encoder maps pixels (N, C, H, W) -> features (N, patches, out_dim) and 
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -254,7 +253,7 @@ def find_decoder_layers(lm: nn.Module) -> nn.ModuleList:
         if isinstance(m, nn.ModuleList)
         and len(m) > 0
         and (n_layers is None or len(m) == n_layers)
-        and len({type(layer) for layer in m}) == 1
+        and len({type(getattr(layer, "decoder_layer", layer)) for layer in m}) == 1  # see through FlamingoLayer
     ]
     if not candidates:
         raise ValueError(f"no decoder-layer ModuleList found in {type(lm).__name__}")
@@ -285,7 +284,3 @@ def reorder_cache(cache: Any, index: torch.Tensor) -> Any:
         cache.reorder_cache(index)
         return cache
     return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)  # legacy tuple caches
-
-
-def init_scale(dim: int) -> float:
-    return 1.0 / math.sqrt(dim)

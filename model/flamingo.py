@@ -365,6 +365,8 @@ class Flamingo(nn.Module):
 
         self.resampler = PerceiverResampler(config.resampler, vision.out_dim)
         layers = find_decoder_layers(lm)
+        if any(isinstance(layer, FlamingoLayer) for layer in layers):
+            raise ValueError("this language model is already wrapped by another Flamingo")
         self.xattn_layer_ids = [i for i in range(len(layers)) if (i + 1) % config.xattn.every_n_layers == 0]
         self.gated_xattn = nn.ModuleList(
             GatedCrossAttentionBlock(hidden_dim, self.resampler.dim, config.xattn) for _ in self.xattn_layer_ids
