@@ -45,6 +45,11 @@ class ExtractConfig:
     teaser_link_density: float = 0.5
     # Add a video node for the page's og:video meta unless a <video> already has that URL.
     include_og_video: bool = True
+    # When trafilatura keeps no image and its text lies mostly outside the page's own declared
+    # main region (<main>, role="main"), it picked the wrong region (portal and tile pages):
+    # walk the declared region instead. Overlap is the share of trafilatura's words found there.
+    declared_main_fallback: bool = True
+    declared_main_max_overlap: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,90 @@ class FilterConfig:
     min_images_per_document: int = 1
     max_images_per_document: int = 30
 
+    # --- document-level quality (m3w_pipeline.quality; each failing check names the drop).
+    # Defaults follow Gopher (Rae et al. 2021) / OBELICS, loosened where a document is a
+    # whole extracted page rather than a clean paragraph. A ratio of 1.0 (max) or 0.0 (min)
+    # disables its check.
+    max_words_per_document: int = 100_000
+    # Fraction of lines / paragraphs (text nodes) that occur more than once, by count and by chars.
+    max_dup_line_fraction: float = 0.30
+    max_dup_para_fraction: float = 0.30
+    max_dup_line_char_fraction: float = 0.20
+    max_dup_para_char_fraction: float = 0.20
+    # Gopher: chars in the most frequent word n-gram / all word chars, for n = 2, 3, 4.
+    max_top_2gram_char_fraction: float = 0.20
+    max_top_3gram_char_fraction: float = 0.18
+    max_top_4gram_char_fraction: float = 0.16
+    # Gopher: chars covered by word n-grams that occur more than once, for n = 5 and 10.
+    max_dup_5gram_char_fraction: float = 0.15
+    max_dup_10gram_char_fraction: float = 0.10
+    # BigScience/OBELICS character repetition: share of the top sqrt(#distinct) repeated
+    # character n-grams (n = char_repetition_n) among all character n-grams.
+    char_repetition_n: int = 10
+    max_char_repetition_ratio: float = 0.25
+    # Word repetition: share of word n-grams (n = word_repetition_n) that occur more than once.
+    word_repetition_n: int = 5
+    max_word_repetition_ratio: float = 0.30
+    # Share of words that are stopwords of the identified language (languages with a list only).
+    min_stopword_ratio: float = 0.10
+    # Share of words on the flagged-word list (adult content) of the language, plus the shared list.
+    max_flagged_word_ratio: float = 0.01
+    # Unicode punctuation (P*) among non-space chars; pages with none are menus or lists.
+    min_punctuation_ratio: float = 0.001
+    # Non-letter, non-space chars (digits, punctuation, symbols, emoji) among non-space chars.
+    max_special_char_ratio: float = 0.35
+    # Language identification (py3langid, model shipped in its wheel). Empty: any language.
+    languages: tuple[str, ...] = ()
+    min_language_score: float = 0.0
+    # Text fed to the language identifier, from the start of the document (cost is linear).
+    lang_id_max_chars: int = 10_000
+
+    # --- node level: text nodes failing these leave the document (OBELICS paragraph filters).
+    min_words_per_text_node: int = 1
+    max_words_per_text_node: int = 10_000
+    max_text_node_char_repetition_ratio: float = 1.0
+    max_text_node_special_char_ratio: float = 0.60
+    max_text_node_flagged_word_ratio: float = 0.10
+
+    # --- node level: images failing these leave the document (sizes are the original ones).
+    min_image_side: int = 64
+    max_image_side: int = 20_000
+    max_image_aspect_ratio: float = 3.0
+    # Pillow format names of the source image; empty allows all that decoded.
+    allowed_image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF", "MPO")
+    # Image URLs whose host+path matches m3w_pipeline/data/image_url_blocklist.txt are removed.
+    use_image_url_blocklist: bool = True
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Corpus-scale dedup (m3w_pipeline.dedup, beam_jobs.dedup_stages).
+
+    Near-duplicate text: word `shingle_size`-grams -> MinHash with `num_perm` seeded
+    universal hashes -> LSH with `bands` x `rows` (bands * rows <= num_perm). Two documents
+    become candidates with probability 1 - (1 - s^rows)^bands for Jaccard s (S-curve midpoint
+    (1/bands)^(1/rows) = 0.71 for 16 x 8); candidates are kept as duplicates only when the
+    signature estimate of their Jaccard is >= `min_jaccard`, so the effective threshold is 0.8.
+    """
+
+    shingle_size: int = 5
+    num_perm: int = 128
+    bands: int = 16
+    rows: int = 8
+    seed: int = 1
+    min_jaccard: float = 0.8
+    # Rounds of min-label propagation over candidate edges (connected components in Beam).
+    # Components wider than this many hops keep more than one document (never none).
+    cc_rounds: int = 8
+    # Perceptual-hash (64-bit phash) Hamming distance at or below which two images of one
+    # document are the same picture; the later one is dropped.
+    max_phash_distance: int = 4
+    # An image URL or sha256 found in more than this many documents is boilerplate (logo,
+    # banner, share button) and is removed from every document.
+    max_docs_per_image: int = 10
+    # Rejected documents/images kept as a sample per stage and reason (smallest keys first).
+    reject_sample_size: int = 20
+
 
 @dataclass(frozen=True)
 class ShardConfig:
@@ -79,12 +168,64 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    """How media referenced by pages is fetched (see m3w_pipeline/fetch.py).
+
+    Defaults are for crawling the open web politely from many workers: each
+    worker process holds `workers` connections, at most `per_host_concurrency`
+    to one host, and starts requests to one host at least `per_host_delay_s` apart.
+    """
+
+    # Threads per Fetcher (one Fetcher per Beam DoFn instance, i.e. per worker thread).
+    workers: int = 16
+    per_host_concurrency: int = 4
+    # Minimum gap between the starts of two requests to the same host.
+    per_host_delay_s: float = 0.1
+    connect_timeout_s: float = 10.0
+    # Longest wait for any single read from the socket (headers or a body chunk).
+    read_timeout_s: float = 30.0
+    # Whole request (connect to last body byte) per attempt: stops servers that trickle bytes.
+    total_timeout_s: float = 120.0
+    # Bodies larger than this are too-large (Content-Length checked first, then while streaming).
+    max_bytes: int = 20_000_000
+    # Extra attempts after the first on 408/429/5xx, timeouts, resets and cut-short bodies.
+    max_retries: int = 3
+    # Backoff before retry k (1-based): min(backoff_max_s, backoff_base_s * 2**(k-1)), with jitter.
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # A Retry-After longer than this is not waited for: the URL ends with its HTTP status.
+    retry_after_cap_s: float = 60.0
+    max_redirects: int = 5
+    user_agent: str = "m3w-bot/0.1 (+https://github.com/m3w/m3w)"
+    # "http://host:port" forward proxy (https goes through CONNECT); "" for direct connections.
+    proxy: str = ""
+    # Like curl --resolve: host name -> "ip" (the URL's port) or "ip:port" ("[v6]:port").
+    # These addresses are trusted even when private; the Host header keeps the name.
+    host_overrides: dict[str, str] = field(default_factory=dict)
+    # Off by default: private, loopback, link-local, multicast, reserved addresses are refused.
+    allow_private_addresses: bool = False
+    # X-Robots-Tag noai / noimageai and TDMRep tdm-reservation: 1 make a URL opt-out.
+    honour_opt_out: bool = True
+    # Also honour noai/noimageai scoped to another crawler ("X-Robots-Tag: CCBot: noai"):
+    # they state a wish about AI use of the content, and CCBot is where our pages come from.
+    opt_out_any_agent: bool = True
+    # Extra CA bundle (PEM) added to the system trust store, e.g. for a TLS-intercepting proxy.
+    ca_file: str = ""
+    # Resolved addresses are reused this long (getaddrinfo gives no TTL).
+    dns_cache_s: float = 300.0
+    # Idle keep-alive connections are kept this long per (host, address).
+    idle_connection_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     warc: WarcConfig = field(default_factory=WarcConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -102,9 +102,12 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
         page.lang = _page_lang(tree)
         base = _base_url(tree, url)
         og_video = _og_video(tree, base) if config.include_og_video else None
+        declared = _declared_main_summary(tree) if config.declared_main_fallback else None
         table = _rewrite_media(tree, url, base, config)
         body = _run_trafilatura(tree, url, config)
         page.nodes = _nodes_from_body(body, table, config) if body is not None else []
+        if declared is not None and _missed_declared_main(page.nodes, declared, config):
+            page.nodes = _nodes_from_declared_main(text, url, config)
         if og_video is not None and page.nodes:
             _add_og_video(page.nodes, og_video, page.title)
     except Exception as err:  # noqa: BLE001 -- a bad page must never stop a shard
@@ -705,3 +708,85 @@ def _add_og_video(nodes: list[Node], video: VideoRef, title: Optional[str]) -> N
         return
     video.title = title
     nodes.insert(0, Node(type="video", video=video))
+
+
+# --------------------------------------------------------------------------- declared-main fallback
+
+# Inside a declared main region these never hold content.
+_SKIP_TAGS = frozenset({"script", "style", "noscript", "nav", "header", "footer", "aside", "form", "button", "select", "template", "svg", "iframe"})
+_HTML_BLOCK_TAGS = frozenset(
+    {"p", "div", "section", "article", "li", "ul", "ol", "dl", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6",
+     "blockquote", "pre", "table", "tr", "td", "th", "figure", "figcaption", "br", "hr", "main"}
+)
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def _find_declared_main(tree: HtmlElement) -> Optional[HtmlElement]:
+    found = tree.xpath("//main | //*[@role='main']")
+    return found[0] if found else None
+
+
+def _declared_main_summary(tree: HtmlElement) -> Optional[tuple[set[str], int]]:
+    """(words, image count) of the page's declared main region, read before any rewriting."""
+    main = _find_declared_main(tree)
+    if main is None:
+        return None
+    n_images = sum(1 for _ in main.iter("img", "picture"))
+    if n_images == 0:
+        return None
+    return {w.lower() for w in _WORD_RE.findall(main.text_content())}, n_images
+
+
+def _missed_declared_main(nodes: list[Node], declared: tuple[set[str], int], config: ExtractConfig) -> bool:
+    if any(n.type == "image" for n in nodes):
+        return False
+    words = [w.lower() for n in nodes if n.type == "text" and n.text for w in _WORD_RE.findall(n.text)]
+    if not words:
+        return True
+    inside = sum(1 for w in words if w in declared[0])
+    return inside / len(words) < config.declared_main_max_overlap
+
+
+class _DeclaredMainWalker(_NodeBuilder):
+    """The node builder over raw HTML: block tags split text, placeholders become media."""
+
+    def visit(self, elem: Any) -> None:
+        tag = elem.tag
+        if not isinstance(tag, str) or tag in _SKIP_TAGS:
+            return
+        if tag == "img":
+            if _PLACEHOLDER_RE.fullmatch(elem.get("src") or ""):
+                self.media(elem)
+            return
+        block = tag in _HTML_BLOCK_TAGS
+        if block:
+            self.flush()
+        if elem.text:
+            self.add(elem.text)
+        for child in elem:
+            self.visit(child)
+            if child.tail:
+                self.add(child.tail)
+        if block:
+            self.flush()
+
+
+def _nodes_from_declared_main(text: str, url: str, config: ExtractConfig) -> list[Node]:
+    """Second parse, only for pages where trafilatura chose the wrong region.
+
+    Teaser-card dropping is off here: on a portal page the cards are the content.
+    """
+    tree = _parse(text)
+    if tree is None:
+        return []
+    main = _find_declared_main(tree)
+    if main is None:
+        return []
+    from dataclasses import replace
+
+    table = _rewrite_media(tree, url, _base_url(tree, url), replace(config, drop_teaser_images=False))
+    walker = _DeclaredMainWalker(table, config)
+    walker.visit(main)
+    walker.flush()
+    walker.insert_captions()
+    return walker.nodes

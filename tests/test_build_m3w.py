@@ -129,13 +129,13 @@ def test_same_input_twice_gives_byte_identical_output(tmp_path, corpus_build):
 def test_rerun_into_the_same_output_skips_then_rebuilds_without_duplicates(tmp_path):
     out = tmp_path / "out"
     inputs = [str(GOV_UK), str(CORPUS / "warc" / "pywb__iana.warc.gz")]
-    m1 = build("m3w", inputs, out, "--samples-per-shard", "1", "--min-words", "5")
+    m1 = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    m2 = build("m3w", inputs, out, "--samples-per-shard", "1", "--min-words", "5")  # finished: skipped
+    m2 = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")  # finished: skipped
     assert m2 == m1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # a different build into the same place: fewer, larger shards; the old ones must not linger
-    m3 = build("m3w", inputs, out, "--samples-per-shard", "1000", "--min-words", "5")
+    m3 = build("m3w", inputs, out, "--samples-per-shard", "1000", "--min-words", "5", "--min-images", "0")
     assert m3["totals"]["shards"] == 1 < m1["totals"]["shards"]
     assert sorted(p.name for p in out.glob("*.tar")) == ["m3w-00000.tar"]
     stale = {sh["name"] for sh in m1["shards"]} - {"m3w-00000"}

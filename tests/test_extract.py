@@ -447,3 +447,19 @@ def test_real_page_images_follow_dom_order_with_captions_after_them():
     assert len(captioned) >= 10
     for ref in captioned:
         assert text_after(page, ref.url) == ref.caption
+
+
+def test_portal_page_falls_back_to_its_declared_main_region():
+    """data.gov.uk's home page: trafilatura keeps the nav and tile titles but no tile photo."""
+    from m3w_pipeline import warc
+
+    path = CORPUS / "warc" / "ukwa__BL-20140325121225068-00000-32090_opera_8443.warc.gz"
+    with open(path, "rb") as f:
+        home = next(i for i in warc.iter_warc(f, str(path)) if isinstance(i, warc.Page) and i.url == "http://data.gov.uk/")
+    nodes = extract_page(home.html, home.url).nodes
+    images = [n.image.url.split("/")[-1].split("?")[0] for n in nodes if n.type == "image"]
+    assert images[:3] == ["oliver2_0.jpg", "Harvey-Lewis5016sf.jpg", "Tim-Straughan.jpg"]
+    assert [n.type for n in nodes[:2]] == ["image", "text"] and nodes[1].text == "Transparency and Open Data: Priorities for 2014"
+    assert not any("Skip to main content" in (n.text or "") for n in nodes)  # the nav is gone
+    off = extract_page(home.html, home.url, ExtractConfig(declared_main_fallback=False)).nodes
+    assert not any(n.type == "image" for n in off)  # without the fallback: trafilatura's choice
