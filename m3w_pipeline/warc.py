@@ -284,45 +284,27 @@ def _looks_like_html(payload: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head[:512]
 
 
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_\-:.]+)""", re.I)
-
-
 def _charset_from_content_type(content_type: str) -> Optional[str]:
     m = re.search(r"charset\s*=\s*[\"']?([^\s;\"']+)", content_type, re.I)
     return m.group(1) if m else None
 
 
 def decode_html(payload: bytes, header_charset: Optional[str] = None) -> str:
-    """Charset from the HTTP header, then <meta>, then detection; never raises."""
-    candidates = [header_charset]
-    m = _META_CHARSET.search(payload[:4096])
-    if m:
-        candidates.append(m.group(1).decode("ascii", "replace"))
-    for charset in candidates:
-        if not charset:
-            continue
-        try:
-            return payload.decode(_normalise_charset(charset))
-        except (LookupError, UnicodeDecodeError):
-            continue
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    from charset_normalizer import from_bytes
+    """The HTTP header's charset when Python knows it; otherwise the page's own rules
+    (BOM, <meta>, UTF-8, detection) as `extract.decode_html` applies them. Never raises."""
+    from m3w_pipeline.extract import decode_html as decode_page_bytes
 
-    best = from_bytes(payload[:200_000]).best()
-    if best is not None:
+    if header_charset:
         try:
-            return payload.decode(best.encoding, errors="replace")
-        except LookupError:
+            return payload.decode(_normalise_charset(header_charset))
+        except (LookupError, UnicodeDecodeError):
             pass
-    return payload.decode("utf-8", errors="replace")
+    return decode_page_bytes(payload)
 
 
 def _normalise_charset(name: str) -> str:
     name = name.strip().lower()
-    # Browsers treat these labels as supersets; Python is strict about them.
+    # Browsers treat these labels as windows-1252 (WHATWG encoding standard); Python is strict.
     return {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "ascii": "cp1252", "us-ascii": "cp1252"}.get(name, name)
 
 
