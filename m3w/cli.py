@@ -16,9 +16,9 @@ def _cmd_sample_crawl(args: argparse.Namespace) -> int:
     from m3w_pipeline.sample import write_sample_crawl
 
     crawl = write_sample_crawl(args.out_dir, pages=args.pages, seed=args.seed)
-    for path in crawl.warc_files:
+    for path in crawl.warc_paths:
         print(path)
-    print(f"truth: {crawl.truth_file}", file=sys.stderr)
+    print(f"truth: {crawl.truth_path}", file=sys.stderr)
     return 0
 
 

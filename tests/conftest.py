@@ -40,5 +40,5 @@ def sample_crawl(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample_build(tmp_path_factory, sample_crawl) -> Path:
     out = tmp_path_factory.mktemp("sample_build")
-    build("m3w", [str(p) for p in sample_crawl.warc_files], out, "--samples-per-shard", "25")
+    build("m3w", [str(p) for p in sample_crawl.warc_paths], out, "--samples-per-shard", "25")
     return out
