@@ -20,7 +20,8 @@ Cross-attention cost: the default "routed" implementation groups the text tokens
 media they attend to and processes them in blocks of `xattn.block_size` tokens against only
 that media's latents, so a token pays for n_latents keys however many media its sequence
 holds. The "dense" implementation (masked attention over all media of the sequence, as in
-OpenFlamingo) is kept for the attend-all-previous-media option and as a reference.
+OpenFlamingo) is kept for the attend-all-previous-media option and as a reference; the routed
+setting also uses it when no sequence holds more than one media (same cost, no gathers).
 """
 
 from __future__ import annotations
@@ -153,8 +154,7 @@ class MediaRouting:
     """Tokens grouped by attended media, in blocks of `block_size` tokens that share one media."""
 
     token_pos: torch.Tensor  # (n,) flat (B*L) positions of tokens that attend to a media
-    block: torch.Tensor  # (n,) block of each such token
-    slot: torch.Tensor  # (n,) its slot within the block
+    slot_index: torch.Tensor  # (n,) where each such token sits: block * block_size + slot
     block_media: torch.Tensor  # (n_blocks,) flat media index each block attends to
     n_blocks: int
     block_size: int
@@ -173,10 +173,10 @@ def route_tokens(token_media: torch.Tensor, n_media: int, block_size: int) -> Me
     blocks_per_media = (counts + block_size - 1) // block_size
     first_block = blocks_per_media.cumsum(0) - blocks_per_media
     block_media = torch.repeat_interleave(torch.arange(n_media, device=flat.device), blocks_per_media)
+    block = first_block[media] + rank // block_size
     return MediaRouting(
         token_pos=pos,
-        block=first_block[media] + rank // block_size,
-        slot=rank % block_size,
+        slot_index=block * block_size + rank % block_size,
         block_media=block_media,
         n_blocks=len(block_media),
         block_size=block_size,
@@ -218,21 +218,22 @@ class MaskedCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, media: MediaContext) -> torch.Tensor:
         k, v = self.to_kv(media.latents).chunk(2, dim=-1)  # (n_media, n_latents, inner)
-        if self.routed:
-            assert media.routing is not None, "routed cross-attention needs MediaContext.routing"
+        if media.routing is not None and self.routed:
             return self._routed(x, k, v, media.routing)
-        return self._dense(x, k, v, media)
+        return self._dense(x, k, v, media)  # also the routed choice when no sequence has 2+ media: same cost
 
     def _routed(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: MediaRouting) -> torch.Tensor:
         b, n, d = x.shape
         out = x.new_zeros(b * n, d)
         if r.n_blocks == 0:
             return out.view(b, n, d)
-        q_tok = self.to_q(self.norm(x.reshape(b * n, d)[r.token_pos]))
-        q = q_tok.new_zeros(r.n_blocks, r.block_size, q_tok.shape[-1]).index_put((r.block, r.slot), q_tok)
-        k, v = (split_heads(t[r.block_media], self.heads) for t in (k, v))
-        o = merge_heads(F.scaled_dot_product_attention(split_heads(q, self.heads), k, v))[r.block, r.slot]
-        return out.index_put((r.token_pos,), self.to_out(o)).view(b, n, d)
+        # index_select / index_copy: their backward passes are cheap gathers and scatters
+        q_tok = self.to_q(self.norm(x.reshape(b * n, d).index_select(0, r.token_pos)))
+        q = q_tok.new_zeros(r.n_blocks * r.block_size, q_tok.shape[-1]).index_copy(0, r.slot_index, q_tok)
+        q = split_heads(q.view(r.n_blocks, r.block_size, -1), self.heads)
+        k, v = (split_heads(t.index_select(0, r.block_media), self.heads) for t in (k, v))
+        o = merge_heads(F.scaled_dot_product_attention(q, k, v)).reshape(r.n_blocks * r.block_size, -1)
+        return out.index_copy(0, r.token_pos, self.to_out(o.index_select(0, r.slot_index))).view(b, n, d)
 
     def _dense(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, media: MediaContext) -> torch.Tensor:
         n_media_slots, n_latents = media.table.shape[1], k.shape[1]
@@ -261,14 +262,17 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = feed_forward(dim, cfg.ff_mult)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, media: MediaContext) -> torch.Tensor:
-        x = x + self.attn_gate.tanh() * self.attn(x, media)
+    def forward(self, x: torch.Tensor, media: MediaContext | None) -> torch.Tensor:
+        if media is not None:  # no media in the whole batch: the attention would add exactly 0
+            x = x + self.attn_gate.tanh() * self.attn(x, media)
         return x + self.ff_gate.tanh() * self.ff(x)
 
 
 class _MediaSlot:
-    """Shared by the wrapped layers: the MediaContext of the LM call in progress (None: text only)."""
+    """Shared by the wrapped layers. Blocks run only while `active` (inside `Flamingo.decode`), so
+    the wrapped LM called directly is still exactly the frozen LM; `value` None means text only."""
 
+    active: bool = False
     value: MediaContext | None = None
 
 
@@ -283,11 +287,10 @@ class FlamingoLayer(nn.Module):
         object.__setattr__(self, "slot", slot)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        media = self.slot.value
-        if media is not None:
+        if self.slot.active:
             by_name = "hidden_states" in kwargs
             h = kwargs["hidden_states"] if by_name else args[0]
-            h = self.xattn(h.to(self.xattn.attn_gate.dtype), media).to(h.dtype)
+            h = self.xattn(h.to(self.xattn.attn_gate.dtype), self.slot.value).to(h.dtype)
             if by_name:
                 kwargs["hidden_states"] = h
             else:
@@ -418,7 +421,7 @@ class Flamingo(nn.Module):
 
     def context(self, latents: torch.Tensor, table: torch.Tensor, token_local: torch.Tensor) -> MediaContext:
         routing = None
-        if self.config.xattn.implementation == "routed":
+        if self.config.xattn.implementation == "routed" and table.shape[1] > 1:
             token_media = MediaContext(latents, table, token_local).token_media
             routing = route_tokens(token_media, latents.shape[0], self.config.xattn.block_size)
         return MediaContext(latents, table, token_local, routing)
@@ -474,7 +477,7 @@ class Flamingo(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(b, past + n, dtype=torch.long, device=input_ids.device)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]  # left padding safe
-        self._media.value = media
+        self._media.active, self._media.value = True, media
         try:
             out = self.lm(
                 inputs_embeds=self.embed_tokens(input_ids),
@@ -485,7 +488,7 @@ class Flamingo(nn.Module):
             )
             hidden = self._head_input
         finally:
-            self._media.value, self._head_input = None, None
+            self._media.active, self._media.value, self._head_input = False, None, None
         base = out.logits[..., : self.special.n_base].float()
         logits = torch.cat([base, self.new_token_head(hidden.float())], dim=-1)
         return logits, (output_cache(out) if use_cache else None)

@@ -51,8 +51,8 @@ def test_route_tokens_groups_tokens_into_per_media_blocks():
     flat = token_media.view(-1)
     assert sorted(r.token_pos.tolist()) == [p for p in range(14) if flat[p] >= 0]
     # every routed token sits in a block of its own media, slots unique
-    assert torch.equal(r.block_media[r.block], flat[r.token_pos])
-    assert len({(b, s) for b, s in zip(r.block.tolist(), r.slot.tolist())}) == len(r.token_pos)
+    assert torch.equal(r.block_media[r.slot_index // 2], flat[r.token_pos])
+    assert len(set(r.slot_index.tolist())) == len(r.token_pos)  # one slot per token
     assert r.block_media.tolist() == [0, 0, 1, 2, 2, 2]  # ceil(3/2), ceil(2/2), ceil(5/2)
 
 

@@ -202,3 +202,16 @@ def test_runs_on_cuda():
     out = model(ids.cuda(), mask.cuda(), media.cuda(), labels=text_labels(ids, mask, tok.special).cuda())
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def test_text_only_row_is_the_same_alone_or_next_to_media():
+    """The gated feed-forward applies to every token, with or without media in the batch."""
+    model, tok = build_tiny_flamingo()
+    _open_gates(model)
+    ids, mask = tok.batch_encode(["plain text, no image", "<image>a caption"], padding_side="right")
+    with torch.no_grad():
+        together = model(ids, mask, torch.randn(1, 1, 3, IMAGE, IMAGE)).logits[0]
+        alone = model(ids[:1], mask[:1]).logits[0]
+        plain_lm = model.lm(input_ids=ids[:1]).logits[0]  # the wrapped LM outside Flamingo is the frozen LM
+    torch.testing.assert_close(together, alone)
+    assert not torch.allclose(alone[:, : tok.special.n_base], plain_lm)
