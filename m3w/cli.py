@@ -110,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=int)
     p.add_argument("--max-page-bytes", type=int)
 
+    from m3w.inspect_cli import add_export_arguments, add_stats_arguments, add_validate_arguments
+
+    p = sub.add_parser(
+        "stats",
+        help="corpus statistics (counts, distributions, funnel); --json, --report DIR, --runner for a Beam job",
+        description="Corpus statistics. With --runner, flags this command does not know are Beam pipeline options.",
+    )
+    add_stats_arguments(p)
+    p = sub.add_parser("validate", help="check every shard, sample, index and the manifest; exit 1 listing what is wrong")
+    add_validate_arguments(p)
+    p = sub.add_parser("export", help="export an M3W corpus as OBELICS-style Parquet or MMC4 webdataset shards")
+    add_export_arguments(p)
+
     try:
         from model.cli import add_generate_arguments
     except ImportError:  # the model package is optional at run time
@@ -123,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "build":
+    if rest and args.command not in ("build", "stats"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "sample-crawl":
@@ -132,6 +145,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _cmd_extract(args)
     if args.command == "build":
         return _cmd_build(args, rest)
+    if args.command in ("stats", "validate", "export"):
+        from m3w import inspect_cli
+
+        args.beam_args = rest
+        return {"stats": inspect_cli.run_stats, "validate": inspect_cli.run_validate, "export": inspect_cli.run_export}[args.command](args)
     if args.command == "generate":
         from model.cli import run_generate
 
