@@ -194,11 +194,13 @@ class BuiltinViT(nn.Module):
 class CLIPVisionEncoder(nn.Module):
     """Hugging Face CLIP vision tower; features are the final-layer patch tokens (CLS dropped), as in OpenFlamingo."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, dtype: str = "float32") -> None:
         super().__init__()
         from transformers import CLIPVisionModel
 
-        self.model = CLIPVisionModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa")
+        self.model = CLIPVisionModel.from_pretrained(
+            path, local_files_only=True, attn_implementation="sdpa", **_dtype_kwarg(dtype)
+        )
         cfg = self.model.config
         self.image_size, self.out_dim = int(cfg.image_size), int(cfg.hidden_size)
         self.image_mean, self.image_std = _preprocessor_stats(path)
@@ -231,15 +233,23 @@ def load_language_model(path: str | None, builtin: BuiltinLMConfig, dtype: str =
         from transformers import AutoModelForCausalLM
 
         lm = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, attn_implementation="sdpa", dtype=DTYPES[dtype]
+            path, local_files_only=True, attn_implementation="sdpa", **_dtype_kwarg(dtype)
         )
     return freeze(lm.to(DTYPES[dtype]))
 
 
 def load_vision_encoder(path: str | None, builtin: BuiltinViTConfig, dtype: str = "float32") -> nn.Module:
     """A frozen vision encoder: the built-in ViT (path None) or a local Hugging Face CLIP vision model."""
-    vision: nn.Module = BuiltinViT(builtin) if path is None else CLIPVisionEncoder(path)
+    vision: nn.Module = BuiltinViT(builtin) if path is None else CLIPVisionEncoder(path, dtype)
     return freeze(vision.to(DTYPES[dtype]))
+
+
+def _dtype_kwarg(dtype: str) -> dict[str, torch.dtype]:
+    """Load weights directly in the backbone dtype (`dtype=` since transformers 4.56, `torch_dtype=` before)."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": DTYPES[dtype]}
 
 
 def find_decoder_layers(lm: nn.Module) -> nn.ModuleList:
@@ -272,6 +282,15 @@ def cache_argument(lm: nn.Module) -> str:
     """Name of the LM's cache keyword (`cache` in recent transformers, `past_key_values` before)."""
     params = inspect.signature(lm.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_length(cache: Any) -> int:
+    """Tokens already in a KV cache (Hugging Face Cache, `KVCache`, or a legacy tuple cache)."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return int(cache[0][0].shape[-2])
 
 
 def output_cache(output: Any) -> Any:

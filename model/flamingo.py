@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbones import cache_argument, find_decoder_layers, freeze, lm_dims, output_cache
+from model.backbones import cache_argument, cache_length, find_decoder_layers, freeze, lm_dims, output_cache
 from model.config import FlamingoConfig, ResamplerConfig, XAttnConfig
 from model.tokenizer import SpecialTokens
 
@@ -324,10 +324,10 @@ def text_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, sp
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over all target tokens of the batch. A sequence without targets
     contributes nothing; a batch without any gives 0 (not NaN), still differentiable."""
-    logits, targets = logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()
-    valid = targets != IGNORE_INDEX
-    losses = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
-    return torch.where(valid, losses, torch.zeros_like(losses)).sum() / valid.sum().clamp(min=1)
+    logits, targets = logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
+    valid = targets != IGNORE_INDEX  # ignored positions are never evaluated, so they cannot inject NaN
+    total = F.cross_entropy(logits[valid].float(), targets[valid], reduction="sum")
+    return total / valid.sum().clamp(min=1)
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -473,9 +473,8 @@ class Flamingo(nn.Module):
     ) -> tuple[torch.Tensor, Any]:
         """One LM call. `attention_mask` covers cached + new tokens. Returns (float logits, cache)."""
         b, n = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None:
-            attention_mask = torch.ones(b, past + n, dtype=torch.long, device=input_ids.device)
+            attention_mask = torch.ones(b, cache_length(cache) + n, dtype=torch.long, device=input_ids.device)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]  # left padding safe
         self._media.active, self._media.value = True, media
         try:

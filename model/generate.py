@@ -60,7 +60,7 @@ def _trim(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
     return tokens
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: Flamingo,
     input_ids: torch.Tensor,

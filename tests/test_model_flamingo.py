@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from model.backbones import BuiltinLM, find_decoder_layers, load_language_model
-from model.config import ResamplerConfig, tiny_config
+from model.config import FlamingoConfig, ResamplerConfig, XAttnConfig, tiny_config
 from model.factory import build_flamingo, build_tiny_flamingo
-from model.flamingo import FlamingoLayer, MaskedCrossAttention, text_labels
+from model.flamingo import MaskedCrossAttention, text_labels
 from model.testing import make_tiny_clip, make_tiny_lm
 
 IMAGE = 16  # tiny_config's image size
@@ -69,8 +69,7 @@ def test_zero_gates_give_exactly_the_frozen_lm_logits(hf_dirs, kind):
 
 
 def test_decoder_layers_are_wrapped_not_copied(hf_dirs):
-    model, _ = build_flamingo(tiny_config(lm_path=hf_dirs["llama"], xattn=tiny_config().xattn.__class__(
-        every_n_layers=2, heads=2, dim_head=16)))
+    model, _ = build_flamingo(tiny_config(lm_path=hf_dirs["llama"], xattn=XAttnConfig(every_n_layers=2, heads=2, dim_head=16)))
     layers = find_decoder_layers(model.lm)
     assert [type(layer).__name__ for layer in layers] == ["LlamaDecoderLayer", "FlamingoLayer"]
     assert model.xattn_layer_ids == [1] and len(model.gated_xattn) == 1
@@ -215,3 +214,18 @@ def test_text_only_row_is_the_same_alone_or_next_to_media():
         plain_lm = model.lm(input_ids=ids[:1]).logits[0]  # the wrapped LM outside Flamingo is the frozen LM
     torch.testing.assert_close(together, alone)
     assert not torch.allclose(alone[:, : tok.special.n_base], plain_lm)
+
+
+def test_default_config_builds_a_working_model_and_round_trips_through_a_dict():
+    config = FlamingoConfig()
+    assert (config.resampler.n_latents, config.resampler.depth, config.resampler.max_frames) == (64, 6, 8)
+    assert FlamingoConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown XAttnConfig keys"):
+        FlamingoConfig.from_dict({"xattn": {"every_n_layer": 2}})
+    with pytest.raises(ValueError, match="routed"):
+        FlamingoConfig(xattn=XAttnConfig(only_attend_immediate_media=False))
+    model, tok = build_flamingo(config)
+    assert len(model.gated_xattn) == config.builtin_lm.n_layers
+    ids, mask = tok.batch_encode(["<image>a"])
+    size = config.builtin_vision.image_size
+    assert model(ids, mask, torch.randn(1, 1, 3, size, size)).logits.shape == (1, 2, tok.vocab_size)

@@ -7,13 +7,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from model.config import tiny_config
+from model.config import XAttnConfig, tiny_config
 from model.factory import build_flamingo
 from model.generate import generate, generate_text, prompt_media
 from model.testing import make_tiny_lm
 
 IMAGE = 16
 NEW_TOKENS = 6
+LM_NOISE = 0.3
 PROMPTS = [
     "<image>a cat<|endofchunk|><image>",
     "<image>",
@@ -26,13 +27,15 @@ def gpt2_dir(tmp_path_factory):
     return make_tiny_lm(tmp_path_factory.mktemp("gpt2"), "gpt2")
 
 
-def _model(lm_path=None):
-    model, tok = build_flamingo(tiny_config(lm_path=lm_path))
+def _model(lm_path=None, **overrides):
+    model, tok = build_flamingo(tiny_config(lm_path=lm_path, **overrides))
     torch.manual_seed(1)
-    with torch.no_grad():  # open the gates so the images actually matter
-        for block in model.gated_xattn:
+    with torch.no_grad():
+        for block in model.gated_xattn:  # open the gates so the images actually matter
             block.attn_gate.fill_(1.0)
             block.ff_gate.fill_(1.0)
+        for p in model.lm.parameters():  # a freshly initialised tiny LM just repeats one token: roughen it
+            p.add_(torch.randn_like(p) * LM_NOISE)
     return model.eval(), tok
 
 
@@ -123,3 +126,14 @@ def test_right_padded_prompts_are_rejected():
     ids, mask = tok.batch_encode(["<image>a", "<image>"], padding_side="right")
     with pytest.raises(ValueError, match="left-padded"):
         generate(model, ids, mask, torch.randn(2, 1, 3, IMAGE, IMAGE))
+
+
+def test_attend_to_all_previous_media_option_generates_consistently():
+    xattn = XAttnConfig(heads=2, dim_head=16, only_attend_immediate_media=False, implementation="dense")
+    model, tok = _model(xattn=xattn)
+    images = _images()
+    cached = _run(model, tok, PROMPTS, images, use_cache=True)
+    assert cached == _run(model, tok, PROMPTS, images, use_cache=False)
+    assert all(len(row) == NEW_TOKENS for row in cached)
+    # beams go through the same per-sequence media table
+    assert _run(model, tok, PROMPTS, images, num_beams=2) == _run(model, tok, PROMPTS, images, num_beams=2, use_cache=False)

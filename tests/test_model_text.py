@@ -6,7 +6,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -83,11 +82,15 @@ def test_sequence_without_targets_contributes_nothing_and_never_nan():
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
-def test_loss_ignores_inf_logits_at_ignored_positions():
+def test_loss_ignores_non_finite_logits_at_ignored_positions():
     logits = torch.zeros(1, 3, 5)
-    logits[0, 1] = float("-inf")  # e.g. a fully banned row at a position with no target
+    logits[0, 1] = float("-inf")  # a row that would be NaN under softmax, at a position with no target
+    logits.requires_grad_()
     labels = torch.tensor([[0, 1, IGNORE_INDEX]])
-    assert torch.isfinite(next_token_loss(logits, labels))
+    loss = next_token_loss(logits, labels)
+    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor(math.log(5)))  # position 0: uniform over 5 -> log 5
+    assert torch.isfinite(logits.grad).all()
 
 
 def test_model_batch_row_without_targets_changes_nothing():
