@@ -91,10 +91,11 @@ def is_remote(path: str) -> bool:
 class TarDamage(Exception):
     """The tar is not a complete archive at `offset` (truncated, bad header, no end marker)."""
 
-    def __init__(self, offset: int, message: str):
+    def __init__(self, offset: int, message: str, member: Optional[str] = None):
         super().__init__(f"at byte {offset}: {message}")
         self.offset = offset
         self.message = message
+        self.member = member  # the member being read when the data ran out, if any
 
 
 @dataclass
@@ -191,11 +192,11 @@ def iter_tar_members(
         if info.isreg() and (want is None or want(name)):
             data = _read_exact(stream, info.size)
             if len(data) < info.size:
-                raise TarDamage(data_start, f"member {name} cut short: {len(data)} of {info.size} bytes")
+                raise TarDamage(data_start, f"member cut short: {len(data)} of {info.size} bytes", name)
             if _skip(stream, padded - info.size, False) < padded - info.size:
-                raise TarDamage(data_start + info.size, f"member {name}: padding cut short")
+                raise TarDamage(data_start + info.size, "member padding cut short", name)
         elif _skip(stream, padded, seek) < padded:
-            raise TarDamage(data_start, f"member {name} cut short (data runs past the end of the file)")
+            raise TarDamage(data_start, "member cut short (data runs past the end of the file)", name)
         yield TarMember(name, header_start, info.size, data_start + padded, data)
         pos = data_start + padded
         long_name, header_start = None, None
@@ -231,11 +232,12 @@ class Sample:
 
 
 def group_samples(members: Iterable[TarMember]) -> Iterator[Sample]:
-    """Consecutive members with the same key form a sample (webdataset's grouping)."""
+    """Consecutive members with the same key form a sample (webdataset's grouping); a suffix
+    seen twice starts a new sample, so two adjacent copies of a key stay two samples."""
     current: Optional[Sample] = None
     for m in members:
-        key, _ = split_member_name(m.name)
-        if current is not None and key == current.key:
+        key, suffix = split_member_name(m.name)
+        if current is not None and key == current.key and suffix not in current.suffixes:
             current.members.append(m)
             current.end = m.end
             continue

@@ -149,7 +149,8 @@ def validate_shard(
                 samples.append(sample)
                 check.problems.extend(_check_sample(sample, shard.kind, tar_name, config))
         except TarDamage as err:
-            check.problems.append(Problem("truncated", tar_name, f"damaged archive {err}"))
+            key = split_member_name(err.member)[0] if err.member else None
+            check.problems.append(Problem("truncated", tar_name, f"damaged archive {err}", err.member, key))
         reader.drain()
     check.samples = len(samples)
     check.keys = [s.key for s in samples]
