@@ -79,6 +79,9 @@ class FilterConfig:
     # whole extracted page rather than a clean paragraph. A ratio of 1.0 (max) or 0.0 (min)
     # disables its check.
     max_words_per_document: int = 100_000
+    # Repetition scores (the next 11 checks) are noise on short texts: documents with fewer
+    # words than this pass them (Gopher applies them to documents of 50+ words).
+    min_words_for_repetition_filters: int = 50
     # Fraction of lines / paragraphs (text nodes) that occur more than once, by count and by chars.
     max_dup_line_fraction: float = 0.30
     max_dup_para_fraction: float = 0.30

@@ -90,15 +90,20 @@ class _MaxImages:
 
 @dataclass(frozen=True)
 class _ScoreAtMost:
-    """Keeps a document whose score is <= limit (or not applicable: None)."""
+    """Keeps a document whose score is <= limit, not applicable (None), or that has fewer
+    than `min_words` words (repetition statistics of a few dozen words are noise)."""
 
     scores: ScoreCache = field(compare=False)
     score: str
     limit: float
+    min_words: int = 0
 
     def __call__(self, doc: Document) -> bool:
-        value = self.scores(doc)[self.score]
-        return value is None or value <= self.limit  # type: ignore[operator]
+        scores = self.scores(doc)
+        value = scores[self.score]
+        if value is None or scores["n_words"] < self.min_words:  # type: ignore[operator]
+            return True
+        return value <= self.limit  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -130,24 +135,25 @@ def quality_filters(config: FilterConfig, scores: Optional[ScoreCache] = None) -
         filters.append(DocumentFilter("wrong-language", _LanguageIn(s, allowed)))
     if config.min_language_score > 0:
         filters.append(DocumentFilter("low-language-score", _ScoreAtLeast(s, "lang_id_score", config.min_language_score)))
+    repetition = config.min_words_for_repetition_filters
     at_most = (
-        ("duplicate-lines", "dup_line_fraction", config.max_dup_line_fraction),
-        ("duplicate-paragraphs", "dup_para_fraction", config.max_dup_para_fraction),
-        ("duplicate-line-chars", "dup_line_char_fraction", config.max_dup_line_char_fraction),
-        ("duplicate-paragraph-chars", "dup_para_char_fraction", config.max_dup_para_char_fraction),
-        ("top-2gram", "top_2gram_char_fraction", config.max_top_2gram_char_fraction),
-        ("top-3gram", "top_3gram_char_fraction", config.max_top_3gram_char_fraction),
-        ("top-4gram", "top_4gram_char_fraction", config.max_top_4gram_char_fraction),
-        ("duplicate-5grams", "dup_5gram_char_fraction", config.max_dup_5gram_char_fraction),
-        ("duplicate-10grams", "dup_10gram_char_fraction", config.max_dup_10gram_char_fraction),
-        ("char-repetition", "char_repetition_ratio", config.max_char_repetition_ratio),
-        ("word-repetition", "word_repetition_ratio", config.max_word_repetition_ratio),
-        ("flagged-words", "flagged_word_ratio", config.max_flagged_word_ratio),
-        ("special-chars", "special_char_ratio", config.max_special_char_ratio),
+        ("duplicate-lines", "dup_line_fraction", config.max_dup_line_fraction, repetition),
+        ("duplicate-paragraphs", "dup_para_fraction", config.max_dup_para_fraction, repetition),
+        ("duplicate-line-chars", "dup_line_char_fraction", config.max_dup_line_char_fraction, repetition),
+        ("duplicate-paragraph-chars", "dup_para_char_fraction", config.max_dup_para_char_fraction, repetition),
+        ("top-2gram", "top_2gram_char_fraction", config.max_top_2gram_char_fraction, repetition),
+        ("top-3gram", "top_3gram_char_fraction", config.max_top_3gram_char_fraction, repetition),
+        ("top-4gram", "top_4gram_char_fraction", config.max_top_4gram_char_fraction, repetition),
+        ("duplicate-5grams", "dup_5gram_char_fraction", config.max_dup_5gram_char_fraction, repetition),
+        ("duplicate-10grams", "dup_10gram_char_fraction", config.max_dup_10gram_char_fraction, repetition),
+        ("char-repetition", "char_repetition_ratio", config.max_char_repetition_ratio, repetition),
+        ("word-repetition", "word_repetition_ratio", config.max_word_repetition_ratio, repetition),
+        ("flagged-words", "flagged_word_ratio", config.max_flagged_word_ratio, 0),
+        ("special-chars", "special_char_ratio", config.max_special_char_ratio, 0),
     )
-    for name, score, limit in at_most:
+    for name, score, limit, min_words in at_most:
         if limit < 1.0:
-            filters.append(DocumentFilter(name, _ScoreAtMost(s, score, limit)))
+            filters.append(DocumentFilter(name, _ScoreAtMost(s, score, limit, min_words)))
     at_least = (
         ("few-stopwords", "stopword_ratio", config.min_stopword_ratio),
         ("little-punctuation", "punctuation_ratio", config.min_punctuation_ratio),

@@ -1,0 +1,173 @@
+"""Cost of the dedup stages per 10,000 documents: Beam PTransforms on FnApiRunner vs the pure functions.
+
+    python benchmarks/bench_dedup.py [--docs 10000] [--no-write]
+
+Synthetic documents (~300 words, 2-3 images each) with planted duplicates: 5% re-captures
+of a URL, 8% exact text copies, 8% near copies (last 5% of the words replaced: Jaccard
+~0.9), a logo on 20% of the pages, 3% identical image sets. Each stage runs as its own
+pipeline on the embedded runner (single process, in-memory) over the same documents; an
+identity pipeline (Create -> Map -> Count) is measured too, and "net" subtracts it (the
+cost of moving the documents through the runner, which the job pays anyway). The pure
+column runs the `m3w_pipeline.dedup` function over the same list in one process: the
+algorithmic cost without Beam. Prints a table and writes the section "## Dedup (issue 3)"
+of benchmarks/RESULTS.md (other sections untouched).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.metrics import Metrics, MetricsFilter  # noqa: E402
+
+from beam_jobs import dedup_stages as ds  # noqa: E402
+from m3w_pipeline import dedup as dd  # noqa: E402
+from m3w_pipeline.config import DedupConfig  # noqa: E402
+from m3w_pipeline.document import DocImage, Document  # noqa: E402
+from m3w_pipeline.media import ProcessedImage  # noqa: E402
+from m3w_pipeline.nodes import ImageRef  # noqa: E402
+from m3w_pipeline.warc import Provenance  # noqa: E402
+
+SECTION = "## Dedup (issue 3)"
+CONFIG = DedupConfig()
+
+
+def _image(url: str, sha: str) -> DocImage:
+    return DocImage(ImageRef(url), "ok", ProcessedImage(b"\xff" * 64, "jpg", 400, 300, 400, 300, "JPEG", 64, sha, f"{hash(sha) & (2**64 - 1):016x}"))
+
+
+def make_docs(n: int, seed: int = 0) -> list[Document]:
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(30_000)]
+    docs: list[Document] = []
+    for i in range(n):
+        key = f"{i:08x}{rng.getrandbits(64):016x}"
+        date = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T00:00:00Z"
+        roll = rng.random()
+        if docs and roll < 0.05:  # re-capture of an earlier URL
+            src = rng.choice(docs)
+            url, words = src.url, src.texts[0].split()
+        elif docs and roll < 0.13:  # exact copy at another URL
+            src = rng.choice(docs)
+            url, words = f"https://copy{i}.example/{i}", src.texts[0].split()
+        elif docs and roll < 0.21:  # near copy: last 5% of the words replaced
+            src = rng.choice(docs)
+            words = src.texts[0].split()
+            m = max(1, len(words) // 20)
+            url, words = f"https://near{i}.example/{i}", words[:-m] + [rng.choice(vocab) for _ in range(m)]
+        else:
+            url, words = f"https://site{i % 500}.example/page/{i}", [rng.choice(vocab) for _ in range(rng.randint(200, 400))]
+        doc = Document(key, url, "x", None, "en", Provenance("bench.warc.gz", i, 1, f"<urn:{i}>", date))
+        doc.texts.append(" ".join(words))
+        doc.images.append(None)
+        images = [_image(f"https://img.example/{i}-a.jpg", f"sha-{i}-a"), _image(f"https://img.example/{i}-b.jpg", f"sha-{i}-b")]
+        if rng.random() < 0.2:
+            images.insert(0, _image("https://cdn.example/static/brand.png", "sha-logo"))
+        if docs and rng.random() < 0.03:  # same image set as an earlier document
+            images = [im for im in docs[-1].images if im is not None]
+        for im in images:
+            doc.texts.append(None)
+            doc.images.append(im)
+        docs.append(doc)
+    return docs
+
+
+STAGES: list[tuple[str, Callable[[], beam.PTransform], Callable[[list[Document]], object]]] = [
+    ("URL", lambda: ds.DedupUrls(CONFIG), dd.dedup_urls),
+    ("exact text", lambda: ds.DedupExactText(CONFIG), dd.dedup_exact_text),
+    ("near text (MinHash LSH)", lambda: ds.DedupNearText(CONFIG), lambda docs: dd.dedup_near_text(docs, CONFIG)),
+    ("images in document", lambda: ds.DedupImagesInDocument(CONFIG),
+     lambda docs: [dd.dedup_images_in_document(d, CONFIG.max_phash_distance) for d in docs]),
+    ("hot images", lambda: ds.RemoveHotImages(CONFIG),
+     lambda docs: [dd.remove_hot_images(d, h) for h in [dd.hot_image_keys(docs, CONFIG.max_docs_per_image)] for d in docs]),
+    ("image sets", lambda: ds.DedupImageSets(CONFIG), dd.dedup_image_sets),
+]
+
+
+def run_beam(docs: list[Document], make: Callable[[], beam.PTransform]) -> tuple[float, int]:
+    """Seconds to run Create(docs) -> stage -> count, and how many documents it kept."""
+    start = time.perf_counter()
+    p = beam.Pipeline(runner="FnApiRunner")
+    out = p | beam.Create(docs, reshuffle=False) | make()
+    kept_docs = out["docs"] if isinstance(out, dict) else out
+    _ = kept_docs | beam.Map(lambda _: Metrics.counter("bench", "kept").inc())
+    result = p.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - start
+    counters = result.metrics().query(MetricsFilter().with_name("kept"))["counters"]
+    return seconds, sum(c.committed for c in counters)
+
+
+class Identity(beam.PTransform):
+    def expand(self, pcoll):
+        return pcoll | beam.Map(lambda d: d)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    n = args.docs
+    per10k = 10_000 / n
+    t0 = time.perf_counter()
+    docs = make_docs(n)
+    gen = time.perf_counter() - t0
+    print(f"{n} synthetic documents generated in {gen:.1f} s", flush=True)
+    base, _ = run_beam(docs, Identity)
+    rows = []
+    for name, make, pure in STAGES:
+        t0 = time.perf_counter()
+        result = pure(docs)
+        pure_s = time.perf_counter() - t0
+        beam_s, kept = run_beam(docs, make)
+        pure_kept = len(result[0]) if isinstance(result, tuple) else len(result)
+        rows.append((name, beam_s * per10k, max(0.0, beam_s - base) * per10k, pure_s * per10k, kept, pure_kept))
+        print(f"  {name:<26} beam {beam_s:7.2f} s  pure {pure_s:6.2f} s  kept {kept} (pure {pure_kept})", flush=True)
+    header = "| stage | Beam s / 10k docs | net of identity pipeline | pure function s / 10k docs | kept (Beam / pure) |"
+    lines = [header, "|---|---|---|---|---|", f"| identity pipeline (Create -> Map -> Count) | {base * per10k:.2f} | - | - | {n} |"]
+    for name, b, net, p, kept, pure_kept in rows:
+        lines.append(f"| {name} | {b:.2f} | {net:.2f} | {p:.2f} | {kept} / {pure_kept} |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if not args.no_write:
+        write_section(n, table)
+
+
+def write_section(n: int, table: str) -> None:
+    cpu = platform.processor() or platform.machine()
+    body = (
+        f"{SECTION}\n\n"
+        f"`python benchmarks/bench_dedup.py --docs {n}` on the {os.cpu_count()}-core dev VM ({cpu}; Beam's embedded\n"
+        "FnApiRunner, one process; other engineers' jobs running, so expect +-30%). Synthetic documents of\n"
+        "200-400 words and 2-3 images, with planted URL re-captures (5%), exact copies (8%), near copies\n"
+        "(8%, Jaccard ~0.9), a logo on 20% of pages and repeated image sets (3%). Each stage is its own\n"
+        "pipeline over all documents; \"net\" subtracts the identity pipeline (moving the documents through\n"
+        f"the runner). MinHash: {CONFIG.num_perm} permutations, {CONFIG.bands} bands x {CONFIG.rows} rows, "
+        f"{CONFIG.shingle_size}-word shingles, {CONFIG.cc_rounds} label-propagation rounds.\n\n"
+        f"{table}\n"
+    )
+    path = ROOT / "benchmarks" / "RESULTS.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    print(f"wrote {SECTION!r} in {path}")
+
+
+if __name__ == "__main__":
+    main()
