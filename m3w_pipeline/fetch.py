@@ -7,9 +7,9 @@ count outcomes per status and write them as a status table (`status_table`).
 
 One request, in order:
   parse URL (http/https only) -> resolve the host ourselves (or take a host_overrides
-  address) -> refuse non-public addresses -> take a per-host slot (concurrency limit +
-  politeness delay) -> connect to exactly the checked IP (no second DNS lookup, so DNS
-  rebinding cannot swap it) -> send GET with our User-Agent -> read the head
+  address) -> refuse the name if any address is non-public -> take a per-host slot
+  (concurrency limit + politeness delay) -> connect to exactly the checked IPs (no second
+  DNS lookup, so DNS rebinding cannot swap them) -> send GET with our User-Agent -> read the head
   -> redirect (checked again from the top) | retryable failure (backoff, Retry-After)
   | opt-out headers (stop before the body) | Content-Length over the cap
   -> stream the body, stopping at max_bytes + 1 -> sniff magic bytes: media or not-media.
@@ -438,42 +438,46 @@ class _ConnectionPool:
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTP to a fixed IP: Host header and request line keep the name, the socket goes to `ip`."""
+    """HTTP to fixed, checked IPs (tried in order): Host header and request line keep the name."""
 
-    def __init__(self, host: str, port: int, ip: str, connect_timeout: float, read_timeout: float):
+    def __init__(self, host: str, port: int, ips: Sequence[str], connect_timeout: float, read_timeout: float):
         super().__init__(host, port, timeout=read_timeout)
-        self._ip = ip
+        self._ips = ips
         self._connect_timeout = connect_timeout
 
     def connect(self) -> None:
-        self.sock = _open_socket(self._ip, self.port, self._connect_timeout, self.timeout)
+        self.sock = _open_socket(self._ips, self.port, self._connect_timeout, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a fixed IP, verifying the certificate (and sending SNI) for the host name."""
+    """HTTPS to fixed, checked IPs, verifying the certificate (and sending SNI) for the host name."""
 
-    def __init__(self, host: str, port: int, ip: str, connect_timeout: float, read_timeout: float, context: ssl.SSLContext):
+    def __init__(self, host: str, port: int, ips: Sequence[str], connect_timeout: float, read_timeout: float, context: ssl.SSLContext):
         super().__init__(host, port, timeout=read_timeout, context=context)
-        self._ip = ip
+        self._ips = ips
         self._connect_timeout = connect_timeout
 
     def connect(self) -> None:
-        sock = _open_socket(self._ip, self.port, self._connect_timeout, self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        sock = _open_socket(self._ips, self.port, self._connect_timeout, self.timeout)
+        try:
+            self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
 
 class _TunnelHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS through a proxy: CONNECT ip:port, then TLS for the host name inside the tunnel."""
+    """HTTPS through a proxy: CONNECT ip:port (first checked IP), then TLS for the host name inside."""
 
-    def __init__(self, host: str, port: int, ip: str, proxy: tuple[str, int], connect_timeout: float, read_timeout: float, context: ssl.SSLContext, user_agent: str):
+    def __init__(self, host: str, port: int, ips: Sequence[str], proxy: tuple[str, int], connect_timeout: float, read_timeout: float, context: ssl.SSLContext, user_agent: str):
         super().__init__(host, port, timeout=read_timeout, context=context)
-        self._ip = ip
+        self._ip = ips[0]
         self._proxy = proxy
         self._connect_timeout = connect_timeout
         self._user_agent = user_agent
 
     def connect(self) -> None:
-        sock = _open_socket(self._proxy[0], self._proxy[1], self._connect_timeout, self.timeout)
+        sock = _open_socket([self._proxy[0]], self._proxy[1], self._connect_timeout, self.timeout)
         try:
             _connect_tunnel(sock, self._ip, self.port, self.host, self._user_agent)
             self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
@@ -482,17 +486,26 @@ class _TunnelHTTPSConnection(http.client.HTTPSConnection):
             raise
 
 
-def _open_socket(ip: str, port: int, connect_timeout: float, read_timeout: Optional[float]) -> socket.socket:
-    """TCP connection to exactly this address; connect errors become _Failure."""
-    try:
-        sock = socket.create_connection((ip, port), timeout=connect_timeout)
-    except socket.timeout:
-        raise _Failure("timeout", f"connect to {ip}:{port} timed out after {connect_timeout}s", retryable=True) from None
-    except OSError as err:
-        raise _Failure("connect", f"connect to {ip}:{port}: {err.strerror or err}") from None
-    sock.settimeout(read_timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+def _open_socket(ips: Sequence[str], port: int, connect_timeout: float, read_timeout: Optional[float]) -> socket.socket:
+    """TCP connection to the first of these addresses that answers; errors become _Failure.
+
+    Trying the next address matters on workers without IPv6 routes, where a host's
+    AAAA address fails at once and its A address works.
+    """
+    failure: Optional[_Failure] = None
+    for ip in ips:
+        try:
+            sock = socket.create_connection((ip, port), timeout=connect_timeout)
+        except socket.timeout:
+            failure = _Failure("timeout", f"connect to {ip}:{port} timed out after {connect_timeout}s", retryable=True)
+            continue
+        except OSError as err:
+            failure = _Failure("connect", f"connect to {ip}:{port}: {err.strerror or err}")
+            continue
+        sock.settimeout(read_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise failure or _Failure("connect", "no address to connect to")
 
 
 def _connect_tunnel(sock: socket.socket, ip: str, port: int, host: str, user_agent: str) -> None:
@@ -686,13 +699,12 @@ class Fetcher:
 
     def _attempt(self, target: _Target, result: FetchResult) -> _Response:
         """One request: check the address, wait for a host slot, exchange, read the body."""
-        ip, port = self._checked_address(target)
+        ips, port = self._checked_addresses(target)
         result.attempts += 1  # from here on we touch the network
-        key = (target.scheme, target.host, ip, port, self._proxy)
-        address = self._proxy_address() if self._proxy and target.scheme == "http" else _join_address(ip, port)
+        key = (target.scheme, target.host, ips, port, self._proxy)
         with self._gate(target.host).slot():
             deadline = time.monotonic() + self.config.total_timeout_s
-            conn, reused = self._connection(key, target, ip, port)
+            conn, reused = self._connection(key, target, ips, port)
             keep = False
             try:
                 try:
@@ -702,8 +714,9 @@ class Fetcher:
                         raise
                     conn.close()  # the server had closed this idle keep-alive connection: send again
                     result.attempts += 1
-                    conn = self._new_connection(target, ip, port)
+                    conn = self._new_connection(target, ips, port)
                     resp, sock = self._send(conn, target)
+                address = self._peer_address(target, sock, ips, port)
                 result.http_status, result.content_type, result.address = resp.status, resp.getheader("Content-Type"), address
                 outcome, keep = self._read_response(resp, sock, address, deadline)
                 return outcome
@@ -717,18 +730,29 @@ class Fetcher:
                 else:
                     conn.close()
 
-    def _proxy_address(self) -> str:
-        assert self._proxy is not None
-        return _join_address(*self._proxy)
+    def _peer_address(self, target: _Target, sock: socket.socket, ips: tuple[str, ...], port: int) -> str:
+        """ip:port we talked to: the proxy for proxied http, the tunnel's target through CONNECT."""
+        if self._proxy is not None:
+            return _join_address(*self._proxy) if target.scheme == "http" else _join_address(ips[0], port)
+        try:
+            peer = sock.getpeername()
+            return _join_address(peer[0], peer[1])
+        except OSError:
+            return _join_address(ips[0], port)
 
     # -- addresses
 
-    def _checked_address(self, target: _Target) -> tuple[str, int]:
-        """The (ip, port) to connect to, after the address policy; raises blocked-address/dns."""
+    def _checked_addresses(self, target: _Target) -> tuple[tuple[str, ...], int]:
+        """The IPs (IPv4 first) and port to connect to, after the address policy.
+
+        Every resolved address must be public, not just the first: otherwise a name
+        with one public and one private record could reach the private one on retry.
+        Raises blocked-address or dns.
+        """
         override = self._overrides.get(f"{target.host}:{target.port}") or self._overrides.get(target.host)
         if override is not None:
             ip, port = override
-            return ip, port or target.port  # the user named this address: trusted
+            return (ip,), port or target.port  # the user named this address: trusted
         try:
             addresses = [str(ipaddress.ip_address(target.host))]
         except ValueError:
@@ -737,7 +761,8 @@ class Fetcher:
             blocked = [a for a in addresses if not is_public_address(a)]
             if blocked:
                 raise _Failure("blocked-address", f"{target.host} resolves to non-public {blocked[0]}")
-        return addresses[0], target.port
+        ordered = sorted(addresses, key=lambda a: ":" in a)  # IPv4 first: IPv6 routes are often missing
+        return tuple(ordered), target.port
 
     def _lookup(self, host: str, port: int) -> list[str]:
         """Resolve with a small cache; failures are dns (EAI_AGAIN retryable)."""
@@ -773,20 +798,20 @@ class Fetcher:
 
     # -- connections and exchange
 
-    def _connection(self, key: tuple, target: _Target, ip: str, port: int) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, key: tuple, target: _Target, ips: tuple[str, ...], port: int) -> tuple[http.client.HTTPConnection, bool]:
         conn = self._pool.take(key)
-        return (conn, True) if conn is not None else (self._new_connection(target, ip, port), False)
+        return (conn, True) if conn is not None else (self._new_connection(target, ips, port), False)
 
-    def _new_connection(self, target: _Target, ip: str, port: int) -> http.client.HTTPConnection:
+    def _new_connection(self, target: _Target, ips: tuple[str, ...], port: int) -> http.client.HTTPConnection:
         cfg = self.config
         if self._proxy is not None and target.scheme == "https":
-            return _TunnelHTTPSConnection(target.host, port, ip, self._proxy, cfg.connect_timeout_s, cfg.read_timeout_s, self._ssl, cfg.user_agent)
+            return _TunnelHTTPSConnection(target.host, port, ips, self._proxy, cfg.connect_timeout_s, cfg.read_timeout_s, self._ssl, cfg.user_agent)
         if self._proxy is not None:
-            proxy_ip = self._proxy[0]
-            return _PinnedHTTPConnection(proxy_ip, self._proxy[1], proxy_ip, cfg.connect_timeout_s, cfg.read_timeout_s)
+            proxy_host, proxy_port = self._proxy
+            return _PinnedHTTPConnection(proxy_host, proxy_port, [proxy_host], cfg.connect_timeout_s, cfg.read_timeout_s)
         if target.scheme == "https":
-            return _PinnedHTTPSConnection(target.host, port, ip, cfg.connect_timeout_s, cfg.read_timeout_s, self._ssl)
-        return _PinnedHTTPConnection(target.host, port, ip, cfg.connect_timeout_s, cfg.read_timeout_s)
+            return _PinnedHTTPSConnection(target.host, port, ips, cfg.connect_timeout_s, cfg.read_timeout_s, self._ssl)
+        return _PinnedHTTPConnection(target.host, port, ips, cfg.connect_timeout_s, cfg.read_timeout_s)
 
     def _send(self, conn: http.client.HTTPConnection, target: _Target) -> tuple[http.client.HTTPResponse, socket.socket]:
         """Send our GET (absolute-form to a proxy for plain http) and read the response head."""

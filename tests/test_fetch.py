@@ -286,6 +286,21 @@ def test_private_addresses_are_blocked_by_default(server, loopback_only):
     assert allowed.status == "ok" and server.count("/img/private.png") == 1
 
 
+def test_every_resolved_address_must_be_public(server, loopback_only):
+    """One non-public record blocks the name: a later retry must not reach the private one."""
+    resolver = numeric_resolver({"mixed.test": ["8.8.8.8", "127.0.0.1"]})
+    result = fetch(server, f"http://mixed.test:{server.port}/img/mixed.png", resolver=resolver, host_overrides={})
+    assert (result.status, result.attempts) == ("blocked-address", 0)
+    assert loopback_only == [] and server.count("/img/mixed.png") == 0
+
+
+def test_next_address_is_tried_when_one_does_not_answer(server, loopback_only):
+    resolver = numeric_resolver({"dual.test": ["127.0.0.3", "127.0.0.1"]})  # nothing listens on 127.0.0.3
+    result = fetch(server, f"http://dual.test:{server.port}/img/dual.png", resolver=resolver, host_overrides={}, allow_private_addresses=True)
+    assert (result.status, result.attempts, result.address) == ("ok", 1, f"127.0.0.1:{server.port}")
+    assert loopback_only == ["127.0.0.3", "127.0.0.1"]
+
+
 def test_host_override_keeps_the_host_header_and_user_agent_is_sent(server):
     with_port = fetch(server, "http://images.example.com/img/override.png", host_overrides={"images.example.com": f"127.0.0.1:{server.port}"})
     url_port = fetch(server, f"http://images.example.com:{server.port}/img/override2.png", host_overrides={"images.example.com": "127.0.0.1"})
