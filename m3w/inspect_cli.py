@@ -19,23 +19,27 @@ KINDS = ("m3w", "pairs", "video")  # = m3w_pipeline.stats.KINDS
 # ----------------------------------------------------------------------------- filesystems
 
 
+def open_remote(path: str) -> BinaryIO:
+    """Opener for gs://, s3://, ... through Beam's filesystems (module-level: picklable for workers)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def list_remote(directory: str) -> list[str]:
+    """Lister for remote directories: file names directly under DIRECTORY/."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(directory, "*")
+    return sorted(m.path.rsplit("/", 1)[-1] for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def filesystem_for(path: str) -> tuple[Callable[[str], BinaryIO], Callable[[str], list[str]]]:
     """(opener, lister) for a corpus location: local files, or Beam's filesystems for remote URLs."""
     from m3w_pipeline.stats import is_remote, list_local, open_local
 
-    if not is_remote(path):
-        return open_local, list_local
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    def open_remote(p: str) -> BinaryIO:
-        return FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED)
-
-    def list_remote(directory: str) -> list[str]:
-        pattern = FileSystems.join(directory, "*")
-        return sorted(m.path.rsplit("/", 1)[-1] for m in FileSystems.match([pattern])[0].metadata_list)
-
-    return open_remote, list_remote
+    return (open_remote, list_remote) if is_remote(path) else (open_local, list_local)
 
 
 def writer_for(path: str) -> Callable[[str], Any]:
@@ -136,6 +140,7 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-decode", action="store_true", help="skip decoding images (hashes are still checked)")
     p.add_argument("--no-index", action="store_true", help="skip the Parquet index checks")
     p.add_argument("--max-problems", type=int, default=200, help="problems reported per shard")
+    p.add_argument("--workers", type=int, default=0, help="shards checked in parallel processes (default: one per 4 shards, at most min(8, CPUs))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -146,7 +151,9 @@ def run_validate(args: argparse.Namespace) -> int:
 
     path = local_path(args.path)
     opener, lister = filesystem_for(path)
-    config = ValidateConfig(decode_images=not args.no_decode, check_index=not args.no_index, max_problems_per_shard=args.max_problems)
+    config = ValidateConfig(
+        decode_images=not args.no_decode, check_index=not args.no_index, max_problems_per_shard=args.max_problems, workers=args.workers
+    )
     report = validate_corpus(path, opener, lister, config, progress=_progress(args))
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))

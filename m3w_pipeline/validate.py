@@ -67,6 +67,7 @@ class ValidateConfig:
     decode_images: bool = True  # open and fully decode every stored image (the slow part)
     check_index: bool = True
     max_problems_per_shard: int = 200  # a badly broken shard should not drown the rest
+    workers: int = 1  # shards checked in parallel processes (the opener must then be picklable); 0: auto
 
 
 @dataclass
@@ -425,10 +426,12 @@ def validate_corpus(
         problems.append(Problem("manifest", MANIFEST_NAME, "missing: counts and checksums cannot be checked"))
     expected = {s["name"]: s for s in (corpus.manifest or {}).get("shards", [])}
     checks: list[ShardCheck] = []
-    for shard in tqdm(corpus.shards, desc="validate", unit="shard", disable=None if progress is None else not progress):
-        check = validate_shard(shard, expected.get(shard.name), opener, config)
+    bar = tqdm(total=len(corpus.shards), desc="validate", unit="shard", disable=None if progress is None else not progress)
+    for check in _check_shards(corpus.shards, expected, opener, config):
         checks.append(check)
         problems.extend(check.problems)
+        bar.update()
+    bar.close()
     problems.extend(_duplicates_across(checks))
     if corpus.manifest is not None:
         problems.extend(_manifest_problems(corpus, checks))
@@ -436,6 +439,31 @@ def validate_corpus(
     return ValidationReport(
         root, corpus.kind, problems, len(checks), sum(c.samples for c in checks), sum(c.images for c in checks)
     )
+
+
+def _check_shards(
+    shards: list[ShardRef], expected: Mapping[str, Any], opener: Opener, config: ValidateConfig
+) -> Iterator[ShardCheck]:
+    """`validate_shard` over every shard, in order; in worker processes when `config.workers` > 1
+    (JSON Schema validation costs ~1-3 ms per document, so large corpora want every core)."""
+    workers = config.workers or auto_workers(len(shards))
+    if workers <= 1 or len(shards) <= 1:
+        for shard in shards:
+            yield validate_shard(shard, expected.get(shard.name), opener, config)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(shards))) as pool:
+        futures = [pool.submit(validate_shard, s, expected.get(s.name), opener, config) for s in shards]
+        for future in futures:
+            yield future.result()
+
+
+def auto_workers(n_shards: int, shards_per_worker: int = 4) -> int:
+    """Processes worth starting: a pool costs seconds, so small corpora stay in this process."""
+    import os
+
+    return max(1, min(8, os.cpu_count() or 1, n_shards // shards_per_worker))
 
 
 def _duplicates_across(checks: Iterable[ShardCheck]) -> Iterator[Problem]:

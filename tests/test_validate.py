@@ -150,6 +150,10 @@ def test_duplicate_key(tmp_path, capsys, where):
     problems = [line for line in lines[:-1]]
     if where == "across":
         assert problems == [f"m3w-00001.tar:{extra.key}.json [key {extra.key}]: duplicate-key: key also in m3w-00000.tar"]
+        from m3w_pipeline.validate import ValidateConfig, validate_corpus
+
+        parallel = validate_corpus(str(tmp_path / "m3w"), config=ValidateConfig(workers=2))  # shards in 2 processes
+        assert [str(p) for p in parallel.problems] == problems and parallel.samples == 13
     else:
         assert len(problems) == 1 and problems[0].startswith(f"m3w-00000.tar:{extra.key}.json [key {extra.key}]: duplicate-key: key appears twice")
 
