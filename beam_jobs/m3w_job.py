@@ -26,6 +26,7 @@ from m3w_pipeline.document import assemble_document, document_key
 from m3w_pipeline.extract import extract_page
 from m3w_pipeline.filters import document_filters, first_failure
 from m3w_pipeline.media import ImageResult, process_image
+from m3w_pipeline.optout import page_opt_out
 from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
 from m3w_pipeline.accounting import IN, Count, build_manifest
 
@@ -84,19 +85,23 @@ class ExtractFn(beam.DoFn):
         except Exception:  # the extractor is meant never to raise; if it does, the page is counted, not lost
             yield count("pages", "extract-error")
             return
-        if not extracted.nodes:
+        opt_out = page_opt_out(page.headers, extracted)
+        if opt_out.document is not None:
+            yield count("pages", opt_out.document)
+        elif not extracted.nodes:
             yield count("pages", "empty-extraction")
-            return
-        yield count("pages", "extracted")
-        yield (document_key(page.url, page.provenance), (extracted, page.provenance))
+        else:
+            yield count("pages", "extracted")
+            yield (document_key(page.url, page.provenance), (extracted, page.provenance, opt_out.images))
 
 
-def image_refs(keyed_doc: tuple[str, Any]) -> Iterator[Any]:
-    """(doc key, page) -> (normalised image URL, (doc key, node index)) per image node."""
-    key, (page, _) = keyed_doc
+def image_refs(keyed_doc: tuple[str, Any]) -> Iterator[tuple[str, tuple[str, int]]]:
+    """(doc key, page) -> (normalised image URL, (doc key, node index)) per image node we may use."""
+    key, (page, _, images_opted_out) = keyed_doc
+    if images_opted_out:
+        return
     for index, node in enumerate(page.nodes):
         if node.type == "image" and node.image is not None:
-            yield count("image_refs", IN)
             yield (warc_lib.normalize_url(node.image.url), (key, index))
 
 
@@ -142,9 +147,12 @@ class AssembleFn(beam.DoFn):
         pages = list(grouped["page"])
         if not pages:  # cannot happen: image results only exist for extracted pages
             return
-        page, provenance = pages[0]
+        page, provenance, images_opted_out = pages[0]
         results: dict[int, Optional[ImageResult]] = dict(grouped["images"])
+        if images_opted_out:
+            results = {i: ImageResult(None, images_opted_out) for i, n in enumerate(page.nodes) if n.type == "image"}
         doc, outcomes = assemble_document(key, page, provenance, results)
+        yield count("image_refs", IN, sum(outcomes.values()))
         for outcome, n in sorted(outcomes.items()):
             yield count("image_refs", outcome, n)
         yield count("documents", IN)
@@ -221,9 +229,9 @@ def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: s
         | "ReadWarc" >> beam.ParDo(ReadWarcFn(config.warc)).with_outputs(MEDIA, BROKEN, COUNTS, main="pages")
     )
     extracted = read.pages | "Extract" >> beam.ParDo(ExtractFn(config.extract)).with_outputs(COUNTS, main="docs")
-    refs = extracted.docs | "ImageRefs" >> beam.FlatMap(image_refs).with_outputs(COUNTS, main="refs")
+    refs = extracted.docs | "ImageRefs" >> beam.FlatMap(image_refs)
     resolved = (
-        {"refs": refs.refs, "media": read[MEDIA]}
+        {"refs": refs, "media": read[MEDIA]}
         | "JoinMediaByUrl" >> beam.CoGroupByKey()
         | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, main="images")
     )
@@ -244,7 +252,7 @@ def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: s
         | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, config.shards))
     )
     counts = (
-        [read[COUNTS], extracted[COUNTS], refs[COUNTS], resolved[COUNTS], assembled[COUNTS]]
+        [read[COUNTS], extracted[COUNTS], resolved[COUNTS], assembled[COUNTS]]
         | "AllCounts" >> beam.Flatten()
         | "CountKey" >> beam.Map(lambda c: ((c.stage, c.outcome), c.n))
         | "SumCounts" >> beam.CombinePerKey(sum)

@@ -100,6 +100,7 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
             return page
         page.title = _page_title(tree)
         page.lang = _page_lang(tree)
+        page.robots, page.tdm_reservation = _opt_out_meta(tree)
         base = _base_url(tree, url)
         og_video = _og_video(tree, base) if config.include_og_video else None
         declared = _declared_main_summary(tree) if config.declared_main_fallback else None
@@ -221,6 +222,20 @@ def _normalise_lang(value: Optional[str]) -> Optional[str]:
         return None
     first = value.split(",")[0].strip().replace("_", "-").lower()
     return first if re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{1,8})*", first) else None
+
+
+def _opt_out_meta(tree: HtmlElement) -> tuple[list[str], bool]:
+    """Robots directives from <meta name="robots"|"<bot>"> and the TDMRep reservation flag."""
+    directives: list[str] = []
+    tdm = False
+    for meta in tree.iter("meta"):
+        name = (meta.get("name") or "").strip().lower()
+        content = (meta.get("content") or "").strip().lower()
+        if name == "tdm-reservation":
+            tdm = tdm or content == "1"
+        elif name == "robots" or name.endswith("bot"):
+            directives += [d.strip() for d in content.split(",") if d.strip() and d.strip() not in directives]
+    return directives, tdm
 
 
 def _page_lang(tree: HtmlElement) -> Optional[str]:

@@ -50,6 +50,10 @@ class ExtractedPage:
     nodes: list[Node]
     title: Optional[str] = None
     lang: Optional[str] = None  # the page's declared language (<html lang>, meta), if any
+    # Opt-out signals the page itself carries: directives of <meta name="robots"> (or a
+    # named crawler's meta) and TDMRep's <meta name="tdm-reservation" content="1">.
+    robots: list[str] = field(default_factory=list)
+    tdm_reservation: bool = False
 
     def text_nodes(self) -> list[str]:
         return [n.text for n in self.nodes if n.type == "text" and n.text]
