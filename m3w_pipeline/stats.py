@@ -48,8 +48,8 @@ _KIND_ALIASES = {
     "vtp": "video",
     "video_text": "video",
 }
-_IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp"})
-_VIDEO_EXTS = frozenset({"mp4", "webm", "mkv", "mov"})
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp"})
+VIDEO_EXTS = frozenset({"mp4", "mov", "webm", "mkv", "ogv", "avi", "flv", "ts", "mpg"})  # = video_sample.schema.json formats
 # Stage order of the funnel (the M3W build); stages other builders add follow, sorted.
 FUNNEL_ORDER = ("records", "pages", "image_refs", "media_records", "documents")
 _BLOCK = tarfile.BLOCKSIZE
@@ -296,11 +296,11 @@ def kind_from_suffixes(suffixes: Sequence[str], first_json: Optional[Mapping[str
     """Sniff the layout from one sample's members: M3W has KEY.json + KEY.N.jpg,
     pairs KEY.jpg + KEY.txt (+ KEY.json), video KEY.mp4 (+ KEY.txt, KEY.json, KEY.NNN.jpg)."""
     exts = {s.rsplit(".", 1)[-1].lower() for s in suffixes}
-    if exts & _VIDEO_EXTS:
+    if exts & VIDEO_EXTS:
         return "video"
     if first_json is not None and str(first_json.get("schema", "")).startswith("m3w.document"):
         return "m3w"
-    if any(s.lower() in _IMAGE_EXTS for s in suffixes) or "txt" in suffixes:
+    if any(s.lower() in IMAGE_EXTS for s in suffixes) or "txt" in suffixes:
         return "pairs"
     return "m3w"
 
@@ -633,7 +633,7 @@ def add_pair_sample(stats: CorpusStats, sample: Sample, config: StatsConfig, cou
     caption = _sample_text(sample)
     if caption is None:
         caption = meta.get("caption") or ""
-    has_image = any(s.lower() in _IMAGE_EXTS for s in sample.suffixes)
+    has_image = any(s.lower() in IMAGE_EXTS for s in sample.suffixes)
     words = count_words(caption)
     stats.samples += 1
     stats.images += int(has_image)
@@ -650,10 +650,15 @@ def add_pair_sample(stats: CorpusStats, sample: Sample, config: StatsConfig, cou
         stats.dists["tokens_per_sample"].add(tokens)
     _add_image(stats, meta.get("width"), meta.get("height"), meta.get("original_width"), meta.get("original_height"), config)
     if has_image:
-        ext = next(s for s in sample.suffixes if s.lower() in _IMAGE_EXTS)
+        ext = next(s for s in sample.suffixes if s.lower() in IMAGE_EXTS)
         stats.image_formats[str(meta.get("original_format") or ext).upper()] += 1
-    stats.domains[url_domain(meta.get("url") or "")] += 1
+    stats.domains[_page_domain(meta)] += 1
     stats.languages[meta.get("lang") or config.unknown_language] += 1
+
+
+def _page_domain(meta: Mapping[str, Any]) -> str:
+    """The site a pair/video came from: its `domain`, else the host of its page (or media) URL."""
+    return str(meta.get("domain") or url_domain(meta.get("page_url") or meta.get("url") or ""))
 
 
 def video_duration(meta: Mapping[str, Any]) -> Optional[float]:
@@ -675,8 +680,8 @@ def add_video_sample(stats: CorpusStats, sample: Sample, config: StatsConfig, co
     caption = _sample_text(sample)
     if caption is None:
         caption = meta.get("caption") or ""
-    frames = sum(1 for s in sample.suffixes if s.rsplit(".", 1)[-1].lower() in _IMAGE_EXTS)
-    has_video = any(s.rsplit(".", 1)[-1].lower() in _VIDEO_EXTS for s in sample.suffixes)
+    frames = sum(1 for s in sample.suffixes if s.rsplit(".", 1)[-1].lower() in IMAGE_EXTS)
+    has_video = any(s.rsplit(".", 1)[-1].lower() in VIDEO_EXTS for s in sample.suffixes)
     words = count_words(caption)
     stats.samples += 1
     stats.videos += int(has_video)
@@ -695,7 +700,7 @@ def add_video_sample(stats: CorpusStats, sample: Sample, config: StatsConfig, co
     if duration is not None:
         stats.dists["video_duration"].add(_bin(duration, config.duration_step))
     _add_image(stats, meta.get("width"), meta.get("height"), meta.get("original_width"), meta.get("original_height"), config)
-    stats.domains[url_domain(meta.get("url") or "")] += 1
+    stats.domains[_page_domain(meta)] += 1
     stats.languages[meta.get("lang") or config.unknown_language] += 1
 
 

@@ -25,22 +25,22 @@ from m3w_pipeline.accounting import reconciliation_errors
 from m3w_pipeline.document import count_words
 from m3w_pipeline.stats import (
     MANIFEST_NAME,
+    IMAGE_EXTS,
     Corpus,
     Lister,
     Opener,
     Sample,
+    VIDEO_EXTS,
     ShardRef,
     TarDamage,
     group_samples,
     iter_tar_members,
-    join_path,
     list_local,
     open_corpus,
     open_local,
     split_member_name,
 )
 
-_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def validate_shard(
         reader.drain()
     check.samples = len(samples)
     check.keys = [s.key for s in samples]
-    check.images = sum(1 for s in samples for suffix in s.suffixes if suffix.rsplit(".", 1)[-1].lower() in _IMAGE_EXTS)
+    check.images = sum(1 for s in samples for suffix in s.suffixes if suffix.rsplit(".", 1)[-1].lower() in IMAGE_EXTS)
     check.problems.extend(_duplicates_within(samples, tar_name))
     if expected is not None:
         check.problems.extend(_against_manifest(expected, tar_name, reader, len(samples)))
@@ -298,6 +298,28 @@ def _decode(data: bytes) -> Any:
         return f"does not decode: {type(err).__name__}: {err}"
 
 
+_MEDIA_SCHEMA_IDS = {"pairs": "m3w.pair", "video": "m3w.video"}
+_MEDIA_VALIDATORS: dict[str, Any] = {}
+
+
+def _media_validator(kind: str) -> Any:
+    """The JSON Schema in schemas/ whose $id starts with m3w.pair / m3w.video, once one exists; else None."""
+    if kind not in _MEDIA_VALIDATORS:
+        from importlib import resources
+
+        import jsonschema
+
+        _MEDIA_VALIDATORS[kind] = None
+        prefix = _MEDIA_SCHEMA_IDS.get(kind)
+        for entry in sorted(resources.files("schemas").iterdir(), key=lambda e: e.name):
+            if prefix and entry.name.endswith(".schema.json"):
+                schema = json.loads(entry.read_text("utf-8"))
+                if str(schema.get("$id", "")).startswith(prefix):
+                    _MEDIA_VALIDATORS[kind] = jsonschema.Draft202012Validator(schema)
+                    break
+    return _MEDIA_VALIDATORS[kind]
+
+
 def _check_media_sample(sample: Sample, kind: str, tar_name: str, config: ValidateConfig) -> Iterator[Problem]:
     """Pairs and video samples (img2dataset / video2dataset layouts): JSON parses, images decode."""
     key = sample.key
@@ -314,14 +336,18 @@ def _check_media_sample(sample: Sample, kind: str, tar_name: str, config: Valida
                 continue
             if isinstance(meta, dict) and meta.get("key") not in (None, key):
                 yield Problem("key", tar_name, f"JSON key {meta.get('key')!r} differs from the member key", m.name, key)
-        elif ext in _IMAGE_EXTS and config.decode_images:
+            validator = _media_validator(kind)
+            if validator is not None:
+                for e in validator.iter_errors(meta):
+                    yield Problem("schema", tar_name, f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}", m.name, key)
+        elif ext in IMAGE_EXTS and config.decode_images:
             size = _decode(m.data)
             if isinstance(size, str):
                 yield Problem("image-decode", tar_name, size, m.name, key)
     suffixes = {s.rsplit(".", 1)[-1].lower() for s in sample.suffixes}
-    if kind == "pairs" and not suffixes & set(_IMAGE_EXTS):
+    if kind == "pairs" and not suffixes & IMAGE_EXTS:
         yield Problem("missing-member", tar_name, "pair sample has no image member", sample.members[0].name, key)
-    if kind == "video" and not suffixes & {"mp4", "webm", "mkv", "mov"}:
+    if kind == "video" and not suffixes & VIDEO_EXTS:
         yield Problem("missing-member", tar_name, "video sample has no video member", sample.members[0].name, key)
 
 

@@ -328,23 +328,42 @@ def test_progress_goes_to_stderr(tmp_path_factory, capsys):
     assert "stats" in captured.err and "3/3" in captured.err and captured.out == ""
 
 
+def _media_json(kind: str, key: str, i: int, caption: str, width: int, height: int) -> dict[str, Any]:
+    """KEY.json as schemas/pair_sample / video_sample describe it (img2dataset / video2dataset style)."""
+    common = {
+        "key": key, "status": "success", "error_message": None, "url": f"https://cdn.example.com/{i}.bin",
+        "page_url": f"https://img{i % 2}.example.com/page/{i}", "domain": f"img{i % 2}.example.com", "caption": caption,
+        "width": width, "height": height, "original_width": width * 2, "original_height": height * 2,
+        "sha256": "ab" * 32, "lang": "en", "doc_key": "cd" * 12, "position": i,
+        "provenance": {"warc_file": "x.warc.gz", "offset": i, "length": 10, "record_id": f"<urn:{i}>", "capture_date": "2024"},
+    }
+    if kind == "pairs":
+        return {**common, "schema": "m3w.pair/1", "kind": "ltip", "caption_source": "figcaption", "alt": None, "title": None,
+                "original_format": "JPEG", "original_bytes": 1000, "phash": "ff00"}
+    return {**common, "schema": "m3w.video/1", "caption_source": "figcaption", "captions": {}, "origin": "video-tag",
+            "sources": [common["url"]], "poster": None, "tracks": [], "format": "mp4", "codec": "h264", "duration": 2.5 + i,
+            "duration_source": "stream", "fps": 25.0, "rotation": 0, "pix_fmt": "yuv420p", "has_alpha": False,
+            "has_audio": False, "bytes": 80, "partial": False,
+            "frames": [{"file": f"{f:03d}.jpg", "timestamp": f * 0.5, "target": f * 0.5, "width": 32, "height": 32, "sha256": "ef" * 32} for f in range(2)]}
+
+
 def _pair_shard(path: Path, rng: random.Random, n: int, video: bool = False) -> dict[str, Any]:
-    """An img2dataset-like (or video2dataset-like) shard written with plain tarfile."""
+    """A pair (or video) shard in the img2dataset (video2dataset) layout, written with plain tarfile."""
     truth = {"samples": n, "words": 0, "durations": Counter(), "images": 0}
     with tarfile.open(path, "w") as tar:
         for i in range(n):
-            key = f"{i:09d}"
+            key = f"{i:024x}"
             caption = " ".join(["a", "photo", "of", "a", "dog"][: 2 + i % 4])
-            meta = {"key": key, "url": f"https://img{i % 2}.example.com/{i}.jpg", "caption": caption, "status": "success", "width": 64 + i, "height": 48}
             members = {}
             if video:
-                meta["duration"] = 2.5 + i
+                meta = _media_json("video", key, i, caption, 32, 32)
                 truth["durations"][2.5 + i] += 1
                 members["mp4"] = b"\x00\x00\x00\x18ftypmp42" + bytes(64)
                 for f in range(2):
                     members[f"{f:03d}.jpg"] = _image(rng, 32, 32, "JPEG")
                     truth["images"] += 1
             else:
+                meta = _media_json("pairs", key, i, caption, 64 + i, 48)
                 members["jpg"] = _image(rng, 64 + i, 48, "JPEG")
                 truth["images"] += 1
             members["txt"] = caption.encode()
@@ -378,6 +397,10 @@ def test_pair_and_video_corpora_are_detected_and_counted(tmp_path, kind):
     (tmp_path / "manifest.json").write_text(json.dumps({"corpus": "ltip" if kind == "pairs" else "vtp", "shards": [{"name": "00000"}]}))
     assert open_corpus(str(tmp_path)).kind == kind  # the manifest's name for it
     assert validate_corpus(str(tmp_path)).ok
+    data = (tmp_path / "00000.tar").read_bytes()  # a sample that breaks its schema (once schemas/ has one) is reported
+    (tmp_path / "00000.tar").write_bytes(data.replace(b'"status": "success"', b'"status": "failure"', 1))
+    schema = list((ROOT / "schemas").glob(f"{'pair' if kind == 'pairs' else 'video'}_sample.schema.json"))
+    assert [p.check for p in validate_corpus(str(tmp_path)).problems] == (["schema"] if schema else [])
     html = Path(write_report(summary, str(tmp_path / "report"), corpus))
     assert html.read_text().count("class='thumb'") == 5
 
@@ -468,3 +491,22 @@ def test_html_report_renders_in_headless_chromium(request, tmp_path):
     colours = {tuple(int(v) for v in p) for p in pixels.reshape(-1, 3)[::7]}
     assert any(abs(r - 0x4C) < 12 and abs(g - 0x72) < 12 and abs(b - 0xB0) < 12 for r, g, b in colours), "no histogram bars"
     assert any(abs(r - 0x2C) < 12 and abs(g - 0xA2) < 12 and abs(b - 0x5F) < 12 for r, g, b in colours), "no funnel bars"
+
+
+def test_tokens_are_counted_with_a_tokenizer(tmp_path_factory, capsys):
+    """`--tokenizer byte` (the model's byte tokenizer: one token per UTF-8 byte) counts tokens from the texts."""
+    from m3w.cli import main
+
+    root = handmade_corpus(tmp_path_factory)
+    assert main(["stats", str(root), "--json", "--tokenizer", "byte", "--source", "index", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    per_doc = Counter()
+    with contextlib.ExitStack() as stack:
+        for tar_path in sorted(root.glob("*.tar")):
+            tar = stack.enter_context(tarfile.open(tar_path))
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    doc = json.load(tar.extractfile(m))
+                    per_doc[sum(len(t.encode("utf-8")) for t in doc["texts"] if t is not None)] += 1
+    assert summary["counts"]["tokens"] == sum(v * c for v, c in per_doc.items()) > 0
+    assert _hist(summary, "tokens_per_sample") == per_doc
