@@ -11,7 +11,8 @@ Every number is relative to a baseline measured in the same run:
      all-media cross-attention, each relative to its 1-image time;
   3. the cross-attention layer alone (forward + backward), same sweep, to isolate its scaling
      from the vision encoder/resampler work that more images legitimately add.
-Prints markdown tables (pasted into benchmarks/RESULTS.md).
+Prints markdown tables (pasted into benchmarks/RESULTS.md). On CPU, times are process CPU
+seconds with one thread, so other load on a shared machine barely moves them.
 """
 
 from __future__ import annotations
@@ -46,18 +47,21 @@ CONFIG = FlamingoConfig(
 
 def best_times(fns: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, float]:
     """Best-of-`repeats` seconds per call, after warm-up. Calls are interleaved round-robin so
-    that background load hits every variant alike; the minimum is the least disturbed run."""
+    that background load hits every variant alike; the minimum is the least disturbed run.
+    On CPU the clock is this process's CPU time (with one thread, other jobs on a shared
+    machine barely disturb it); on CUDA it is wall-clock time after synchronising."""
+    clock = time.perf_counter if device == "cuda" else time.process_time
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(WARMUP + repeats):
         for name, fn in fns.items():
             if device == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             fn()
             if device == "cuda":
                 torch.cuda.synchronize()
             if round_ >= WARMUP:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return {name: min(t) for name, t in times.items()}
 
 
@@ -131,7 +135,8 @@ def main() -> None:
         for impl in ("routed", "dense")
     }
     print(f"# bench_model: {platform.machine()}, torch {torch.__version__}, device {device}, "
-          f"threads {torch.get_num_threads()}, batch {BATCH}x{SEQ_LEN}, best of {repeats}\n")
+          f"threads {torch.get_num_threads()}, batch {BATCH}x{SEQ_LEN}, best of {repeats}, "
+          f"{'wall-clock' if device == 'cuda' else 'process CPU'} time\n")
 
     fns: dict[str, Callable[[], None]] = {}
     fns["lm"] = lm_baseline_fn(models["routed"], make_batch(models["routed"], 1, device))

@@ -61,6 +61,9 @@ class KVCache:
         """Select batch rows in place (beam search), like Hugging Face caches."""
         self.layers = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.layers]
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.layers = [(k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0)) for k, v in self.layers]
+
 
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
@@ -303,3 +306,11 @@ def reorder_cache(cache: Any, index: torch.Tensor) -> Any:
         cache.reorder_cache(index)
         return cache
     return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)  # legacy tuple caches
+
+
+def repeat_cache(cache: Any, repeats: int) -> Any:
+    """Repeat every batch row of a KV cache `repeats` times (prompt run once, then one copy per beam)."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(repeats)
+        return cache
+    return tuple(tuple(t.repeat_interleave(repeats, 0) for t in layer) for layer in cache)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from model.backbones import reorder_cache
+from model.backbones import reorder_cache, repeat_cache
 from model.flamingo import Flamingo, Media, MediaContext
 from model.tokenizer import FlamingoTokenizer
 
@@ -29,7 +29,18 @@ class _Stepper:
 
     def __init__(self, model: Flamingo, ids: torch.Tensor, mask: torch.Tensor, ctx: MediaContext | None, use_cache: bool):
         self.model, self.prompt, self.mask, self.ctx, self.use_cache = model, ids, mask, ctx, use_cache
-        self.logits, self.cache = model.decode(ids, mask, ctx, use_cache=use_cache)
+        logits, self.cache = model.decode(ids, mask, ctx, use_cache=use_cache)
+        self.next_logits = logits[:, -1]
+
+    def expand(self, k: int) -> None:
+        """Beam search: the prompt is run once, then every row's state is copied k times
+        (the media latents are shared by index, not copied)."""
+        rows = torch.arange(self.prompt.shape[0], device=self.prompt.device).repeat_interleave(k)
+        self.prompt, self.mask, self.next_logits = self.prompt[rows], self.mask[rows], self.next_logits[rows]
+        if self.ctx is not None:
+            self.ctx = self.model.context(self.ctx.latents, self.ctx.table[rows], self.ctx.token_local[rows])
+        if self.use_cache:
+            self.cache = repeat_cache(self.cache, k)
 
     def _ctx(self, n_tokens: int) -> MediaContext | None:
         if self.ctx is None:
@@ -46,11 +57,12 @@ class _Stepper:
                 self.cache = reorder_cache(self.cache, reorder)
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         if self.use_cache:
-            self.logits, self.cache = self.model.decode(generated[:, -1:], self.mask, self._ctx(1), self.cache, True)
+            logits, self.cache = self.model.decode(generated[:, -1:], self.mask, self._ctx(1), self.cache, True)
         else:
             full = torch.cat([self.prompt, generated], dim=1)
-            self.logits, _ = self.model.decode(full, self.mask, self._ctx(generated.shape[1]))
-        return self.logits[:, -1]
+            logits, _ = self.model.decode(full, self.mask, self._ctx(generated.shape[1]))
+        self.next_logits = logits[:, -1]
+        return self.next_logits
 
 
 def _trim(tokens: list[int], stop_ids: Sequence[int]) -> list[int]:
@@ -93,7 +105,7 @@ def _greedy(model: Flamingo, ids: torch.Tensor, mask: torch.Tensor, ctx: MediaCo
     stops = torch.tensor(stop_ids, device=ids.device)
     generated = ids.new_empty(ids.shape[0], 0)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    next_logits = stepper.logits[:, -1]
+    next_logits = stepper.next_logits
     for step in range(max_new_tokens):
         token = _allowed_logits(model, next_logits, stop_ids).argmax(-1)
         token = token.masked_fill(done, model.special.pad)  # finished rows idle; they never affect others
@@ -110,16 +122,14 @@ def _beam_search(model: Flamingo, ids: torch.Tensor, mask: torch.Tensor, ctx: Me
                  stop_ids: list[int]) -> list[list[int]]:
     """Standard beam search with length-normalised finished hypotheses (score / length**penalty)."""
     b = ids.shape[0]
-    rows = torch.arange(b, device=ids.device).repeat_interleave(k)
-    if ctx is not None:  # beams index the same latents: no copy, no re-encoding
-        ctx = model.context(ctx.latents, ctx.table[rows], ctx.token_local[rows])
-    stepper = _Stepper(model, ids[rows], mask[rows], ctx, use_cache)
+    stepper = _Stepper(model, ids, mask, ctx, use_cache)
+    stepper.expand(k)
     scores = torch.full((b, k), float("-inf"), device=ids.device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     generated = ids.new_empty(b * k, 0)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     done = [False] * b
-    next_logits = stepper.logits[:, -1]
+    next_logits = stepper.next_logits
     for step in range(max_new_tokens):
         logp = F.log_softmax(_allowed_logits(model, next_logits, stop_ids), dim=-1)
         vocab = logp.shape[-1]
