@@ -13,6 +13,12 @@ a lifted CombinePerKey, and the decisions are joined back to the documents by ke
 worker holds a corpus-sized set. (The hot-image side input holds only keys found in more
 than `max_docs_per_image` documents: at most refs / max_docs_per_image of them.)
 
+The single transforms (DedupUrls, DedupExactText, DedupNearText, DedupImagesInDocument,
+RemoveHotImages, DedupImageSets) each join their decisions to the documents, i.e. each
+document-level one moves the documents through a shuffle. `Dedup` runs all of them with
+the same results but decides on small `DedupKeys` and signatures and joins the documents
+once (see benchmarks/RESULTS.md for what that costs on the embedded runner).
+
 Near-duplicate clusters are connected components computed by min-label propagation:
 every node of a candidate edge starts with its own rank, each round takes the minimum over
 itself and its neighbours (one CoGroupByKey + one CombinePerKey), for `cc_rounds` rounds.
@@ -70,7 +76,7 @@ def _outputs(result: Any, n_samples: int, label: str) -> dict[str, beam.PCollect
 
 
 class _ApplyDecisionsFn(beam.DoFn):
-    """(doc key, {doc: [Document], drop: [(reason, kept key)]}) -> kept Document; counts every document."""
+    """(doc key, {doc: [Document or DedupKeys], drop: [(reason, kept key)]}) -> the kept ones; counts every one."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
@@ -270,20 +276,14 @@ def _near_drop(element: tuple[dd.Rank, dd.Rank]) -> Iterator[tuple[str, tuple[st
         yield node[1], (dd.NEAR_REASON, label[1])
 
 
-class DedupNearText(beam.PTransform):
-    """Near-duplicate text by MinHash LSH (parameters and S-curve: `m3w_pipeline.dedup`):
+class _NearDrops(beam.PTransform):
+    """PCollection[(doc key, (rank, signature bytes))] -> (dropped key, (reason, kept key))."""
 
-    signatures -> (band key, rank) -> GroupByKey per bucket -> (member, preferred member)
-    pairs -> Distinct -> verified against the signatures (two joins by key, so only
-    candidate pairs carry a signature) -> connected components -> all but each
-    component's preferred document dropped."""
-
-    def __init__(self, config: DedupConfig = DedupConfig()) -> None:
+    def __init__(self, config: DedupConfig) -> None:
         super().__init__()
         self.config = config
 
-    def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
-        sigs = docs | "Signatures" >> beam.ParDo(_SignatureFn(self.config))
+    def expand(self, sigs: beam.PCollection) -> beam.PCollection:
         pairs = (
             sigs
             | "BandKeys" >> beam.ParDo(_BandKeysFn(self.config))
@@ -301,11 +301,23 @@ class DedupNearText(beam.PTransform):
             | "JoinRepSig" >> beam.CoGroupByKey()
             | "Verify" >> beam.FlatMap(_verify_against_rep, self.config.min_jaccard)
         )
-        drops = (
-            edges
-            | "Components" >> ConnectedComponents(self.config.cc_rounds)
-            | "NearDrops" >> beam.FlatMap(_near_drop)
-        )
+        return edges | "Components" >> ConnectedComponents(self.config.cc_rounds) | "NearDrops" >> beam.FlatMap(_near_drop)
+
+
+class DedupNearText(beam.PTransform):
+    """Near-duplicate text by MinHash LSH (parameters and S-curve: `m3w_pipeline.dedup`):
+
+    signatures -> (band key, rank) -> GroupByKey per bucket -> (member, preferred member)
+    pairs -> Distinct -> verified against the signatures (two joins by key, so only
+    candidate pairs carry a signature) -> connected components -> all but each
+    component's preferred document dropped."""
+
+    def __init__(self, config: DedupConfig = DedupConfig()) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
+        drops = docs | "Signatures" >> beam.ParDo(_SignatureFn(self.config)) | "Near" >> _NearDrops(self.config)
         return _apply_decisions(docs, drops, dd.NEAR_STAGE, self.config.reject_sample_size)
 
 
@@ -382,33 +394,123 @@ class RemoveHotImages(beam.PTransform):
 # ----------------------------------------------------------------------------- all stages
 
 
+def _rank_by(key_fn: Callable[[dd.DedupKeys], Optional[str]]) -> Callable[[dd.DedupKeys], Iterator[tuple[str, dd.Rank]]]:
+    def ranked(keys: dd.DedupKeys) -> Iterator[tuple[str, dd.Rank]]:
+        k = key_fn(keys)
+        if k is not None:
+            yield k, keys.rank
+
+    return ranked
+
+
+def _decide(keys: beam.PCollection, drops: beam.PCollection, stage: str, label: str) -> Any:
+    """Survivors of one stage, counted under it: the stage's decisions joined to the small keys."""
+    return (
+        {"doc": keys | f"{label}KeyByDoc" >> beam.Map(lambda k: (k.key, k)), "drop": drops}
+        | f"{label}Join" >> beam.CoGroupByKey()
+        | f"{label}Apply" >> beam.ParDo(_ApplyDecisionsFn(stage)).with_outputs(COUNTS, REJECTS, main="docs")
+    )
+
+
+def _losers_by(keys: beam.PCollection, key_fn: Callable[[dd.DedupKeys], Optional[str]], reason: str, label: str) -> beam.PCollection:
+    return (
+        keys
+        | f"{label}GroupKey" >> beam.FlatMap(_rank_by(key_fn))
+        | f"{label}Group" >> beam.GroupByKey()
+        | f"{label}Losers" >> beam.FlatMap(_group_losers, reason)
+    )
+
+
+class _ImageSetRankFn(beam.DoFn):
+    """DedupKeys -> (image-set key after hot images leave, rank)."""
+
+    def setup(self) -> None:
+        self._source: Optional[list] = None
+        self._hot: frozenset[str] = frozenset()
+
+    def process(self, keys: dd.DedupKeys, hot: list) -> Iterator[tuple[str, dd.Rank]]:
+        if hot is not self._source:
+            self._source, self._hot = hot, frozenset(hot)
+        k = dd.image_set_key_of(dd.without_hot(keys.images, self._hot))
+        if k is not None:
+            yield k, keys.rank
+
+
+def _keep_undropped(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Document]:
+    _, grouped = element
+    if not list(grouped["drop"]):
+        yield from grouped["doc"]
+
+
+def _hot_keys(keys: beam.PCollection, limit: int) -> beam.PCollection:
+    return (
+        keys
+        | "ImageKeys" >> beam.FlatMap(lambda k: [(key, 1) for key in sorted(dd.image_keys_of(k.images))])
+        | "DocsPerKey" >> beam.CombinePerKey(sum)
+        | "Hot" >> beam.Filter(lambda kv: kv[1] > limit)
+        | "HotKeys" >> beam.Keys()
+    )
+
+
 class Dedup(beam.PTransform):
-    """Every dedup stage in the order the build runs them:
-    URL -> exact text -> near text -> images in a document -> hot images -> image sets.
-    Hot images are counted after the document-level text dedup, so re-captures of one page
-    do not make its images look like boilerplate. Returns docs, counts and rejects of all stages."""
+    """Every dedup stage in the order the build runs them, with the same results and counts as
+    chaining the single transforms:
+
+        images in a document -> URL -> exact text -> near text -> hot images -> image sets
+
+    but the documents cross one shuffle only: the document-level decisions are made on
+    `DedupKeys` (key, rank, URL/text/image keys: ~200 bytes) and MinHash signatures, each
+    stage's survivors feeding the next, and all drops are joined to the documents once at the
+    end. Hot images are counted after the text dedup, so re-captures of one page do not make
+    its images look like boilerplate. Returns docs, counts and rejects of all stages."""
 
     def __init__(self, config: DedupConfig = DedupConfig()) -> None:
         super().__init__()
         self.config = config
 
     def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
-        counts, rejects = [], []
-        stages = (
-            ("Url", DedupUrls),
-            ("ExactText", DedupExactText),
-            ("NearText", DedupNearText),
-            ("ImagesInDocument", DedupImagesInDocument),
-            ("HotImages", RemoveHotImages),
-            ("ImageSets", DedupImageSets),
+        c, n = self.config, self.config.reject_sample_size
+        in_doc = docs | "ImagesInDocument" >> DedupImagesInDocument(c)
+        docs = in_doc["docs"]
+        keys = docs | "Keys" >> beam.Map(dd.dedup_keys)
+        sigs = docs | "Signatures" >> beam.ParDo(_SignatureFn(c))
+
+        url_drops = _losers_by(keys, lambda k: k.url_key, dd.URL_REASON, "Url")
+        urls = _decide(keys, url_drops, dd.URL_STAGE, "Url")
+        exact_drops = _losers_by(urls.docs, lambda k: k.text_key, dd.EXACT_REASON, "Exact")
+        exact = _decide(urls.docs, exact_drops, dd.EXACT_STAGE, "Exact")
+        surviving_sigs = (
+            {"keep": exact.docs | "SurvivorKey" >> beam.Map(lambda k: (k.key, None)), "sig": sigs}
+            | "JoinSurvivorSigs" >> beam.CoGroupByKey()
+            | "SurvivorSigs" >> beam.FlatMap(lambda kv: [(kv[0], s) for s in kv[1]["sig"]] if list(kv[1]["keep"]) else [])
         )
-        for name, stage in stages:
-            out = docs | name >> stage(self.config)
-            docs = out["docs"]
-            counts.append(out["counts"])
-            rejects.append(out["rejects"])
+        near_drops = surviving_sigs | "NearDrops" >> _NearDrops(c)
+        near = _decide(exact.docs, near_drops, dd.NEAR_STAGE, "Near")
+        hot = _hot_keys(near.docs, c.max_docs_per_image)
+        set_drops = (
+            near.docs
+            | "SetGroupKey" >> beam.ParDo(_ImageSetRankFn(), hot=AsList(hot))
+            | "SetGroup" >> beam.GroupByKey()
+            | "SetLosers" >> beam.FlatMap(_group_losers, dd.IMAGE_SET_REASON)
+        )
+        sets = _decide(near.docs, set_drops, dd.IMAGE_SET_STAGE, "Set")
+
+        all_drops = (url_drops, exact_drops, near_drops, set_drops) | "AllDrops" >> beam.Flatten()
+        kept = (
+            {"doc": docs | "KeyByDoc" >> beam.Map(lambda d: (d.key, d)), "drop": all_drops}
+            | "JoinDocuments" >> beam.CoGroupByKey()
+            | "KeepUndropped" >> beam.FlatMap(_keep_undropped)
+        )
+        # Documents dropped in several stages? No: each stage only sees the previous one's survivors.
+        hot_removed = kept | "RemoveHot" >> beam.ParDo(_RemoveHotFn(), hot=AsList(hot)).with_outputs(COUNTS, REJECTS, main="docs")
+        counts = [in_doc["counts"], urls[COUNTS], exact[COUNTS], near[COUNTS], sets[COUNTS], hot_removed[COUNTS]]
+        rejects = (
+            [urls[REJECTS], exact[REJECTS], near[REJECTS], sets[REJECTS], hot_removed[REJECTS]]
+            | "DocRejects" >> beam.Flatten()
+            | "SampleRejects" >> SampleRejects(n)
+        )
         return {
-            "docs": docs,
+            "docs": hot_removed.docs,
             "counts": counts | "AllCounts" >> beam.Flatten(),
-            "rejects": rejects | "AllRejects" >> beam.Flatten(),
+            "rejects": (in_doc["rejects"], rejects) | "AllRejects" >> beam.Flatten(),
         }

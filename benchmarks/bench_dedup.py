@@ -5,8 +5,9 @@
 Synthetic documents (~300 words, 2-3 images each) with planted duplicates: 5% re-captures
 of a URL, 8% exact text copies, 8% near copies (last 5% of the words replaced: Jaccard
 ~0.9), a logo on 20% of the pages, 3% identical image sets. Each stage runs as its own
-pipeline on the embedded runner (single process, in-memory) over the same documents; an
-identity pipeline (Create -> Map -> Count) is measured too, and "net" subtracts it (the
+pipeline on the embedded runner (single process, in-memory) over the same documents,
+generated inside the pipeline from their index; an identity pipeline (generate -> count) is
+measured too, and "net" subtracts it (the
 cost of moving the documents through the runner, which the job pays anyway). The pure
 column runs the `m3w_pipeline.dedup` function over the same list in one process: the
 algorithmic cost without Beam. Prints a table and writes the section "## Dedup (issue 3)"
@@ -46,40 +47,51 @@ def _image(url: str, sha: str) -> DocImage:
     return DocImage(ImageRef(url), "ok", ProcessedImage(b"\xff" * 64, "jpg", 400, 300, 400, 300, "JPEG", 64, sha, f"{hash(sha) & (2**64 - 1):016x}"))
 
 
-def make_docs(n: int, seed: int = 0) -> list[Document]:
-    rng = random.Random(seed)
-    vocab = [f"w{i}" for i in range(30_000)]
-    docs: list[Document] = []
-    for i in range(n):
-        key = f"{i:08x}{rng.getrandbits(64):016x}"
-        date = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T00:00:00Z"
-        roll = rng.random()
-        if docs and roll < 0.05:  # re-capture of an earlier URL
-            src = rng.choice(docs)
-            url, words = src.url, src.texts[0].split()
-        elif docs and roll < 0.13:  # exact copy at another URL
-            src = rng.choice(docs)
-            url, words = f"https://copy{i}.example/{i}", src.texts[0].split()
-        elif docs and roll < 0.21:  # near copy: last 5% of the words replaced
-            src = rng.choice(docs)
-            words = src.texts[0].split()
-            m = max(1, len(words) // 20)
-            url, words = f"https://near{i}.example/{i}", words[:-m] + [rng.choice(vocab) for _ in range(m)]
-        else:
-            url, words = f"https://site{i % 500}.example/page/{i}", [rng.choice(vocab) for _ in range(rng.randint(200, 400))]
-        doc = Document(key, url, "x", None, "en", Provenance("bench.warc.gz", i, 1, f"<urn:{i}>", date))
-        doc.texts.append(" ".join(words))
-        doc.images.append(None)
-        images = [_image(f"https://img.example/{i}-a.jpg", f"sha-{i}-a"), _image(f"https://img.example/{i}-b.jpg", f"sha-{i}-b")]
-        if rng.random() < 0.2:
-            images.insert(0, _image("https://cdn.example/static/brand.png", "sha-logo"))
-        if docs and rng.random() < 0.03:  # same image set as an earlier document
-            images = [im for im in docs[-1].images if im is not None]
-        for im in images:
-            doc.texts.append(None)
-            doc.images.append(im)
-        docs.append(doc)
-    return docs
+def _is_original(i: int) -> bool:
+    return i == 0 or random.Random(i).random() >= 0.21
+
+
+def _original_words(j: int) -> list[str]:
+    rng = random.Random(j * 7919 + 1)
+    return [f"w{rng.randrange(30_000)}" for _ in range(rng.randint(200, 400))]
+
+
+def _original_images(j: int) -> list[DocImage]:
+    return [_image(f"https://img.example/{j}-a.jpg", f"sha-{j}-a"), _image(f"https://img.example/{j}-b.jpg", f"sha-{j}-b")]
+
+
+def make_doc(i: int) -> Document:
+    """Document i of the synthetic corpus, computed from i alone (so a pipeline can generate it)."""
+    rng = random.Random(i)
+    roll = rng.random()
+    j = i
+    if not _is_original(i):  # a copy of an earlier original document
+        j = rng.randrange(i)
+        while not _is_original(j):
+            j -= 1
+    words, url = _original_words(j), f"https://site{j % 500}.example/page/{j}"
+    if roll < 0.05:
+        pass  # re-capture: same URL, same text
+    elif roll < 0.13:
+        url = f"https://copy{i}.example/{i}"  # exact copy at another URL
+    elif roll < 0.21:
+        m = max(1, len(words) // 20)  # near copy: last 5% of the words replaced
+        url, words = f"https://near{i}.example/{i}", words[:-m] + [f"n{rng.randrange(30_000)}" for _ in range(m)]
+    date = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T00:00:00Z"
+    doc = Document(f"{i:08x}{rng.getrandbits(64):016x}", url, "x", None, "en", Provenance("bench.warc.gz", i, 1, f"<urn:{i}>", date))
+    doc.texts.append(" ".join(words))
+    doc.images.append(None)
+    images = _original_images(j if rng.random() < 0.03 else i)  # 3%: the image set of an earlier page
+    if rng.random() < 0.2:
+        images.insert(0, _image("https://cdn.example/static/brand.png", "sha-logo"))
+    for im in images:
+        doc.texts.append(None)
+        doc.images.append(im)
+    return doc
+
+
+def make_docs(n: int) -> list[Document]:
+    return [make_doc(i) for i in range(n)]
 
 
 STAGES: list[tuple[str, Callable[[], beam.PTransform], Callable[[list[Document]], object]]] = [
@@ -94,18 +106,48 @@ STAGES: list[tuple[str, Callable[[], beam.PTransform], Callable[[list[Document]]
 ]
 
 
-def run_beam(docs: list[Document], make: Callable[[], beam.PTransform]) -> tuple[float, int]:
-    """Seconds to run Create(docs) -> stage -> count, and how many documents it kept."""
+def run_beam(n: int, make: Callable[[], beam.PTransform]) -> tuple[float, int]:
+    """Seconds to run generate(n docs) -> stage -> count, and how many documents it kept.
+
+    The documents are generated inside the pipeline (Create of the indices, then make_doc),
+    so the figure is not dominated by pickling a list of documents into the pipeline."""
     start = time.perf_counter()
     p = beam.Pipeline(runner="FnApiRunner")
-    out = p | beam.Create(docs, reshuffle=False) | make()
+    docs = p | beam.Create(list(range(n)), reshuffle=False) | "Generate" >> beam.Map(make_doc)
+    out = docs | make()
     kept_docs = out["docs"] if isinstance(out, dict) else out
     _ = kept_docs | beam.Map(lambda _: Metrics.counter("bench", "kept").inc())
     result = p.run()
     result.wait_until_finish()
     seconds = time.perf_counter() - start
-    counters = result.metrics().query(MetricsFilter().with_name("kept"))["counters"]
+    counters = result.metrics().query(MetricsFilter().with_namespace("bench").with_name("kept"))["counters"]
     return seconds, sum(c.committed for c in counters)
+
+
+class Chained(beam.PTransform):
+    """The six single transforms one after another (a document shuffle per document-level stage)."""
+
+    def expand(self, docs):
+        for name, make in (("InDoc", ds.DedupImagesInDocument), ("Url", ds.DedupUrls), ("Exact", ds.DedupExactText),
+                           ("Near", ds.DedupNearText), ("Hot", ds.RemoveHotImages), ("Sets", ds.DedupImageSets)):
+            docs = (docs | name >> make(CONFIG))["docs"]
+        return docs
+
+
+def pure_all(docs: list[Document]) -> list[Document]:
+    docs = [dd.dedup_images_in_document(d, CONFIG.max_phash_distance).doc for d in docs]
+    docs = dd.dedup_urls(docs)[0]
+    docs = dd.dedup_exact_text(docs)[0]
+    docs = dd.dedup_near_text(docs, CONFIG)[0]
+    hot = dd.hot_image_keys(docs, CONFIG.max_docs_per_image)
+    docs = [dd.remove_hot_images(d, hot).doc for d in docs]
+    return dd.dedup_image_sets(docs)[0]
+
+
+STAGES += [
+    ("all six, chained transforms", Chained, pure_all),
+    ("all six, `Dedup` (one document join)", lambda: ds.Dedup(CONFIG), pure_all),
+]
 
 
 class Identity(beam.PTransform):
@@ -124,18 +166,18 @@ def main() -> None:
     docs = make_docs(n)
     gen = time.perf_counter() - t0
     print(f"{n} synthetic documents generated in {gen:.1f} s", flush=True)
-    base, _ = run_beam(docs, Identity)
+    base, _ = run_beam(n, Identity)
     rows = []
     for name, make, pure in STAGES:
         t0 = time.perf_counter()
         result = pure(docs)
         pure_s = time.perf_counter() - t0
-        beam_s, kept = run_beam(docs, make)
-        pure_kept = len(result[0]) if isinstance(result, tuple) else len(result)
+        beam_s, kept = run_beam(n, make)
+        pure_kept = len(result[0]) if isinstance(result, tuple) else len(result)  # type: ignore[arg-type]
         rows.append((name, beam_s * per10k, max(0.0, beam_s - base) * per10k, pure_s * per10k, kept, pure_kept))
         print(f"  {name:<26} beam {beam_s:7.2f} s  pure {pure_s:6.2f} s  kept {kept} (pure {pure_kept})", flush=True)
     header = "| stage | Beam s / 10k docs | net of identity pipeline | pure function s / 10k docs | kept (Beam / pure) |"
-    lines = [header, "|---|---|---|---|---|", f"| identity pipeline (Create -> Map -> Count) | {base * per10k:.2f} | - | - | {n} |"]
+    lines = [header, "|---|---|---|---|---|", f"| identity pipeline (generate -> count) | {base * per10k:.2f} | - | - | {n} |"]
     for name, b, net, p, kept, pure_kept in rows:
         lines.append(f"| {name} | {b:.2f} | {net:.2f} | {p:.2f} | {kept} / {pure_kept} |")
     table = "\n".join(lines)

@@ -91,19 +91,47 @@ def text_key(doc: Document) -> Optional[str]:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest() if text else None
 
 
-def _image_token(image) -> str:
-    if image.image is not None:
-        return f"sha256:{image.image.sha256}"
-    return f"url:{normalize_url(image.ref.url)}"
+def image_ids(doc: Document) -> tuple[tuple[str, Optional[str]], ...]:
+    """(URL key, sha256 key or None when missing) per image, in page order."""
+    return tuple(
+        (f"url:{normalize_url(im.ref.url)}", f"sha256:{im.image.sha256}" if im.image is not None else None)
+        for im in doc.images
+        if im is not None
+    )
 
 
-def image_set_key(doc: Document) -> Optional[str]:
-    """Hash of the set of the document's images (sha256 when resolved, URL when missing);
-    None without images: such documents are not image-set duplicates of each other."""
-    tokens = sorted({_image_token(im) for im in doc.images if im is not None})
+def image_set_key_of(ids: Iterable[tuple[str, Optional[str]]]) -> Optional[str]:
+    """Hash of the set of images (sha256 when resolved, URL when missing); None without images."""
+    tokens = sorted({sha or url for url, sha in ids})
     if not tokens:
         return None
     return hashlib.blake2b("\n".join(tokens).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def image_set_key(doc: Document) -> Optional[str]:
+    """Documents without images are not image-set duplicates of each other (None)."""
+    return image_set_key_of(image_ids(doc))
+
+
+@dataclass(frozen=True)
+class DedupKeys:
+    """What the corpus-level decisions need of a document: small, so it can cross shuffles."""
+
+    key: str
+    url: str  # the document URL (for reject samples)
+    rank: Rank
+    url_key: Optional[str]
+    text_key: Optional[str]
+    images: tuple[tuple[str, Optional[str]], ...]  # image_ids
+
+
+def dedup_keys(doc: Document) -> DedupKeys:
+    return DedupKeys(doc.key, doc.url, preference(doc), url_key(doc), text_key(doc), image_ids(doc))
+
+
+def without_hot(ids: Iterable[tuple[str, Optional[str]]], hot: set[str] | frozenset[str]) -> list[tuple[str, Optional[str]]]:
+    """The image ids `remove_hot_images` keeps."""
+    return [(url, sha) for url, sha in ids if url not in hot and (sha is None or sha not in hot)]
 
 
 def dedup_by_key(docs: Iterable[Document], key_fn: Callable[[Document], Optional[str]]) -> tuple[list[Document], dict[str, str]]:
@@ -117,7 +145,7 @@ def dedup_by_key(docs: Iterable[Document], key_fn: Callable[[Document], Optional
     drops = {}
     for doc in docs:
         k = key_fn(doc)
-        if k is not None and best[k] is not doc:
+        if k is not None and best[k].key != doc.key:
             drops[doc.key] = best[k].key
     return [d for d in docs if d.key not in drops], drops
 
@@ -196,7 +224,8 @@ class MinHasher:
 
 
 def doc_signature(doc: Document, hasher: MinHasher) -> Optional[np.ndarray]:
-    return hasher.signature(normalized_text(doc))
+    """Signature of the document's words (the same tokens as `normalized_text`)."""
+    return hasher.signature("\n".join(t for t in doc.texts if t))
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -331,13 +360,11 @@ def dedup_images_in_document(doc: Document, max_phash_distance: int) -> ImageEdi
 
 def image_keys(doc: Document) -> set[str]:
     """The keys a document's images are counted under across the corpus, each once per document."""
-    keys = set()
-    for image in doc.images:
-        if image is not None:
-            keys.add(f"url:{normalize_url(image.ref.url)}")
-            if image.image is not None:
-                keys.add(f"sha256:{image.image.sha256}")
-    return keys
+    return image_keys_of(image_ids(doc))
+
+
+def image_keys_of(ids: Iterable[tuple[str, Optional[str]]]) -> set[str]:
+    return {k for pair in ids for k in pair if k is not None}
 
 
 def hot_image_keys(docs: Iterable[Document], max_docs: int) -> set[str]:

@@ -7,6 +7,7 @@ J = 0.95 (m = 19), 0.9 (m = 39) and 0.5 (m = 247) exactly (checked below).
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import replace
 from typing import Optional
@@ -33,10 +34,12 @@ N_WORDS = T + K - 1
 # ----------------------------------------------------------------------------- builders
 
 
-def image(url: str, sha: Optional[str] = None, phash: str = "0000000000000000", side: int = 200) -> DocImage:
+def image(url: str, sha: Optional[str] = None, phash: Optional[str] = None, side: int = 200) -> DocImage:
+    """A resolved image (or a missing one without sha); distinct sha256s get unrelated phashes."""
     ref = ImageRef(url)
     if sha is None:
         return DocImage(ref, "missing")
+    phash = phash or hashlib.blake2b(sha.encode(), digest_size=8).hexdigest()
     processed = ProcessedImage(b"x", "jpg", side, side, side, side, "JPEG", 1, sha, phash)
     return DocImage(ref, "ok", processed)
 
@@ -294,6 +297,21 @@ def test_beam_stages_find_the_same_duplicates_as_the_pure_functions():
         pure = dd.dedup_exact_text(pure)[0]
         pure = dd.dedup_near_text(pure, CONFIG)[0]
         assert_that(full["docs"] | "FullKeys" >> beam.Map(lambda d: d.key), _check([d.key for d in pure if d.key != "set-old"]), label="FullKept")
+        assert_that(full["counts"], _check_chain, label="FullCounts")
+
+
+def _check_chain(counts):
+    """Each stage reads what the previous one kept, and in = kept + drops."""
+    got = _counts_by_outcome(counts)
+    expected = {
+        ("dedup_url", "in"): 60, ("dedup_url", "kept"): 57, ("dedup_url", "duplicate-url"): 3,
+        ("dedup_text_exact", "in"): 57, ("dedup_text_exact", "kept"): 56, ("dedup_text_exact", "duplicate-text"): 1,
+        ("dedup_text_near", "in"): 56, ("dedup_text_near", "kept"): 54, ("dedup_text_near", "near-duplicate-text"): 2,
+        ("dedup_image_sets", "in"): 54, ("dedup_image_sets", "kept"): 53, ("dedup_image_sets", "duplicate-image-set"): 1,
+        ("images_in_document", "in"): 50, ("images_in_document", "kept"): 50,
+        ("images_hot", "in"): 48, ("images_hot", "kept"): 21, ("images_hot", "hot-url"): 15, ("images_hot", "hot-sha256"): 12,
+    }
+    assert got == expected, sorted(set(got.items()) ^ set(expected.items()))
 
 
 def test_connected_components_in_beam_follow_chains_and_never_drop_a_whole_component():
