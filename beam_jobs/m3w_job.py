@@ -13,6 +13,7 @@ Beam metric and as data, so the manifest can be reconciled on any runner.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Any, Iterable, Iterator, Optional
 
@@ -31,10 +32,12 @@ from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name, write_m
 from m3w_pipeline.accounting import IN, Count, build_manifest
 
 from beam_jobs import fsio
+from beam_jobs.fetch_stage import FETCH_STATUS, FetchMediaFn
 
 COUNTS = "counts"
 MEDIA = "media"
 BROKEN = "broken"
+UNRESOLVED = "unresolved"
 MANIFEST_NAME = "manifest.json"
 
 
@@ -106,18 +109,25 @@ def image_refs(keyed_doc: tuple[str, Any]) -> Iterator[tuple[str, tuple[str, int
 
 
 class ResolveImagesFn(beam.DoFn):
-    """Per URL: choose one media record, process it once, hand the result to every referencing node."""
+    """Per URL: choose one media record, process it once, hand the result to every referencing node.
 
-    def __init__(self, config: ImageConfig):
+    A URL no record holds goes to the `unresolved` output (for the fetch stage) when
+    fetching is on; otherwise its refs stay missing.
+    """
+
+    def __init__(self, config: ImageConfig, fetch: bool = False):
         self.config = config
+        self.fetch = fetch
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
-        _, grouped = element
-        refs = list(grouped["refs"])
+        url, grouped = element
+        refs = sorted(grouped["refs"])
         records = sorted(grouped["media"], key=lambda m: (m.provenance.capture_date, m.provenance.warc_file, m.provenance.offset))
         if records:
             yield count("media_records", IN, len(records))
             yield from self._resolve(refs, records)
+        elif refs and self.fetch:
+            yield TaggedOutput(UNRESOLVED, (url, refs))
 
     def _resolve(self, refs: list, records: list) -> Iterator[Any]:
         chosen, duplicates = records[-1], records[:-1]  # the most recent capture wins
@@ -130,7 +140,6 @@ class ResolveImagesFn(beam.DoFn):
             result = process_image(chosen.data, self.config)
             for doc_key, node_index in refs:
                 yield (doc_key, (node_index, result))
-        # With no media record, every ref stays missing; assembly counts it.
 
 
 class AssembleFn(beam.DoFn):
@@ -196,20 +205,55 @@ class WriteManifestFn(beam.DoFn):
         self.config = config
         self.corpus = corpus
 
-    def process(self, _: Any, counts: dict, broken: list, shards: list) -> Iterator[dict[str, Any]]:
+    def process(self, _: Any, counts: dict, broken: list, shards: list, status_files: list) -> Iterator[dict[str, Any]]:
         import json
 
         manifest = build_manifest(counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
+        manifest["fetch_status_files"] = sorted(status_files)
+        stale_status = fsio.delete_matching(
+            fsio.join(self.output_dir, "fetch_status-*.parquet"), {fsio.join(self.output_dir, f) for f in status_files}
+        )
         keep = {fsio.join(self.output_dir, f"{s['name']}.{ext}") for s in shards for ext in ("tar", "parquet")}
         prefix = self.config.shards.prefix
         manifest["removed_stale_files"] = [
             p.rsplit("/", 1)[-1]
             for ext in ("tar", "parquet")
             for p in fsio.delete_matching(fsio.join(self.output_dir, f"{prefix}-*.{ext}"), keep)
-        ]
+        ] + [p.rsplit("/", 1)[-1] for p in stale_status]
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         fsio.write_bytes_atomic(fsio.join(self.output_dir, MANIFEST_NAME), data)
         yield manifest
+
+
+class WriteStatusTableFn(beam.DoFn):
+    """(bucket, rows) -> NAME-NNNNN.parquet, rows sorted by URL, written to a temp name then renamed."""
+
+    def __init__(self, output_dir: str, prefix: str, schema: str):
+        self.output_dir = output_dir
+        self.prefix = prefix
+        self.schema = schema
+
+    def process(self, element: tuple[int, Iterable[dict[str, Any]]]) -> Iterator[str]:
+        import pyarrow as pa
+
+        from m3w_pipeline.shards import load_arrow_schema
+
+        bucket, rows = element
+        table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["url"]), schema=load_arrow_schema(self.schema))
+        name = f"{shard_name(self.prefix, bucket)}.parquet"
+        fsio.write_bytes_atomic(fsio.join(self.output_dir, name), parquet_bytes(table))
+        yield name
+
+
+def write_status_table(rows: beam.PCollection, output_dir: str, prefix: str, schema: str, rows_per_file: int = 1_000_000) -> beam.PCollection:
+    """Status rows (one per URL) -> bucketed Parquet files beside the shards, like img2dataset's."""
+    n_files = rows | f"Count{prefix}" >> beam.combiners.Count.Globally() | f"Files{prefix}" >> beam.Map(_n_shards, rows_per_file)
+    return (
+        rows
+        | f"Bucket{prefix}" >> beam.Map(lambda r, n: (int(hashlib.sha1(r["url"].encode()).hexdigest()[:15], 16) % n, r), AsSingleton(n_files))
+        | f"Group{prefix}" >> beam.GroupByKey()
+        | f"Write{prefix}" >> beam.ParDo(WriteStatusTableFn(output_dir, prefix, schema))
+    )
 
 
 def _shard_of(doc: Any, n_shards: int) -> tuple[int, Any]:
@@ -233,10 +277,24 @@ def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: s
     resolved = (
         {"refs": refs, "media": read[MEDIA]}
         | "JoinMediaByUrl" >> beam.CoGroupByKey()
-        | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, main="images")
+        | "ResolveImages"
+        >> beam.ParDo(ResolveImagesFn(config.image, config.fetch.enabled)).with_outputs(COUNTS, UNRESOLVED, main="images")
     )
+    image_results = resolved.images
+    count_streams = [read[COUNTS], extracted[COUNTS], resolved[COUNTS]]
+    if config.fetch.enabled:
+        fetched = (
+            resolved[UNRESOLVED]
+            | "BatchUrls" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
+            | "FetchMedia" >> beam.ParDo(FetchMediaFn(config.fetch, config.image)).with_outputs(FETCH_STATUS, COUNTS, main="images")
+        )
+        image_results = (resolved.images, fetched.images) | "AllImageResults" >> beam.Flatten()
+        count_streams.append(fetched[COUNTS])
+        status_files = write_status_table(fetched[FETCH_STATUS], output_dir, "fetch_status", "fetch_status")
+    else:
+        status_files = pipeline | "NoStatusFiles" >> beam.Create([])
     assembled = (
-        {"page": extracted.docs, "images": resolved.images}
+        {"page": extracted.docs, "images": image_results}
         | "JoinByDocument" >> beam.CoGroupByKey()
         | "AssembleAndFilter" >> beam.ParDo(AssembleFn(config.filters)).with_outputs(COUNTS, main="docs")
     )
@@ -252,7 +310,7 @@ def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: s
         | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, config.shards))
     )
     counts = (
-        [read[COUNTS], extracted[COUNTS], resolved[COUNTS], assembled[COUNTS]]
+        count_streams + [assembled[COUNTS]]
         | "AllCounts" >> beam.Flatten()
         | "CountKey" >> beam.Map(lambda c: ((c.stage, c.outcome), c.n))
         | "SumCounts" >> beam.CombinePerKey(sum)
@@ -266,5 +324,6 @@ def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: s
             counts=AsDict(counts),
             broken=AsList(read[BROKEN]),
             shards=AsList(shards),
+            status_files=AsList(status_files),
         )
     )

@@ -36,7 +36,8 @@ def finished_manifest(output_dir: str, inputs: list[str], config: BuildConfig) -
         manifest = json.loads(fsio.read_bytes(path))
     except (ValueError, OSError):
         return None
-    same = manifest.get("inputs") == sorted(inputs) and manifest.get("config") == config.to_dict()
+    # Compare as JSON: tuples in the config come back from the manifest as lists.
+    same = manifest.get("inputs") == sorted(inputs) and manifest.get("config") == json.loads(json.dumps(config.to_dict()))
     return manifest if same and manifest.get("reconciles") else None
 
 

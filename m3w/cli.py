@@ -54,6 +54,11 @@ def _build_config(args: argparse.Namespace) -> Any:
         ("image", "max_side"): args.max_image_side,
         ("shards", "samples_per_shard"): args.samples_per_shard,
         ("warc", "max_page_bytes"): args.max_page_bytes,
+        ("fetch", "enabled"): True if args.fetch_media else None,
+        ("fetch", "allow_private_addresses"): True if args.allow_private_addresses else None,
+        ("fetch", "user_agent"): args.user_agent,
+        ("fetch", "proxy"): args.proxy,
+        ("fetch", "host_overrides"): dict(r.split("=", 1) for r in args.resolve) if args.resolve else None,
     }
     for (section, name), value in overrides.items():
         if value is not None:
@@ -109,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-side", type=int)
     p.add_argument("--samples-per-shard", type=int)
     p.add_argument("--max-page-bytes", type=int)
+    p.add_argument("--fetch-media", action="store_true", help="fetch referenced images the crawl does not hold (needed for real CC WARCs)")
+    p.add_argument("--allow-private-addresses", action="store_true", help="let the fetcher reach private/loopback addresses (tests, intranets)")
+    p.add_argument("--resolve", action="append", metavar="HOST=ADDR[:PORT]", help="point HOST at ADDR when fetching, like curl --resolve (repeatable)")
+    p.add_argument("--user-agent", help="User-Agent for media fetching")
+    p.add_argument("--proxy", help="HTTP proxy for media fetching, http://host:port")
 
     from m3w.inspect_cli import add_export_arguments, add_stats_arguments, add_validate_arguments
 

@@ -17,6 +17,7 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "image_refs": ("resolved", "missing"),
     "media_records": ("used",),
     "documents": ("kept",),
+    "fetch": ("ok",),
 }
 
 # (stage, kept outcome) -> the stage whose `in` it must equal.

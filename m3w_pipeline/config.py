@@ -179,6 +179,10 @@ class FetchConfig:
     to one host, and starts requests to one host at least `per_host_delay_s` apart.
     """
 
+    # Fetch the images a page references but the crawl does not hold (real Common Crawl WARCs
+    # hold almost none). Off by default so a build never touches the network unless asked
+    # (`m3w build --fetch-media`).
+    enabled: bool = False
     # Threads per Fetcher (one Fetcher per Beam DoFn instance, i.e. per worker thread).
     workers: int = 16
     per_host_concurrency: int = 4
@@ -221,6 +225,109 @@ class FetchConfig:
 
 
 @dataclass(frozen=True)
+class PairConfig:
+    """Image-text pairs (m3w_pipeline/pairs.py): ALIGN-style alt text, LTIP-style long descriptions.
+
+    The caption checks here are shared with video captions (VideoConfig keeps only its lengths).
+    """
+
+    align: bool = True  # image + its alt text
+    ltip: bool = True  # image + a long description: its figcaption, else a describing adjacent sentence
+    # Word limits per kind (ALIGN, Jia et al. 2021, keeps alt texts of 3..20 unigrams).
+    align_min_words: int = 3
+    align_max_words: int = 20
+    ltip_min_words: int = 5
+    ltip_max_words: int = 256
+    max_caption_chars: int = 2000
+    # LTIP sources, in order of preference: "figcaption" and/or "context" (adjacent text).
+    ltip_sources: tuple[str, ...] = ("figcaption", "context")
+    # Context: the text node right after the image, then right before it ("after", "before"),
+    # not counting the image's own figcaption. With context_requires_cue, only sentences that
+    # point at the image count: a sentence needs two of {a media noun (context_cues), a pointer
+    # (context_pointers), a direction (forward/backward cues)}, or a strong cue ("pictured"):
+    # "The picture above shows ...", "Below you can see ...", not "We restored the photograph".
+    # "context_scope" keeps just those sentences ("sentence") or the whole text node ("paragraph").
+    context_order: tuple[str, ...] = ("after", "before")
+    context_requires_cue: bool = True
+    context_scope: str = "sentence"
+    context_cues: tuple[str, ...] = (
+        "image", "images", "picture", "pictures", "photo", "photos", "photograph", "photographs",
+        "illustration", "drawing", "figure", "diagram", "chart", "map", "screenshot",
+    )
+    context_pointers: tuple[str, ...] = ("this", "these", "here", "shows", "shown", "showing", "see", "depicts", "depicted")
+    context_strong_cues: tuple[str, ...] = ("pictured",)
+    # A sentence AFTER the image that only points forward ("below") describes the next image;
+    # one BEFORE it that only points back ("above") describes the previous one.
+    context_forward_cues: tuple[str, ...] = ("below", "following")
+    context_backward_cues: tuple[str, ...] = ("above", "previous", "preceding")
+    # Strip "Photo: Name" / "Credit: ..." / "(c) ..." tails and "Figure 3:" labels from captions.
+    strip_credits: bool = True
+    strip_figure_labels: bool = True
+    # A caption whose words are all placeholder words (after dropping digits) is not a caption.
+    placeholder_words: tuple[str, ...] = (
+        "image", "images", "img", "photo", "photos", "picture", "pic", "pics", "logo", "icon", "banner",
+        "thumbnail", "thumb", "placeholder", "untitled", "spacer", "blank", "default", "avatar",
+        "graphic", "figure", "illustration", "screenshot", "foto", "bild", "imagen", "null", "none", "undefined",
+        "alt", "dummy", "header", "featured", "feature", "hero", "slide", "gallery", "video", "clip",
+    )
+    # Not language: fewer letters than this share of non-space chars, or fewer word-like
+    # tokens (2+ letters, no digits) than this share of tokens.
+    min_letter_ratio: float = 0.5
+    min_word_token_ratio: float = 0.5
+    # Caption language via py3langid (m3w_pipeline.lang); empty: any language, no identification.
+    languages: tuple[str, ...] = ()
+    min_language_score: float = 0.5
+    # Original image size (before resizing) a pair needs; ALIGN used 200.
+    min_image_side: int = 64
+    # Pairs per tar shard and shard name prefixes (ALIGN and LTIP are separate shard sets).
+    samples_per_shard: int = 10_000
+    align_prefix: str = "align"
+    ltip_prefix: str = "ltip"
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Video-text pairs (m3w_pipeline/video.py probes and samples, pairs.py captions)."""
+
+    # Video bytes above this are not decoded (too-large); WarcConfig.max_media_bytes caps records.
+    max_video_bytes: int = 25_000_000
+    # Containers kept (sniffed from bytes); others are unsupported-format. These are the
+    # extensions video2dataset readers and m3w stats/validate know.
+    allowed_formats: tuple[str, ...] = ("mp4", "mov", "webm", "mkv")
+    min_side: int = 64
+    max_aspect_ratio: float = 3.0
+    # Frames larger than this many pixels (width * height) are too-large (8K is 33 MP).
+    max_frame_pixels: int = 16_777_216
+    min_duration_s: float = 0.5
+    max_duration_s: float = 600.0
+    # Flamingo: 8 frames at 1 FPS. The clip is cut into num_frames slots of at most 1/frame_rate
+    # seconds ("center": the slots sit in the middle of the clip, "start": from its start);
+    # the frame on screen at each slot's midpoint is kept. Shorter clips: evenly spread slots.
+    num_frames: int = 8
+    frame_rate: float = 1.0
+    frame_anchor: str = "center"
+    # A decode error before all frames are sampled drops the video (decode-error) unless at
+    # least this many frames were sampled; then it is kept, marked partial.
+    min_frames: int = 8
+    # Decode budget per video (frames), against pathological frame rates.
+    max_decoded_frames: int = 20_000
+    # Seek (to the keyframe before) when the first sampled frame is later than this.
+    seek_after_s: float = 10.0
+    decode_threads: int = 1
+    # Caption sources in order of preference (figcaption, title = title/aria-label, context =
+    # adjacent text pointing at the video, track = WebVTT text when the file is in the crawl,
+    # page-title).
+    caption_sources: tuple[str, ...] = ("figcaption", "title", "context", "track", "page-title")
+    caption_min_words: int = 2
+    caption_max_words: int = 256
+    # Media nouns for the context rule (PairConfig's pointers and directions apply).
+    context_cues: tuple[str, ...] = ("video", "videos", "clip", "clips", "footage", "film", "filmed", "watch", "recording")
+    max_track_bytes: int = 1_000_000
+    samples_per_shard: int = 1000
+    prefix: str = "video"
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     warc: WarcConfig = field(default_factory=WarcConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -229,6 +336,8 @@ class BuildConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,21 @@ def sample_build(tmp_path_factory, sample_crawl) -> Path:
     out = tmp_path_factory.mktemp("sample_build")
     build("m3w", [str(p) for p in sample_crawl.warc_paths], out, "--samples-per-shard", "25")
     return out
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Every TCP connection this process makes must go to loopback (the workplace's network rule);
+    anything else fails the test before a packet leaves. Returns the hosts connected to."""
+    attempts: list[str] = []
+    real = socket.create_connection
+
+    def guarded(address, *args, **kwargs):
+        host = str(address[0])
+        attempts.append(host)
+        if not (host.startswith("127.") or host == "::1"):
+            raise AssertionError(f"test tried to connect to {host}")
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+    return attempts

@@ -19,6 +19,7 @@ Routes of `MediaServer` (any route takes `?ct=TYPE` to override Content-Type and
     /redirect/N/REST                            N relative redirects, then REST
     /redirect-to?url=URL                        302 to URL
     /files/...                                  whatever `add_file` registered (benchmarks)
+    anything else                               404, or a generated 400x300 JPEG with catch_all_images=True
 """
 from __future__ import annotations
 
@@ -163,8 +164,10 @@ class MediaServer:
     `tls=(certfile, keyfile)` serves HTTPS instead. Use as a context manager.
     """
 
-    def __init__(self, host: str = "127.0.0.1", tls: Optional[tuple[str, str]] = None):
+    def __init__(self, host: str = "127.0.0.1", tls: Optional[tuple[str, str]] = None, catch_all_images: bool = False):
         self.log = RequestLog()
+        # Answer any path no route knows with a generated JPEG (stands in for the real web).
+        self.catch_all_images = catch_all_images
         self.files: dict[str, tuple[bytes, str]] = {}
         self.in_flight = 0  # requests being answered right now
         self.max_in_flight = 0  # the most at once since start (or reset_in_flight)
@@ -276,6 +279,8 @@ class MediaServer:
             return Reply(status=302, headers=[("Location", location)])
         if head == "redirect-to":
             return Reply(status=302, headers=[("Location", query["url"][0])])
+        if self.catch_all_images:
+            return Reply(body=self.image(path, 400, 300, "jpg"), content_type="image/jpeg")
         return Reply(status=404, body=b"not found", content_type="text/plain")
 
     def _image_reply(self, filename: str, query: dict[str, list[str]]) -> Reply:

@@ -38,20 +38,9 @@ DEFAULT_UA = FetchConfig().user_agent
 
 
 @pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Every TCP connection from this process must go to loopback; returns the attempts."""
-    attempts: list[str] = []
-    real = socket.create_connection
-
-    def guarded(address, *args, **kwargs):
-        host = str(address[0])
-        attempts.append(host)
-        if not (host.startswith("127.") or host == "::1"):
-            raise AssertionError(f"test tried to connect to {host}")
-        return real(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", guarded)
-    return attempts
+def _guard(loopback_only):
+    """Every test here runs under conftest's loopback-only guard."""
+    return loopback_only
 
 
 def numeric_resolver(names: dict[str, list[str]] | None = None):
