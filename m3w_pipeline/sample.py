@@ -25,6 +25,12 @@ Layout of the crawl (see `write_sample_crawl`):
     whose gzip member is cut in half.
   * `sample-truth.jsonl`: one JSON object per HTML response (format in `_page_truth`).
 
+Videos: "video" pages hold a <figure><video poster> whose figcaption names what moves in
+it. For most of them (VIDEO_IN_CRAWL_RATE) the crawl holds the clip itself as a video/mp4
+response at the <source> URL: an H.264 MP4 encoded here with PyAV (libx264, one thread,
+bitexact muxing, so the bytes are deterministic): the described shapes glide across a
+plain background for a few seconds at 8-12 fps (truth: `videos[*]`).
+
 srcset / <picture>: for every srcset-style image the crawl holds the LARGEST width
 candidate (the truth `url`) and the `<img src>` fallback, which is the SMALLEST
 candidate (listed under `also_written`); middle candidates are not in the crawl.
@@ -304,6 +310,11 @@ ADJACENT_AFTER_TEMPLATES: tuple[str, ...] = (
     "In the image above you can see {d}.",
     "That illustration shows {d}, drawn for this article.",
 )
+# Videos (H.264 MP4, see render_shape_video): size, frame rates, lengths, share in the crawl.
+VIDEO_SIZE = (160, 120)
+VIDEO_FPS: tuple[int, ...] = (8, 10, 12)
+VIDEO_SECONDS: tuple[float, ...] = (2.0, 3.0, 4.0)
+VIDEO_IN_CRAWL_RATE = 0.75
 VIDEO_CAPTION_TEMPLATES: tuple[str, ...] = (
     "Video: {d}.",
     "Watch: {d}, filmed for this story.",
@@ -463,6 +474,55 @@ def encode_image(image: Image.Image, fmt: str) -> bytes:
     else:
         raise ValueError(f"unsupported format {fmt}")
     return out.getvalue()
+
+
+@dataclass
+class RenderedVideo:
+    data: bytes  # an MP4 file
+    width: int
+    height: int
+    fps: int
+    frames: int
+    duration: float  # seconds: frames / fps
+    velocity: tuple[float, float]  # px per second every shape moves by
+
+
+def render_shape_video(spec: ShapeSpec, seed_key: str, fps: int, seconds: float,
+                       size: tuple[int, int] = VIDEO_SIZE) -> RenderedVideo:
+    """Shapes of `spec` gliding across a plain background, as a deterministic H.264 MP4.
+
+    Every shape moves by the same velocity (towards the far side of the frame), so
+    consecutive frames differ and the description stays true in every frame.
+    """
+    import av  # only the generator needs PyAV here
+
+    rng = random.Random(f"m3w-sample-video:{seed_key}")
+    width, height = size
+    margin = 0.3  # shapes are laid out in the middle 40%..70% and move by up to a quarter frame
+    positions = _shape_positions(spec.count, round(width * (1 - margin)), round(height * (1 - margin)), rng)
+    offset = (width * margin / 2, height * margin / 2)
+    direction = rng.choice((-1, 1))
+    velocity = (direction * width * 0.25 / seconds, rng.uniform(-0.1, 0.1) * height / seconds)
+    n_frames = int(round(fps * seconds))
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4", container_options={"fflags": "+bitexact"}) as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23", "threads": "1",
+                                                            "g": str(fps), "bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        for i in range(n_frames):
+            t = i / fps
+            frame = Image.new("RGB", size, BACKGROUND_RGB[spec.background])
+            draw = ImageDraw.Draw(frame)
+            for cx, cy, radius in positions:
+                x = offset[0] + cx + velocity[0] * t
+                y = offset[1] + cy + velocity[1] * t
+                _draw_shape(draw, spec.shape, x, y, radius, COLOUR_RGB[spec.colour])
+            for packet in stream.encode(av.VideoFrame.from_image(frame)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return RenderedVideo(buffer.getvalue(), width, height, fps, n_frames, n_frames / fps, velocity)
 
 
 def _shape_positions(
@@ -1019,7 +1079,8 @@ class _ArticleBuilder:
         self.words += sum(_words(t) for t in items)
 
     def video(self) -> None:
-        """A <video> with poster and mp4 source; the poster is crawled, the mp4 is not."""
+        """A <video> with poster and mp4 source in a <figure>; the poster is crawled, and for
+        most videos the mp4 too (shapes moving as the figcaption says)."""
         spec = self.maker.random_spec()
         d = spec.description()
         n = self.maker.next_id()
@@ -1035,11 +1096,22 @@ class _ArticleBuilder:
             f'<source src="{source}" type="video/mp4">Your browser does not support the video tag.</video>'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-        self.videos.append({
+        truth = {
             "sources": [source], "poster": poster_url, "poster_width": 640, "poster_height": 360,
             "caption": caption, "description": d, "shape": spec.shape, "colour": spec.colour,
             "count": spec.count, "background": spec.background, "in_crawl": False,
-        })
+            "url": None, "width": None, "height": None, "fps": None, "frames": None, "duration": None,
+            "bytes": None, "velocity": None, "warc_file": None,
+        }
+        if self.rng.random() < VIDEO_IN_CRAWL_RATE:
+            clip = render_shape_video(spec, f"{self.maker.seed}:{token}", self.rng.choice(VIDEO_FPS),
+                                      self.rng.choice(VIDEO_SECONDS))
+            self.media.append(Capture(source, 200, clip.data, "video/mp4",
+                                      [("Cache-Control", "max-age=31536000")], is_media=True))
+            truth.update(in_crawl=True, url=source, width=clip.width, height=clip.height, fps=clip.fps,
+                         frames=clip.frames, duration=clip.duration, bytes=len(clip.data),
+                         velocity=list(clip.velocity))
+        self.videos.append(truth)
 
     def random_image(self) -> None:
         roll = self.rng.random()
@@ -1279,8 +1351,10 @@ def _page_truth(page: Page, warc_file: str, duplicate_of: Optional[str]) -> dict
     """Complete a page's truth line.
 
     Fields: url, warc_file, status, kind, site, layout, title, base_href,
-    images (page order; main content only; see `_image_truth`), videos, boilerplate_images
-    (header logo, not main content), main_words (APPROXIMATE: words of h1/h2/h3, paragraphs,
+    images (page order; main content only; see `_image_truth`), videos (sources, poster and
+    its size and poster_warc_file, caption, description, shape, colour, count, background,
+    in_crawl; for a clip in the crawl: url, warc_file, width, height, fps, frames, duration,
+    bytes, velocity [px/s]; else those are null), boilerplate_images (header logo, not main content), main_words (APPROXIMATE: words of h1/h2/h3, paragraphs,
     list items and captions in the article, excluding byline, alt text and chrome),
     words_approximate, expected_kept, expected_drop_reason, duplicate_of (URL of the
     page this one is a byte-identical copy of), truncated.
@@ -1632,3 +1706,4 @@ def _fill_image_files(truth_lines: list[dict[str, Any]], media_files: dict[str, 
                 also["warc_file"] = media_files.get(also["url"])
         for video in line["videos"]:
             video["poster_warc_file"] = media_files.get(video["poster"])
+            video["warc_file"] = media_files.get(video["url"]) if video["in_crawl"] else None

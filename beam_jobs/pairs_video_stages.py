@@ -1,0 +1,346 @@
+"""Beam stages for the image-text (ALIGN, LTIP) and video-text (VTP) corpora.
+
+Thin wiring over `m3w_pipeline.pairs`, `.video` and `.pair_shards`, fed by the same read
+and the same extraction as the M3W build:
+
+    read[MEDIA] -> split_media -> image records -> (M3W image join, unchanged)
+                               -> video records (containers, WebVTT) -+
+    JoinByDocument (page + image results, before the M3W filters)     |
+      -> AssemblePairInputsFn -> PairInput (Document + failed images) |
+           -> ExtractPairsFn -> pairs -> WriteSampleShards (align-*, ltip-*)
+           -> VideoCandidatesFn -> candidates (by key) ----------------------------+
+                                -> source/track refs (by URL) -+                   |
+                                -> failed rows (unfetchable)   |                   |
+                        video records (by URL) ----------------+-> ResolveVideosFn |
+                              (probe + sample each URL once) -> results by key ---+-> BuildVideoSamplesFn
+                                                               -> WriteSampleShards (video-*)
+
+Every DoFn counts what it consumes per (stage, outcome) with `m3w_job.count`; the
+stage table is `KEPT_OUTCOMES` / `STAGE_LINKS` below (merge them into accounting's).
+Shards: samples go to shard int(key[:15], 16) % n, n from the kept count per shard set, so
+identical pairs (same key) meet in one shard, where `dedup_samples` keeps one; the
+writer counts <set>_samples: in / written / duplicate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.pvalue import AsDict, TaggedOutput
+
+from beam_jobs import fsio
+from beam_jobs.m3w_job import COUNTS, count
+from m3w_pipeline import warc as warc_lib
+from m3w_pipeline.accounting import IN
+from m3w_pipeline.config import BuildConfig, ImageConfig, PairConfig, VideoConfig
+from m3w_pipeline.media import ImageResult
+from m3w_pipeline.pair_shards import write_pair_shard, write_video_shard
+from m3w_pipeline.pairs import (
+    VIDEO_CANDIDATE,
+    Pair,
+    PairInput,
+    assemble_pair_input,
+    build_video_sample,
+    dedup_samples,
+    extract_pairs,
+    track_caption,
+    unfetchable_sample,
+    video_candidates,
+)
+from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name
+from m3w_pipeline.video import media_kind, process_video, webvtt_text
+
+VIDEO_MEDIA = "video_media"
+VIDEO_REFS = "video_refs"
+VIDEO_ROWS = "video_rows"
+SOURCE, TRACK = "source", "track"
+
+# Stage -> outcomes that are not drops (merge into accounting.KEPT_OUTCOMES).
+KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "media_kind": ("image", "video"),
+    "pair_documents": ("with-candidates", "no-candidates"),  # drop: opt-out-noimageai
+    "pair_candidates": ("kept-align", "kept-ltip"),
+    "align_samples": ("written",),
+    "ltip_samples": ("written",),
+    "video_refs": (VIDEO_CANDIDATE,),  # drops: unfetchable reasons (failed rows), opt-out-noimageai
+    "video_media_records": ("used",),
+    "video_candidates": ("kept",),
+    "video_samples": ("written",),
+}
+# (stage, kept outcome, next stage whose `in` it equals); with split_media in the job,
+# ("records", "media", "media_records") is replaced by the first three.
+STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
+    ("records", "media", "media_kind"),
+    ("media_kind", "image", "media_records"),
+    ("media_kind", "video", "video_media_records"),
+    ("pages", "extracted", "pair_documents"),
+    ("pair_candidates", "kept-align", "align_samples"),
+    ("pair_candidates", "kept-ltip", "ltip_samples"),
+    ("video_refs", VIDEO_CANDIDATE, "video_candidates"),
+    ("video_candidates", "kept", "video_samples"),
+)
+
+
+# ----------------------------------------------------------------------------- media split
+
+
+def split_media(element: tuple[str, warc_lib.MediaRecord]) -> Iterator[Any]:
+    """(url, media record) -> main (images, as before) or VIDEO_MEDIA (video containers, WebVTT)."""
+    _, record = element
+    yield count("media_kind", IN)
+    kind = media_kind(record.content_type, record.data)
+    yield count("media_kind", kind)
+    yield element if kind == "image" else TaggedOutput(VIDEO_MEDIA, element)
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+class AssemblePairInputsFn(beam.DoFn):
+    """JoinByDocument output (doc key, {page, images}) -> PairInput for every extracted page.
+
+    Counts nothing: AssembleFn counts the same image refs and documents for M3W.
+    """
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[PairInput]:
+        key, grouped = element
+        for value in list(grouped["page"])[:1]:  # none cannot happen: results exist only for pages
+            page, provenance, opted_out = (tuple(value) + (None,))[:3]  # (page, provenance[, images opt-out])
+            results: dict[int, Optional[ImageResult]] = {} if opted_out else dict(grouped["images"])
+            yield assemble_pair_input(key, page, provenance, results, opted_out)
+
+
+def _as_input(item: Any) -> PairInput:
+    return item if isinstance(item, PairInput) else PairInput(item)
+
+
+class ExtractPairsFn(beam.DoFn):
+    """PairInput (or Document) -> Pair (successes and failed rows); counts documents and candidates."""
+
+    def __init__(self, config: PairConfig):
+        self.config = config
+
+    def process(self, item: Any) -> Iterator[Any]:
+        pin = _as_input(item)
+        yield count("pair_documents", IN)
+        if pin.opted_out:  # noimageai: none of the page's images may be used
+            yield count("pair_documents", pin.opted_out)
+            return
+        pairs, outcomes = extract_pairs(pin.doc, self.config, pin.failed_images)
+        yield count("pair_documents", "with-candidates" if outcomes else "no-candidates")
+        if outcomes:
+            yield count("pair_candidates", IN, sum(outcomes.values()))
+        for outcome, n in sorted(outcomes.items()):
+            yield count("pair_candidates", outcome, n)
+        yield from pairs
+
+
+# ----------------------------------------------------------------------------- videos
+
+
+class VideoCandidatesFn(beam.DoFn):
+    """PairInput (or Document) -> candidates (main, by key), URL refs and unfetchable rows."""
+
+    def __init__(self, config: VideoConfig, captions: PairConfig):
+        self.config = config
+        self.captions = captions
+
+    def process(self, item: Any) -> Iterator[Any]:
+        pin = _as_input(item)
+        for cand in video_candidates(pin.doc, self.config, self.captions):
+            yield count("video_refs", IN)
+            if pin.opted_out:  # noimageai covers video frames too: counted, no row
+                yield count("video_refs", pin.opted_out)
+                continue
+            yield count("video_refs", cand.reason)
+            if cand.reason != VIDEO_CANDIDATE:
+                yield TaggedOutput(VIDEO_ROWS, unfetchable_sample(cand, self.config))
+                continue
+            yield (cand.key, cand)
+            for rank, url in enumerate(cand.fetchable):
+                yield TaggedOutput(VIDEO_REFS, (warc_lib.normalize_url(url), (cand.key, rank, SOURCE, url)))
+            for rank, url in enumerate(cand.tracks):
+                yield TaggedOutput(VIDEO_REFS, (warc_lib.normalize_url(url), (cand.key, rank, TRACK, url)))
+
+
+class ResolveVideosFn(beam.DoFn):
+    """Per URL: choose one record (latest capture), probe + sample it ONCE, hand the result to
+    every candidate that lists it; tracks are parsed as WebVTT. Counts video_media_records."""
+
+    def __init__(self, config: VideoConfig, image: ImageConfig, captions: PairConfig):
+        self.config = config
+        self.image = image
+        self.captions = captions
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        _, grouped = element
+        refs = list(grouped["refs"])
+        records = sorted(grouped["media"], key=lambda m: (m.provenance.capture_date, m.provenance.warc_file, m.provenance.offset))
+        # With no record, nothing is emitted: the candidate ends as not-in-crawl.
+        if records:
+            yield from self._count_records(records, refs)
+        if records and refs:
+            yield from self._resolve(records[-1], refs)
+
+    def _count_records(self, records: list, refs: list) -> Iterator[Any]:
+        yield count("video_media_records", IN, len(records))
+        if len(records) > 1:  # the most recent capture wins
+            yield count("video_media_records", "duplicate-url", len(records) - 1)
+        yield count("video_media_records", "used" if refs else "unreferenced")
+
+    def _resolve(self, record: warc_lib.MediaRecord, refs: list) -> Iterator[Any]:
+        result: Optional[Any] = None
+        text: Optional[str] = None
+        for cand_key, rank, role, url in sorted(refs):
+            if role == SOURCE:
+                if result is None:
+                    result = process_video(record.data, self.config, self.image)
+                yield (cand_key, (SOURCE, rank, url, result))
+            else:
+                if text is None:
+                    vtt = webvtt_text(record.data, self.config.max_track_bytes)
+                    text = track_caption(vtt, self.config, self.captions) or ""
+                if text:
+                    yield (cand_key, (TRACK, rank, url, text))
+
+
+class BuildVideoSamplesFn(beam.DoFn):
+    """(candidate key, {candidate, resolved}) -> VideoSample (success or failed row); counts video_candidates."""
+
+    def __init__(self, config: VideoConfig):
+        self.config = config
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        _, grouped = element
+        resolved = list(grouped["resolved"])
+        results = [(rank, url, r) for role, rank, url, r in resolved if role == SOURCE]
+        tracks = [(rank, text) for role, rank, _, text in resolved if role == TRACK]
+        for candidate in list(grouped["candidate"])[:1]:  # results only exist for candidates
+            yield count("video_candidates", IN)
+            sample, outcome = build_video_sample(candidate, results, tracks, self.config)
+            yield count("video_candidates", outcome)
+            if sample is not None:
+                yield sample
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def _n_shards(n: int, per_shard: int) -> int:
+    return max(1, math.ceil(n / per_shard))
+
+
+def _key_shard(key: str, n: int) -> int:
+    return int(key[:15], 16) % n
+
+
+class WriteShardGroupFn(beam.DoFn):
+    """((prefix, index), samples) -> PREFIX-NNNNN.tar + .parquet (temp, then renamed); dedups, counts."""
+
+    def __init__(self, output_dir: str, writer: Callable, stages: dict[str, str]):
+        self.output_dir = output_dir
+        self.writer = writer
+        self.stages = stages  # prefix -> accounting stage
+
+    def process(self, element: tuple[tuple[str, int], Iterable[Any]]) -> Iterator[Any]:
+        (prefix, index), samples = element
+        samples = list(samples)
+        unique, duplicates = dedup_samples(samples)
+        stage = self.stages[prefix]
+        n_in = sum(1 for s in samples if s.ok)
+        if n_in:
+            yield count(stage, IN, n_in)
+            yield count(stage, "written", n_in - duplicates)
+        if duplicates:
+            yield count(stage, "duplicate", duplicates)
+        name = shard_name(prefix, index)
+        holder: dict[str, Any] = {}
+
+        def write_tar(out):
+            holder["info"], holder["table"] = self.writer(unique, name, out)
+
+        fsio.write_atomic(fsio.join(self.output_dir, f"{name}.tar"), write_tar)
+        index_bytes = parquet_bytes(holder["table"])
+        fsio.write_bytes_atomic(fsio.join(self.output_dir, f"{name}.parquet"), index_bytes)
+        info = holder["info"]
+        info.parquet_bytes, info.parquet_sha256 = len(index_bytes), sha256_bytes(index_bytes)
+        yield dict(dataclasses.asdict(info), rows=holder["table"].num_rows)
+
+
+class WriteSampleShards(beam.PTransform):
+    """Samples (and failed rows) -> shard files per prefix; outputs shard dicts (main) and COUNTS."""
+
+    def __init__(self, output_dir: str, prefix_of: Callable[[Any], str], stages: dict[str, str],
+                 per_shard: int, writer: Callable):
+        super().__init__()
+        self.output_dir = output_dir
+        self.prefix_of = prefix_of
+        self.stages = stages
+        self.per_shard = per_shard
+        self.writer = writer
+
+    def expand(self, samples: beam.PCollection) -> Any:
+        prefix_of, per_shard = self.prefix_of, self.per_shard
+        kept = (
+            samples
+            | "OkPrefixes" >> beam.FlatMap(lambda s: [prefix_of(s)] if s.ok else [])
+            | "CountPerPrefix" >> beam.combiners.Count.PerElement()
+        )
+
+        def assign(sample: Any, counts: dict[str, int]) -> tuple[tuple[str, int], Any]:
+            prefix = prefix_of(sample)
+            return (prefix, _key_shard(sample.key, _n_shards(counts.get(prefix, 0), per_shard))), sample
+
+        return (
+            samples
+            | "AssignShard" >> beam.Map(assign, AsDict(kept))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(WriteShardGroupFn(self.output_dir, self.writer, self.stages)).with_outputs(COUNTS, main="shards")
+        )
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+class Corpus(NamedTuple):
+    shards: beam.PCollection  # one dict per shard: ShardInfo fields + rows (index rows incl. failed)
+    counts: list  # PCollections of accounting.Count, to flatten into the manifest's counts
+
+
+def pair_prefix(config: PairConfig) -> Callable[[Pair], str]:
+    prefixes = {"align": config.align_prefix, "ltip": config.ltip_prefix}
+    return lambda pair: prefixes[pair.kind]
+
+
+def add_pair_corpus(pair_inputs: beam.PCollection, output_dir: str, config: BuildConfig) -> Corpus:
+    """ALIGN + LTIP shards (PREFIX-NNNNN.tar/.parquet in output_dir) from PairInputs or Documents."""
+    pc = config.pairs
+    pairs = pair_inputs | "ExtractPairs" >> beam.ParDo(ExtractPairsFn(pc)).with_outputs(COUNTS, main="pairs")
+    stages = {pc.align_prefix: "align_samples", pc.ltip_prefix: "ltip_samples"}
+    shards = pairs.pairs | "PairShards" >> WriteSampleShards(output_dir, pair_prefix(pc), stages, pc.samples_per_shard, write_pair_shard)
+    return Corpus(shards.shards, [pairs[COUNTS], shards[COUNTS]])
+
+
+def add_video_corpus(
+    pair_inputs: beam.PCollection, video_media: beam.PCollection, output_dir: str, config: BuildConfig
+) -> Corpus:
+    """Video shards (PREFIX-NNNNN.tar/.parquet) from PairInputs/Documents and (url, MediaRecord) video records."""
+    vc = config.video
+    cands = pair_inputs | "VideoCandidates" >> beam.ParDo(VideoCandidatesFn(vc, config.pairs)).with_outputs(
+        VIDEO_REFS, VIDEO_ROWS, COUNTS, main="candidates")
+    resolved = (
+        {"refs": cands[VIDEO_REFS], "media": video_media}
+        | "JoinVideoMediaByUrl" >> beam.CoGroupByKey()
+        | "ResolveVideos" >> beam.ParDo(ResolveVideosFn(vc, config.image, config.pairs)).with_outputs(COUNTS, main="results")
+    )
+    built = (
+        {"candidate": cands.candidates, "resolved": resolved.results}
+        | "JoinVideoCandidates" >> beam.CoGroupByKey()
+        | "BuildVideoSamples" >> beam.ParDo(BuildVideoSamplesFn(vc)).with_outputs(COUNTS, main="samples")
+    )
+    samples = (built.samples, cands[VIDEO_ROWS]) | "VideoSamplesAndRows" >> beam.Flatten()
+    shards = samples | "VideoShards" >> WriteSampleShards(output_dir, lambda s: vc.prefix, {vc.prefix: "video_samples"},
+                                                          vc.samples_per_shard, write_video_shard)
+    return Corpus(shards.shards, [cands[COUNTS], resolved[COUNTS], built[COUNTS], shards[COUNTS]])
