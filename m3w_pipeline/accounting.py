@@ -29,6 +29,9 @@ STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
 
 IN = "in"
 
+# Stages every M3W build reports, even at zero; optional ones (fetch, pairs, video) appear when used.
+CORE_STAGES = ("records", "pages", "image_refs", "media_records", "documents")
+
 
 @dataclass(frozen=True)
 class Count:
@@ -42,7 +45,7 @@ class Count:
 def counts_to_stages(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, Any]]:
     """{(stage, outcome): n} -> {stage: {in, kept: {...}, dropped: {...}, reconciles}}."""
     stages: dict[str, dict[str, Any]] = {}
-    for stage in sorted({s for s, _ in counts} | set(KEPT_OUTCOMES)):
+    for stage in sorted({s for s, _ in counts} | set(CORE_STAGES)):
         outcomes = {o: n for (s, o), n in counts.items() if s == stage and o != IN}
         n_in = counts.get((stage, IN), 0)
         kept_names = KEPT_OUTCOMES.get(stage, ())
