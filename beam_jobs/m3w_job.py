@@ -197,29 +197,28 @@ class WriteShardFn(beam.DoFn):
 
 
 class WriteManifestFn(beam.DoFn):
-    """Runs once, after every shard: writes manifest.json and removes shards a previous build left."""
+    """Runs once per corpus, after every shard: writes manifest.json, removes files a previous build left."""
 
-    def __init__(self, output_dir: str, inputs: list[str], config: BuildConfig, corpus: str):
+    def __init__(self, output_dir: str, inputs: list[str], config: BuildConfig, corpus: str, prefixes: tuple[str, ...]):
         self.output_dir = output_dir
         self.inputs = inputs
         self.config = config
         self.corpus = corpus
+        self.prefixes = prefixes  # shard name prefixes this corpus owns in output_dir
 
     def process(self, _: Any, counts: dict, broken: list, shards: list, status_files: list) -> Iterator[dict[str, Any]]:
         import json
 
         manifest = build_manifest(counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
         manifest["fetch_status_files"] = sorted(status_files)
-        stale_status = fsio.delete_matching(
-            fsio.join(self.output_dir, "fetch_status-*.parquet"), {fsio.join(self.output_dir, f) for f in status_files}
-        )
         keep = {fsio.join(self.output_dir, f"{s['name']}.{ext}") for s in shards for ext in ("tar", "parquet")}
-        prefix = self.config.shards.prefix
-        manifest["removed_stale_files"] = [
-            p.rsplit("/", 1)[-1]
-            for ext in ("tar", "parquet")
-            for p in fsio.delete_matching(fsio.join(self.output_dir, f"{prefix}-*.{ext}"), keep)
-        ] + [p.rsplit("/", 1)[-1] for p in stale_status]
+        keep |= {fsio.join(self.output_dir, f) for f in status_files}
+        patterns = [f"{p}-*.{ext}" for p in self.prefixes for ext in ("tar", "parquet")]
+        if status_files or self.config.fetch.enabled:
+            patterns.append("fetch_status-*.parquet")
+        manifest["removed_stale_files"] = sorted(
+            path.rsplit("/", 1)[-1] for pattern in patterns for path in fsio.delete_matching(fsio.join(self.output_dir, pattern), keep)
+        )
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         fsio.write_bytes_atomic(fsio.join(self.output_dir, MANIFEST_NAME), data)
         yield manifest
@@ -264,8 +263,22 @@ def _n_shards(n_docs: int, per_shard: int) -> int:
     return max(1, math.ceil(n_docs / per_shard))
 
 
-def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: str, config: BuildConfig) -> beam.PCollection:
-    """Add the M3W build to `pipeline`; returns the PCollection holding the one manifest dict."""
+CORPORA = ("m3w", "pairs", "video")
+
+
+def corpus_dirs(corpus: str, output_dir: str) -> dict[str, str]:
+    """Where each corpus goes: OUTPUT itself for one corpus, OUTPUT/<corpus> for `all`."""
+    if corpus == "all":
+        return {c: fsio.join(output_dir, c) for c in CORPORA}
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}: one of {CORPORA + ('all',)}")
+    return {corpus: output_dir}
+
+
+def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, str], config: BuildConfig) -> list[beam.PCollection]:
+    """One read and one extraction of every page, feeding each requested corpus; one manifest per corpus."""
+    from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
+
     read = (
         pipeline
         | "Inputs" >> beam.Create(sorted(inputs))
@@ -273,15 +286,22 @@ def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: s
         | "ReadWarc" >> beam.ParDo(ReadWarcFn(config.warc)).with_outputs(MEDIA, BROKEN, COUNTS, main="pages")
     )
     extracted = read.pages | "Extract" >> beam.ParDo(ExtractFn(config.extract)).with_outputs(COUNTS, main="docs")
+    count_streams = [read[COUNTS], extracted[COUNTS]]
+    image_media = read[MEDIA]
+    if "video" in dirs:  # video records go to the video join, images to the image join
+        split = read[MEDIA] | "SplitMedia" >> beam.FlatMap(split_media).with_outputs(VIDEO_MEDIA, COUNTS, main="images")
+        image_media = split.images
+        count_streams.append(split[COUNTS])
     refs = extracted.docs | "ImageRefs" >> beam.FlatMap(image_refs)
     resolved = (
-        {"refs": refs, "media": read[MEDIA]}
+        {"refs": refs, "media": image_media}
         | "JoinMediaByUrl" >> beam.CoGroupByKey()
         | "ResolveImages"
         >> beam.ParDo(ResolveImagesFn(config.image, config.fetch.enabled)).with_outputs(COUNTS, UNRESOLVED, main="images")
     )
     image_results = resolved.images
-    count_streams = [read[COUNTS], extracted[COUNTS], resolved[COUNTS]]
+    count_streams.append(resolved[COUNTS])
+    first_dir = next(iter(dirs.values()))
     if config.fetch.enabled:
         fetched = (
             resolved[UNRESOLVED]
@@ -290,40 +310,59 @@ def build_m3w_pipeline(pipeline: beam.Pipeline, inputs: list[str], output_dir: s
         )
         image_results = (resolved.images, fetched.images) | "AllImageResults" >> beam.Flatten()
         count_streams.append(fetched[COUNTS])
-        status_files = write_status_table(fetched[FETCH_STATUS], output_dir, "fetch_status", "fetch_status")
+        status_files = write_status_table(fetched[FETCH_STATUS], first_dir, "fetch_status", "fetch_status")
     else:
         status_files = pipeline | "NoStatusFiles" >> beam.Create([])
-    assembled = (
-        {"page": extracted.docs, "images": image_results}
-        | "JoinByDocument" >> beam.CoGroupByKey()
-        | "AssembleAndFilter" >> beam.ParDo(AssembleFn(config.filters)).with_outputs(COUNTS, main="docs")
-    )
-    n_shards = (
-        assembled.docs
-        | "CountKept" >> beam.combiners.Count.Globally()
-        | "ShardCount" >> beam.Map(_n_shards, config.shards.samples_per_shard)
-    )
-    shards = (
-        assembled.docs
-        | "AssignShard" >> beam.Map(_shard_of, AsSingleton(n_shards))
-        | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, config.shards))
-    )
+    by_doc = {"page": extracted.docs, "images": image_results} | "JoinByDocument" >> beam.CoGroupByKey()
+    # M3W assembly always runs: it accounts for every image reference and document.
+    assembled = by_doc | "AssembleAndFilter" >> beam.ParDo(AssembleFn(config.filters)).with_outputs(COUNTS, main="docs")
+    count_streams.append(assembled[COUNTS])
+
+    shards: dict[str, Any] = {}
+    prefixes: dict[str, tuple[str, ...]] = {}
+    if "m3w" in dirs:
+        shards["m3w"] = write_m3w_corpus(assembled.docs, dirs["m3w"], config)
+        prefixes["m3w"] = (config.shards.prefix,)
+    if "pairs" in dirs or "video" in dirs:
+        pair_inputs = by_doc | "AssemblePairInputs" >> beam.ParDo(AssemblePairInputsFn())
+        if "pairs" in dirs:
+            pairs = add_pair_corpus(pair_inputs, dirs["pairs"], config)
+            shards["pairs"], prefixes["pairs"] = pairs.shards, (config.pairs.align_prefix, config.pairs.ltip_prefix)
+            count_streams += pairs.counts
+        if "video" in dirs:
+            videos = add_video_corpus(pair_inputs, split[VIDEO_MEDIA], dirs["video"], config)
+            shards["video"], prefixes["video"] = videos.shards, (config.video.prefix,)
+            count_streams += videos.counts
     counts = (
-        count_streams + [assembled[COUNTS]]
+        count_streams
         | "AllCounts" >> beam.Flatten()
         | "CountKey" >> beam.Map(lambda c: ((c.stage, c.outcome), c.n))
         | "SumCounts" >> beam.CombinePerKey(sum)
     )
-    return (
-        pipeline
-        | "ManifestTrigger" >> beam.Create([None])
-        | "WriteManifest"
-        >> beam.ParDo(
-            WriteManifestFn(output_dir, inputs, config, "m3w"),
-            counts=AsDict(counts),
-            broken=AsList(read[BROKEN]),
-            shards=AsList(shards),
-            status_files=AsList(status_files),
+    no_files = pipeline | "NoFiles" >> beam.Create([])
+    manifests = []
+    for corpus, out in dirs.items():
+        manifests.append(
+            pipeline
+            | f"ManifestTrigger_{corpus}" >> beam.Create([None])
+            | f"WriteManifest_{corpus}"
+            >> beam.ParDo(
+                WriteManifestFn(out, inputs, config, corpus, prefixes[corpus]),
+                counts=AsDict(counts),
+                broken=AsList(read[BROKEN]),
+                shards=AsList(shards[corpus]),
+                status_files=AsList(status_files if out == first_dir else no_files),
+            )
         )
+    return manifests
+
+
+def write_m3w_corpus(docs: beam.PCollection, output_dir: str, config: BuildConfig) -> beam.PCollection:
+    """Kept documents -> PREFIX-NNNNN.tar/.parquet, documents spread over shards by key hash."""
+    n_shards = docs | "CountKept" >> beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(_n_shards, config.shards.samples_per_shard)
+    return (
+        docs
+        | "AssignShard" >> beam.Map(_shard_of, AsSingleton(n_shards))
+        | "GroupShards" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShardFn(output_dir, config.shards))
     )

@@ -16,7 +16,7 @@ and the same extraction as the M3W build:
                                                                -> WriteSampleShards (video-*)
 
 Every DoFn counts what it consumes per (stage, outcome) with `m3w_job.count`; the
-stage table is `KEPT_OUTCOMES` / `STAGE_LINKS` below (merge them into accounting's).
+stage table (kept outcomes, links between stages) is in `m3w_pipeline.accounting`.
 Shards: samples go to shard int(key[:15], 16) % n, n from the kept count per shard set, so
 identical pairs (same key) meet in one shard, where `dedup_samples` keeps one; the
 writer counts <set>_samples: in / written / duplicate.
@@ -57,30 +57,7 @@ VIDEO_REFS = "video_refs"
 VIDEO_ROWS = "video_rows"
 SOURCE, TRACK = "source", "track"
 
-# Stage -> outcomes that are not drops (merge into accounting.KEPT_OUTCOMES).
-KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
-    "media_kind": ("image", "video"),
-    "pair_documents": ("with-candidates", "no-candidates"),  # drop: opt-out-noimageai
-    "pair_candidates": ("kept-align", "kept-ltip"),
-    "align_samples": ("written",),
-    "ltip_samples": ("written",),
-    "video_refs": (VIDEO_CANDIDATE,),  # drops: unfetchable reasons (failed rows), opt-out-noimageai
-    "video_media_records": ("used",),
-    "video_candidates": ("kept",),
-    "video_samples": ("written",),
-}
-# (stage, kept outcome, next stage whose `in` it equals); with split_media in the job,
-# ("records", "media", "media_records") is replaced by the first three.
-STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
-    ("records", "media", "media_kind"),
-    ("media_kind", "image", "media_records"),
-    ("media_kind", "video", "video_media_records"),
-    ("pages", "extracted", "pair_documents"),
-    ("pair_candidates", "kept-align", "align_samples"),
-    ("pair_candidates", "kept-ltip", "ltip_samples"),
-    ("video_refs", VIDEO_CANDIDATE, "video_candidates"),
-    ("video_candidates", "kept", "video_samples"),
-)
+# The stages these DoFns count, their kept outcomes and how they link: m3w_pipeline.accounting.
 
 
 # ----------------------------------------------------------------------------- media split

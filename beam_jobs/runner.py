@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from m3w_pipeline.config import BuildConfig
 
 from beam_jobs import fsio
-from beam_jobs.m3w_job import MANIFEST_NAME, build_m3w_pipeline
+from beam_jobs.m3w_job import MANIFEST_NAME, build_pipeline, corpus_dirs
 
 # The embedded runner the DirectRunner itself would choose for a batch job. Naming it
 # skips the DirectRunner's attempt to download the Prism runner, which fails offline.
@@ -48,17 +48,19 @@ def run_build(
     config: BuildConfig,
     beam_args: Sequence[str] = (),
     force: bool = False,
-) -> dict[str, Any]:
-    """Run one corpus build and return its manifest (also written to OUTPUT/manifest.json)."""
-    if corpus != "m3w":
-        raise ValueError(f"corpus {corpus!r} is not built yet; only 'm3w' is")
+) -> dict[str, dict[str, Any]]:
+    """Build one corpus (m3w, pairs, video) or `all` from one read of the inputs.
+
+    Returns {corpus: manifest}; each manifest is also written to its corpus folder.
+    """
+    dirs = corpus_dirs(corpus, output_dir)
     if not force:
-        done = finished_manifest(output_dir, inputs, config)
-        if done is not None:
+        done = {c: finished_manifest(d, inputs, config) for c, d in dirs.items()}
+        if all(m is not None for m in done.values()):
             logging.info("output already holds this build; skipping (use --force to rebuild)")
-            done["skipped"] = True
-            return done
-    fsio.mkdirs(output_dir)
+            return {c: dict(m, skipped=True) for c, m in done.items()}
+    for d in dirs.values():
+        fsio.mkdirs(d)
     with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-        build_m3w_pipeline(pipeline, inputs, output_dir, config)
-    return json.loads(fsio.read_bytes(fsio.join(output_dir, MANIFEST_NAME)))
+        build_pipeline(pipeline, inputs, dirs, config)
+    return {c: json.loads(fsio.read_bytes(fsio.join(d, MANIFEST_NAME))) for c, d in dirs.items()}

@@ -74,12 +74,14 @@ def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     config = _build_config(args)
     inputs = expand_inputs(args.input, args.listing_base_url)
     print(f"m3w build {args.corpus}: {len(inputs)} input files -> {args.output}", file=sys.stderr)
-    manifest = run_build(args.corpus, inputs, args.output, config, beam_args, force=args.force)
-    if manifest.get("skipped"):
+    manifests = run_build(args.corpus, inputs, args.output, config, beam_args, force=args.force)
+    if all(m.get("skipped") for m in manifests.values()):
         print("output already holds this build (same inputs and config); nothing to do. --force rebuilds.")
-    for line in summary_lines(manifest):
-        print(line)
-    return 0 if manifest["reconciles"] else 3
+    # The stage funnel is shared by the corpora of one build: print it once.
+    for i, manifest in enumerate(manifests.values()):
+        for line in summary_lines(manifest, with_stages=(i == len(manifests) - 1)):
+            print(line)
+    return 0 if all(m["reconciles"] for m in manifests.values()) else 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a corpus. Flags this command does not know are Beam pipeline options, "
         "e.g. --runner DataflowRunner --project P --region R --temp_location gs://B/tmp.",
     )
-    p.add_argument("corpus", choices=["m3w"])
+    p.add_argument("corpus", choices=["m3w", "pairs", "video", "all"], help="all: the three corpora from one read, in OUTPUT/{m3w,pairs,video}")
     p.add_argument("--input", nargs="+", required=True, help="WARC paths, globs, URLs or a CC warc.paths.gz listing")
     p.add_argument("--output", required=True)
     p.add_argument("--config", help="BuildConfig as JSON or TOML (sections warc, extract, image, filters, shards)")
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     if add_generate_arguments is not None:
         p = sub.add_parser("generate", help="few-shot generation with a trained checkpoint")
         add_generate_arguments(p)
+        from model.cli import add_demo_arguments, add_train_arguments
+
+        p = sub.add_parser("train", help="train Flamingo on a weighted mix of shards (--config TOML/YAML; torchrun for DDP)")
+        add_train_arguments(p)
+        p = sub.add_parser("demo", help="end to end on CPU: sample crawl -> corpora -> LM pretraining -> Flamingo -> blind gap")
+        add_demo_arguments(p)
     return parser
 
 
@@ -164,5 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from model.cli import run_generate
 
         return run_generate(args)
+    if args.command in ("train", "demo"):
+        from model.cli import run_demo, run_train
+
+        return run_train(args) if args.command == "train" else run_demo(args)
     parser.error(f"unknown command {args.command}")
     return 2

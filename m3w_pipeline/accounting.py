@@ -18,14 +18,37 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "media_records": ("used",),
     "documents": ("kept",),
     "fetch": ("ok",),
+    # pairs and video (m3w_pipeline.pairs, beam_jobs.pairs_video_stages)
+    "media_kind": ("image", "video"),
+    "pair_documents": ("with-candidates", "no-candidates"),
+    "pair_candidates": ("kept-align", "kept-ltip"),
+    "align_samples": ("written",),
+    "ltip_samples": ("written",),
+    "video_refs": ("candidate",),
+    "video_media_records": ("used",),
+    "video_candidates": ("kept",),
+    "video_samples": ("written",),
 }
 
-# (stage, kept outcome) -> the stage whose `in` it must equal.
+# (stage, kept outcome) -> the stage whose `in` it must equal, when that stage ran in this build.
 STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
     ("records", "page", "pages"),
-    ("records", "media", "media_records"),
     ("pages", "extracted", "documents"),
+    ("pages", "extracted", "pair_documents"),
+    ("media_kind", "image", "media_records"),
+    ("media_kind", "video", "video_media_records"),
+    ("pair_candidates", "kept-align", "align_samples"),
+    ("pair_candidates", "kept-ltip", "ltip_samples"),
+    ("video_refs", "candidate", "video_candidates"),
+    ("video_candidates", "kept", "video_samples"),
 )
+
+# corpus -> (stage.outcome that must equal the samples in its shards, shard name prefix or "" for all)
+SAMPLE_CHECKS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "m3w": (("documents", "kept", ""),),
+    "pairs": (("align_samples", "written", "align"), ("ltip_samples", "written", "ltip")),
+    "video": (("video_samples", "written", ""),),
+}
 
 IN = "in"
 
@@ -60,20 +83,27 @@ def counts_to_stages(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[st
     return stages
 
 
-def reconciliation_errors(stages: Mapping[str, Mapping[str, Any]], samples_written: int) -> list[str]:
+def reconciliation_errors(stages: Mapping[str, Mapping[str, Any]], shards: list[Mapping[str, Any]], corpus: str = "m3w") -> list[str]:
     errors = []
     for stage, s in stages.items():
         total = sum(s["kept"].values()) + sum(s["dropped"].values())
         if s["in"] != total:
             errors.append(f"{stage}: in={s['in']} but kept+dropped={total}")
-    for stage, outcome, next_stage in STAGE_LINKS:
-        a = stages.get(stage, {}).get("kept", {}).get(outcome, 0)
-        b = stages.get(next_stage, {}).get("in", 0)
+    links = list(STAGE_LINKS)
+    # Without the media split, every media record goes to the image join.
+    links.append(("records", "media", "media_kind" if "media_kind" in stages else "media_records"))
+    for stage, outcome, next_stage in links:
+        if next_stage not in stages or stage not in stages:
+            continue
+        a = stages[stage]["kept"].get(outcome, 0)
+        b = stages[next_stage]["in"]
         if a != b:
             errors.append(f"{stage}.{outcome}={a} but {next_stage}.in={b}")
-    kept_docs = stages.get("documents", {}).get("kept", {}).get("kept", 0)
-    if kept_docs != samples_written:
-        errors.append(f"documents.kept={kept_docs} but shards hold {samples_written} samples")
+    for stage, outcome, prefix in SAMPLE_CHECKS.get(corpus, ()):
+        expected = stages.get(stage, {}).get("kept", {}).get(outcome, 0)
+        written = sum(s["samples"] for s in shards if s["name"].startswith(prefix))
+        if expected != written:
+            errors.append(f"{stage}.{outcome}={expected} but {prefix or corpus} shards hold {written} samples")
     return errors
 
 
@@ -89,7 +119,7 @@ def build_manifest(
     shard_list = sorted((dict(s) for s in shards), key=lambda s: s["name"])
     stages = counts_to_stages(counts)
     samples = sum(s["samples"] for s in shard_list)
-    errors = reconciliation_errors(stages, samples)
+    errors = reconciliation_errors(stages, shard_list, corpus)
     return {
         "corpus": corpus,
         "inputs": sorted(inputs),
@@ -107,9 +137,11 @@ def build_manifest(
     }
 
 
-def summary_lines(manifest: Mapping[str, Any]) -> list[str]:
+def summary_lines(manifest: Mapping[str, Any], with_stages: bool = True) -> list[str]:
     """A short human summary of a manifest, for the CLI."""
     lines = [f"corpus {manifest['corpus']}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shards"]
+    if not with_stages:
+        return lines + ["  reconciles: " + ("yes" if manifest["reconciles"] else "NO: " + "; ".join(manifest["reconciliation_errors"]))]
     for stage, s in manifest["stages"].items():
         kept = ", ".join(f"{k}={v}" for k, v in s["kept"].items())
         dropped = ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "-"

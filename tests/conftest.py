@@ -18,6 +18,10 @@ def build(corpus: str, inputs: list[str], output: Path, *extra: str) -> dict:
     from m3w.cli import main
 
     rc = main(["build", corpus, "--input", *inputs, "--output", str(output), *extra])
+    if corpus == "all":
+        manifests = {c: json.loads((output / c / "manifest.json").read_text()) for c in ("m3w", "pairs", "video")}
+        assert rc == 0, {c: m.get("reconciliation_errors") for c, m in manifests.items()}
+        return manifests
     manifest = json.loads((output / "manifest.json").read_text())
     assert rc == 0, manifest.get("reconciliation_errors")
     return manifest
