@@ -188,3 +188,27 @@ def test_portable_runner_gives_the_same_shards_as_the_embedded_runner(tmp_path, 
     assert portable["reconciles"] and portable["stages"] == local["stages"]
     assert portable["broken_files"] == local["broken_files"]
     assert [s["tar_sha256"] for s in portable["shards"]] == [s["tar_sha256"] for s in local["shards"]]
+
+
+def test_sample_crawl_build_matches_the_generators_truth(sample_build, sample_crawl):
+    """Our generated crawl says which pages should become documents and with which images, in order."""
+    truth = {t["url"]: t for t in map(json.loads, sample_crawl.truth_path.read_text().splitlines())}
+    samples = read_samples(sample_build)
+    assert len(samples) >= 0.5 * sum(t["expected_kept"] for t in truth.values())
+    for sample in samples:
+        doc = json.loads(sample["json"])
+        t = truth[doc["url"]]
+        # news bylines ("By A B · 4 March 2024") are main content for us, not for the truth's word count
+        borderline = t["expected_drop_reason"] == "too-few-words" and t["layout"] == "news"
+        assert t["expected_kept"] or borderline, (doc["url"], t["expected_drop_reason"])
+        expected = [im for im in t["images"] if im["expected_drop"] is None]
+        positions = [i for i, im in enumerate(doc["images"]) if im is not None and im["status"] == "ok"]
+        assert [doc["images"][i]["url"] for i in positions] == [im["url"] for im in expected]
+        for i, im in zip(positions, expected):
+            assert (doc["images"][i]["original_width"], doc["images"][i]["original_height"]) == (im["width"], im["height"])
+            if "figcaption" in im["text_sources"]:  # the figcaption is the text right after its image
+                assert doc["texts"][i + 1] == im["caption"]
+    m = manifest_of(sample_build)
+    assert m["reconciles"] and m["stages"]["records"]["dropped"]["http-status"] == 2  # the 404 and the 301
+    broken = sample_crawl.broken_record
+    assert [(Path(b["warc_file"]).name, b["reason"]) for b in m["broken_files"]] == [(broken.warc_path.name, "record-cut-short")]
