@@ -137,11 +137,11 @@ def top_ngram_char_fraction(tokens: Sequence[str], n: int) -> float:
     if not grams or not total:
         return 0.0
     counts = Counter(grams)
-    best = max(counts.items(), key=lambda item: (item[1], sum(len(t) for t in item[0])))
-    gram, freq = best
+    freq = max(counts.values())
     if freq < 2:
         return 0.0
-    return min(1.0, freq * sum(len(t) for t in gram) / total)
+    chars = max(sum(len(t) for t in gram) for gram, f in counts.items() if f == freq)
+    return min(1.0, freq * chars / total)
 
 
 def duplicate_ngram_char_fraction(tokens: Sequence[str], n: int) -> float:
