@@ -99,3 +99,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- m3w train / m3w demo ---------------------------------------------------------------------
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training config, TOML or YAML (model/train_config.py)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set run.steps=100 --set optim.lr=3e-4 (repeatable)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train; under torchrun every process runs this (rank 0 logs and writes checkpoints)."""
+    from model.checkpoint import CheckpointError
+    from model.train import train
+    from model.train_config import load_train_config
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+    except (OSError, ValueError) as err:
+        print(f"m3w train: bad config {args.config}: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = train(cfg)
+    except CheckpointError as err:
+        print(f"m3w train: {err}", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result.checkpoint is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, type=Path, help="everything is written here")
+    parser.add_argument("--pages", type=int, default=300, help="pages in the generated sample crawl")
+    parser.add_argument("--steps", type=int, default=300, help="Flamingo training steps")
+    parser.add_argument("--lm-steps", type=int, default=400, help="built-in LM pretraining steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=["accumulate", "sample"], default="accumulate")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from model.demo import run
+
+    return run(args)

@@ -1,0 +1,516 @@
+"""Per-source loaders: webdataset shards -> token ids with `<image>`/`<|endofchunk|>` + media -> batches.
+
+Three sample kinds, one pipeline shape (read tar -> group by key -> shuffle -> decode -> collate):
+
+  m3w    KEY.json (aligned `texts`/`images`, schemas/m3w_document.schema.json) + KEY.N.jpg
+  pairs  KEY.jpg|png|webp + KEY.txt (+ KEY.json), img2dataset layout (ALIGN, LTIP)
+  video  KEY.json (`frames`) + KEY.txt + KEY.NNN.jpg frames, video2dataset layout (VTP)
+
+Token layout (OpenFlamingo's): text before the first image, then for every image
+`<image>` + its text, each image's text closed by `<|endofchunk|>` (the chunk ends where the
+next `<image>` starts and at the end of the document), then EOS when the tokenizer has one.
+Pairs and videos are one chunk: `<image>caption<|endofchunk|>`. Text nodes are joined by "\n".
+
+M3W truncation policy (per sequence, `SourceConfig.max_tokens`, `max_images`, `min_images`):
+  1. images that are missing or do not decode are dropped; their text stays;
+  2. a window of `max_tokens` tokens is taken from the whole document's tokens, starting
+       first_image  `lead_tokens` before the first `<image>` (default: captions follow images),
+       head         at the document start,
+       random       uniformly (Flamingo's "random subsequence"), seeded by (seed, epoch, key);
+  3. the window is cut right before its (max_images+1)-th `<image>`, so no image's text is
+     ever trained without its image; an `<image>` that ends the window (no text) is dropped;
+  4. only images whose `<image>` survives are decoded; fewer than `min_images`: skipped.
+Pair and video captions longer than the window are cut at `max_tokens`.
+
+Determinism and resume. Shards are split over "slots" = ranks x loader workers: shard i of
+the epoch's (seeded) permutation goes to slot i mod n_slots; with fewer shards than slots
+every slot reads every shard and keeps every n_slots-th sample (rotating with epoch and shard,
+so no slot starves and nothing hangs). Samples are shuffled inside a shard with a buffer
+whose RNG is seeded by (seed, source, epoch, shard), so a slot's position is fully described
+by (epoch, shard position, samples emitted from that shard): `SlotState`. Every batch carries
+the state of the slot that made it; `SourceLoader.state_dict()` keeps the last consumed one per
+slot plus where the round-robin over workers stands, and a loader built from that state
+replays the exact same batch sequence (skipped samples are re-read but not decoded).
+
+Robustness: a sample that fails to decode is skipped (`corrupt_samples`); a tar that cannot
+be opened or breaks part-way ends that shard (`corrupt_shards`, its complete samples are
+kept). A slot that finds no usable sample in n_slots consecutive epochs raises instead of
+spinning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import io
+import json
+import random
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from model.flamingo import text_labels
+from model.image_prep import preprocess_image
+from model.tokenizer import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, FlamingoTokenizer
+from model.train_config import SourceConfig
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+COUNTERS = ("samples", "corrupt_samples", "corrupt_shards", "no_media", "epochs")
+
+
+# --- shards --------------------------------------------------------------------------------
+
+
+def expand_shards(urls: str | Sequence[str]) -> list[str]:
+    """Brace patterns ("a-{000..009}.tar", "::"-separated lists) and local globs -> shard URLs, in order."""
+    from webdataset.shardlists import expand_urls
+
+    out: list[str] = []
+    for pattern in [urls] if isinstance(urls, str) else urls:
+        for url in expand_urls(str(pattern)):
+            if "://" not in url and not url.startswith("pipe:") and any(c in url for c in "*?["):
+                out.extend(sorted(glob.glob(url)))
+            else:
+                out.append(url)
+    return out
+
+
+def open_shard(url: str) -> BinaryIO:
+    """Local path, file://, http(s)://, gs://, pipe:... through webdataset's gopen."""
+    from webdataset.gopen import gopen
+
+    return gopen(url, "rb")
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """webdataset's key rule: KEY is everything before the first '.' of the base name."""
+    directory, _, base = name.rpartition("/")
+    key, _, suffix = base.partition(".")
+    return (f"{directory}/{key}" if directory else key), suffix.lower()
+
+
+def read_tar_samples(url: str, counters: dict[str, int]) -> Iterator[dict[str, Any]]:
+    """Samples (dict suffix -> bytes, plus __key__/__url__) of one tar, members grouped by key.
+    A tar that fails to open or breaks mid-way ends here, counted in `corrupt_shards`."""
+    sample: dict[str, Any] | None = None
+    try:
+        with open_shard(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                key, suffix = split_member(info.name)
+                if key.startswith("__") or not suffix:
+                    continue
+                data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                if sample is not None and sample["__key__"] != key:
+                    yield sample
+                    sample = None
+                if sample is None:
+                    sample = {"__key__": key, "__url__": url}
+                sample[suffix] = data
+                tar.members = []  # streaming: do not keep every TarInfo
+    except Exception:  # noqa: BLE001 - any broken or unreadable shard is skipped, never fatal
+        counters["corrupt_shards"] += 1
+        return  # the pending sample may be incomplete: dropped with the shard's tail
+    if sample is not None:
+        yield sample
+
+
+# --- samples -------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageSpec:
+    """What the vision encoder wants: square size, normalisation, and how to get to the square."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "crop"  # crop | pad
+
+    @classmethod
+    def for_encoder(cls, encoder: Any, resize: str = "crop") -> ImageSpec:
+        return cls(int(encoder.image_size), tuple(encoder.image_mean), tuple(encoder.image_std), resize)
+
+
+def decode_image(data: bytes, spec: ImageSpec) -> torch.Tensor:
+    """Bytes -> (3, size, size) float32, normalised. JPEGs are decoded at reduced scale when
+    much larger than needed (Pillow's draft mode: DCT scaling, far cheaper than a full decode)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (spec.size, spec.size))
+        image = im.convert("RGB")
+    if spec.resize == "crop":  # shorter side to size, centre crop: the same as model.image_prep
+        return preprocess_image(image, spec.size, spec.mean, spec.std)
+    w, h = image.size  # pad: longer side to size, centred on a mean-coloured canvas (normalises to 0)
+    scale = spec.size / max(w, h)
+    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    fill = tuple(round(m * 255) for m in spec.mean)
+    canvas = Image.new("RGB", (spec.size, spec.size), fill)  # type: ignore[arg-type]
+    canvas.paste(image, ((spec.size - image.width) // 2, (spec.size - image.height) // 2))
+    array = np.asarray(canvas, dtype=np.float32) / 255.0
+    array = (array - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+@dataclass
+class Sample:
+    ids: list[int]
+    media: list[torch.Tensor]  # (T, C, H, W) each, in `<image>` order
+    key: str
+
+
+class SkipSample(Exception):
+    """A well-formed sample that has nothing to train on under this source's limits."""
+
+
+class SampleDecoder:
+    """Raw tar sample -> `Sample` for one source kind (tokenisation, truncation, media prep)."""
+
+    def __init__(self, cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec) -> None:
+        self.cfg, self.tok = cfg, tokenizer
+        self.image = dataclasses.replace(image, resize=cfg.resize)
+        self.special = tokenizer.special
+        self.tail = [self.special.eos] if self.special.eos is not None else []
+
+    def __call__(self, raw: dict[str, Any], rng: random.Random) -> Sample:
+        kind = self.cfg.kind
+        if kind == "m3w":
+            return self.m3w(raw, rng)
+        if kind == "pairs":
+            return self.pair(raw)
+        if kind == "video":
+            return self.video(raw)
+        raise ValueError(f"unknown source kind {kind!r}")
+
+    def _chunk(self, caption: str) -> list[int]:
+        ids = self.tok.encode(IMAGE_TOKEN + caption.strip() + END_OF_CHUNK_TOKEN) + self.tail
+        return ids[: self.cfg.max_tokens]
+
+    def pair(self, raw: dict[str, Any]) -> Sample:
+        ext = next((e for e in IMAGE_EXTS if e in raw), None)
+        if ext is None or "txt" not in raw:
+            raise ValueError("pair sample needs an image and a .txt caption")
+        caption = raw["txt"].decode("utf-8")
+        return Sample(self._chunk(caption), [decode_image(raw[ext], self.image)[None]], raw["__key__"])
+
+    def video(self, raw: dict[str, Any]) -> Sample:
+        meta = json.loads(raw["json"])
+        files = [f["file"] for f in meta.get("frames", [])] or sorted(
+            k for k in raw if k.endswith(".jpg") and k.split(".")[0].isdigit())
+        if not files:
+            raise ValueError("video sample without frames")
+        caption = raw["txt"].decode("utf-8") if "txt" in raw else meta["caption"]
+        t = self.cfg.max_frames  # evenly spaced slot midpoints; frames repeat when the clip has fewer
+        picks = [files[min(len(files) - 1, int((i + 0.5) * len(files) / t))] for i in range(t)]
+        decoded: dict[str, torch.Tensor] = {}
+        for f in picks:  # a repeated frame is decoded once
+            if f not in decoded:
+                decoded[f] = decode_image(raw[f], self.image)
+        frames = [decoded[f] for f in picks]
+        return Sample(self._chunk(caption), [torch.stack(frames)], raw["__key__"])
+
+    def m3w(self, raw: dict[str, Any], rng: random.Random) -> Sample:
+        doc = json.loads(raw["json"])
+        texts, images = doc["texts"], doc["images"]
+        if len(texts) != len(images):
+            raise ValueError("texts and images are not aligned")
+        parts: list[str] = []
+        files: list[str] = []
+        pending_text = False
+        for text, image in zip(texts, images):
+            if text is not None:
+                parts.append(("\n" if pending_text else "") + text)
+                pending_text = True
+            elif image and image.get("status") == "ok" and image.get("file") in raw:
+                parts.append((END_OF_CHUNK_TOKEN if files else "") + IMAGE_TOKEN)
+                files.append(image["file"])
+                pending_text = False
+        parts.append(END_OF_CHUNK_TOKEN if files else "")
+        ids = self.tok.encode("".join(parts)) + self.tail
+        ids, kept = self._window(ids, rng)
+        if len(kept) < self.cfg.min_images:
+            raise SkipSample("too few images")
+        media = [decode_image(raw[files[i]], self.image)[None] for i in kept]
+        return Sample(ids, media, raw["__key__"])
+
+    def _window(self, ids: list[int], rng: random.Random) -> tuple[list[int], list[int]]:
+        """Truncation steps 2-3 of the policy: (window ids, document indices of its images)."""
+        cfg, image_id = self.cfg, self.special.image
+        positions = [i for i, t in enumerate(ids) if t == image_id]
+        if cfg.truncation == "head" or not positions:
+            start = 0
+        elif cfg.truncation == "first_image":
+            start = max(0, positions[0] - cfg.lead_tokens)
+        else:
+            start = rng.randint(0, max(0, len(ids) - cfg.max_tokens))
+        window = ids[start : start + cfg.max_tokens]
+        first = sum(1 for p in positions if p < start)  # images before the window
+        inside = [i for i, t in enumerate(window) if t == image_id]
+        if len(inside) > cfg.max_images:
+            window = window[: inside[cfg.max_images]]
+            inside = inside[: cfg.max_images]
+        if inside and inside[-1] == len(window) - 1:  # an image with no text after it
+            window, inside = window[:-1], inside[:-1]
+        return window, [first + k for k in range(len(inside))]
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One source's collated batch; media holds only the real images/clips of the batch."""
+
+    source: str
+    input_ids: torch.Tensor  # (B, L), right-padded
+    attention_mask: torch.Tensor  # (B, L)
+    labels: torch.Tensor  # (B, L), IGNORE_INDEX on `<image>`, padding
+    media: torch.Tensor | list[torch.Tensor] | None  # (n, T, C, H, W), or a list when T differs
+    media_batch_idx: torch.Tensor  # (n,)
+    keys: list[str]
+    stats: dict[str, int]  # tokens, pad, targets, media, frames, sequences
+    state: dict[str, Any] = field(default_factory=dict)  # loader bookkeeping (see SourceLoader)
+
+    def to(self, device: torch.device | str) -> Batch:
+        media = self.media
+        if isinstance(media, torch.Tensor):
+            media = media.to(device, non_blocking=True)
+        elif media is not None:
+            media = [m.to(device, non_blocking=True) for m in media]
+        return dataclasses.replace(
+            self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
+            labels=self.labels.to(device), media=media, media_batch_idx=self.media_batch_idx.to(device))
+
+
+def collate(samples: Sequence[Sample], tokenizer: FlamingoTokenizer, source: str = "") -> Batch:
+    """Right-pad ids to the longest sequence; media flattened in (sequence, `<image>`) order."""
+    special = tokenizer.special
+    length = max(len(s.ids) for s in samples)
+    ids = torch.full((len(samples), length), special.pad, dtype=torch.long)
+    mask = torch.zeros((len(samples), length), dtype=torch.long)
+    for row, s in enumerate(samples):
+        ids[row, : len(s.ids)] = torch.tensor(s.ids, dtype=torch.long)
+        mask[row, : len(s.ids)] = 1
+    labels = text_labels(ids, mask, special)
+    flat = [m for s in samples for m in s.media]
+    batch_idx = torch.tensor([row for row, s in enumerate(samples) for _ in s.media], dtype=torch.long)
+    media: torch.Tensor | list[torch.Tensor] | None = None
+    if flat:
+        media = torch.stack(flat) if len({m.shape for m in flat}) == 1 else flat
+    n_tokens = int(mask.sum())
+    stats = {
+        "sequences": len(samples), "tokens": n_tokens, "pad": ids.numel() - n_tokens,
+        "targets": int((labels[:, 1:] != -100).sum()), "media": len(flat), "frames": sum(m.shape[0] for m in flat),
+    }
+    return Batch(source, ids, mask, labels, media, batch_idx, [s.key for s in samples], stats)
+
+
+# --- the per-slot stream -------------------------------------------------------------------
+
+
+@dataclass
+class SlotState:
+    """Where one slot (rank x worker) stands: skip `offset` samples of shard `shard` in `epoch`."""
+
+    epoch: int = 0
+    shard: int = 0
+    offset: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "shard": self.shard, "offset": self.offset, "counters": dict(self.counters)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SlotState:
+        counters = dict.fromkeys(COUNTERS, 0)
+        counters.update(d["counters"])
+        return cls(int(d["epoch"]), int(d["shard"]), int(d["offset"]), counters)
+
+
+def slot_shards(shards: Sequence[str], epoch: int, slot: int, n_slots: int, seed: str, shuffle: bool) -> tuple[list[str], bool]:
+    """This slot's shards for an epoch, and whether it must split them by sample instead."""
+    order = list(shards)
+    if shuffle:
+        random.Random(f"{seed}/shards/{epoch}").shuffle(order)
+    if len(order) >= n_slots:
+        return order[slot::n_slots], False
+    return order, True
+
+
+def shuffled(samples: Iterator[dict[str, Any]], buffer: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Seeded buffer shuffle; drains in random order at the end of the shard."""
+    if buffer <= 1:
+        yield from samples
+        return
+    buf: list[dict[str, Any]] = []
+    for s in samples:
+        buf.append(s)
+        if len(buf) >= buffer:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    while buf:
+        i = rng.randrange(len(buf))
+        buf[i], buf[-1] = buf[-1], buf[i]
+        yield buf.pop()
+
+
+class SourceStream(IterableDataset):
+    """Batches of one source for one rank; inside a DataLoader worker it serves that worker's slot."""
+
+    def __init__(self, cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec, *, seed: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 states: dict[int, SlotState] | None = None, rotation: int = 0, infinite: bool = True,
+                 shuffle: bool = True) -> None:
+        super().__init__()
+        self.cfg, self.tok = cfg, tokenizer
+        self.decoder = SampleDecoder(cfg, tokenizer, image)
+        self.shards = expand_shards(cfg.urls)
+        if not self.shards:
+            raise FileNotFoundError(f"source {cfg.name}: no shards match {cfg.urls}")
+        self.seed = f"{seed}/{cfg.name}"
+        self.rank, self.world_size, self.n_roles = rank, world_size, max(1, num_workers)
+        self.states, self.rotation = dict(states or {}), rotation
+        self.infinite, self.shuffle = infinite, shuffle
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        role = ((info.id if info is not None else 0) + self.rotation) % self.n_roles
+        state = dataclasses.replace(self.states.get(role, SlotState()))
+        state.counters = dict(state.counters)
+        return self.batches(role, state)
+
+    def raw(self, role: int, state: SlotState) -> Iterator[dict[str, Any]]:
+        """Raw samples of this slot from `state` on; `state` is advanced in place per sample."""
+        n_slots = self.world_size * self.n_roles
+        slot = self.rank * self.n_roles + role
+        empty_epochs = 0
+        while True:
+            mine, by_sample = slot_shards(self.shards, state.epoch, slot, n_slots, self.seed,
+                                          self.shuffle and self.cfg.shuffle_shards)
+            produced = False
+            while state.shard < len(mine):
+                url = mine[state.shard]
+                rng = random.Random(f"{self.seed}/{state.epoch}/{url}")
+                samples = read_tar_samples(url, state.counters)
+                if by_sample:
+                    turn = state.epoch + state.shard
+                    samples = (s for i, s in enumerate(samples) if (i + turn) % n_slots == slot)
+                emitted = 0
+                buffer = self.cfg.shuffle_buffer if self.shuffle else 0
+                for sample in shuffled(samples, buffer, rng):
+                    emitted += 1
+                    if emitted <= state.offset:
+                        continue  # resuming: already consumed before the checkpoint
+                    state.offset = emitted
+                    produced = True
+                    yield sample
+                state.shard, state.offset = state.shard + 1, 0
+            state.epoch, state.shard, state.offset = state.epoch + 1, 0, 0
+            state.counters["epochs"] += 1
+            if not self.infinite:
+                return
+            empty_epochs = 0 if produced else empty_epochs + 1
+            if empty_epochs >= n_slots:
+                raise RuntimeError(
+                    f"source {self.cfg.name}: rank {self.rank} worker slot {role} found no readable samples in "
+                    f"{empty_epochs} epochs over {len(self.shards)} shards ({state.counters})")
+
+    def batches(self, role: int, state: SlotState) -> Iterator[Batch]:
+        pending: list[Sample] = []
+        for raw in self.raw(role, state):
+            rng = random.Random(f"{self.seed}/{state.epoch}/{raw['__key__']}")
+            try:
+                pending.append(self.decoder(raw, rng))
+            except SkipSample:
+                state.counters["no_media"] += 1
+                continue
+            except Exception:  # noqa: BLE001 - a corrupt sample is counted and skipped
+                state.counters["corrupt_samples"] += 1
+                continue
+            state.counters["samples"] += 1
+            if len(pending) == self.cfg.batch_size:
+                yield self._emit(pending, role, state)
+                pending = []
+        if pending:  # finite (evaluation) streams only: the last, smaller batch
+            yield self._emit(pending, role, state)
+
+    def _emit(self, samples: list[Sample], role: int, state: SlotState) -> Batch:
+        batch = collate(samples, self.tok, self.cfg.name)
+        batch.state = {"role": role, "slot": state.to_dict()}
+        return batch
+
+
+class SourceLoader:
+    """One source's batches for this rank, through `num_workers` DataLoader processes.
+
+    Workers are visited round-robin, so the batch sequence is a pure function of the slot
+    states and which worker is next (`rotation`); both are in `state_dict()`. `wait_s` sums the
+    time spent waiting for batches (data starvation)."""
+
+    def __init__(self, cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec, *, seed: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 state: dict[str, Any] | None = None, infinite: bool = True, shuffle: bool = True) -> None:
+        self.cfg, self.num_workers = cfg, num_workers
+        self.n_roles = max(1, num_workers)
+        self.slots = {r: SlotState() for r in range(self.n_roles)}
+        self.rotation, self.consumed = 0, 0
+        if state is not None:
+            if int(state["n_roles"]) != self.n_roles:
+                raise ValueError(f"source {cfg.name}: loader state has {state['n_roles']} workers, config {self.n_roles}")
+            self.slots = {int(r): SlotState.from_dict(s) for r, s in state["slots"].items()}
+            self.rotation = int(state["rotation"])
+        self.dataset = SourceStream(cfg, tokenizer, image, seed=seed, rank=rank, world_size=world_size,
+                                    num_workers=num_workers, states=self.slots, rotation=self.rotation,
+                                    infinite=infinite, shuffle=shuffle)
+        self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
+                                 prefetch_factor=4 if num_workers else None, persistent_workers=False,
+                                 generator=torch.Generator().manual_seed(seed))  # never draws from the global RNG
+        self._it: Iterator[Batch] | None = None
+        self.wait_s = 0.0
+
+    def __iter__(self) -> SourceLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._it is None:
+            self._it = iter(self.loader)
+        t0 = time.perf_counter()
+        batch = next(self._it)
+        self.wait_s += time.perf_counter() - t0
+        self.slots[batch.state["role"]] = SlotState.from_dict(batch.state["slot"])
+        self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_roles": self.n_roles, "rotation": (self.rotation + self.consumed) % self.n_roles,
+                "slots": {str(r): s.to_dict() for r, s in self.slots.items()}}
+
+    def counters(self) -> dict[str, int]:
+        total = dict.fromkeys(COUNTERS, 0)
+        for s in self.slots.values():
+            for k, v in s.counters.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def close(self) -> None:
+        self._it = None  # DataLoader workers exit when their iterator is dropped
+
+
+def eval_batches(cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec, *, seed: int,
+                 n_batches: int, rank: int = 0, world_size: int = 1) -> list[Batch]:
+    """The first `n_batches` batches of a held-out set, in shard order (same every evaluation)."""
+    stream = SourceStream(cfg, tokenizer, image, seed=seed, rank=rank, world_size=world_size,
+                          infinite=False, shuffle=False)
+    out: list[Batch] = []
+    for batch in stream:
+        out.append(batch)
+        if len(out) >= n_batches:
+            break
+    return out

@@ -1,0 +1,139 @@
+"""Pre-train the small built-in LM on corpus text, then hand it to Flamingo frozen.
+
+Why: Flamingo's recipe is a *pretrained* frozen LM; the gated cross-attention only learns to
+inject what the images add. At toy scale that LM is the built-in byte-level decoder trained
+for a minute on the text of our own shards (M3W documents' texts, pair and video captions).
+
+Output: one safetensors file whose metadata holds the `BuiltinLMConfig` it was trained with;
+`load_pretrained_lm` refuses a config that differs, so a Flamingo config cannot silently get
+an LM of another shape. Text is read into memory (toy scale; `max_bytes` caps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
+
+from model.backbones import BuiltinLM
+from model.config import BuiltinLMConfig
+from model.data import expand_shards, read_tar_samples
+from model.tokenizer import ByteTokenizer
+
+FORMAT = "m3w-builtin-lm/1"
+
+
+def corpus_texts(urls: Sequence[str], max_bytes: int = 50_000_000) -> Iterator[str]:
+    """Text of every sample: M3W documents (text nodes joined by newlines), pair/video captions."""
+    total = 0
+    counters = {"corrupt_shards": 0}
+    for url in expand_shards(list(urls)):
+        for sample in read_tar_samples(url, counters):
+            try:
+                if "json" in sample and "txt" not in sample:
+                    doc = json.loads(sample["json"])
+                    text = "\n".join(t for t in doc.get("texts", []) if t)
+                else:
+                    text = sample["txt"].decode("utf-8")
+            except (KeyError, ValueError, UnicodeDecodeError):
+                continue
+            if text:
+                total += len(text)
+                yield text
+            if total >= max_bytes:
+                return
+
+
+@dataclass
+class PretrainResult:
+    path: Path
+    train_loss: float
+    eval_loss: float | None
+    steps: int
+    seconds: float
+
+
+def _stream(texts: Sequence[str], tok: ByteTokenizer) -> torch.Tensor:
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tok.encode(text))
+        ids.append(ord("\n"))
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _windows(data: torch.Tensor, batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, len(data) - length - 1, (batch,), generator=gen)
+    return torch.stack([data[s : s + length + 1] for s in starts.tolist()])
+
+
+def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig, *, steps: int = 300,
+                batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, eval_urls: Sequence[str] = (),
+                seed: int = 0, log: bool = True) -> PretrainResult:
+    """AdamW with warmup + cosine on random windows of the corpus text (byte tokens)."""
+    t0 = time.perf_counter()
+    tok = ByteTokenizer()
+    texts = list(corpus_texts(train_urls))
+    random.Random(seed).shuffle(texts)
+    data = _stream(texts, tok)
+    if len(data) <= seq_len + 1:
+        raise ValueError(f"only {len(data)} tokens of text in {list(train_urls)}")
+    eval_data = _stream(list(corpus_texts(eval_urls)), tok) if eval_urls else None
+    torch.manual_seed(seed)
+    if seq_len > cfg.max_seq_len:
+        raise ValueError(f"seq_len {seq_len} exceeds the LM's max_seq_len {cfg.max_seq_len}")
+    lm = BuiltinLM(cfg).train()
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    gen = torch.Generator().manual_seed(seed)
+    loss_ema = None
+    for step in range(steps):
+        xy = _windows(data, batch_size, seq_len, gen)
+        logits = lm(input_ids=xy[:, :-1]).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), xy[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_ema = float(loss) if loss_ema is None else 0.9 * loss_ema + 0.1 * float(loss)
+        if log and (step % 100 == 0 or step == steps - 1):
+            print(f"  lm step {step:4d}  loss {loss_ema:.3f}", flush=True)
+    eval_loss = None
+    if eval_data is not None and len(eval_data) > seq_len + 1:
+        lm.eval()
+        with torch.no_grad():
+            xy = _windows(eval_data, 32, seq_len, torch.Generator().manual_seed(seed + 1))
+            eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    state = {k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
+    save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(dataclasses.asdict(cfg)),
+                                          "tokenizer": tok.name})
+    tmp.replace(out)
+    return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0)
+
+
+def load_pretrained_lm(lm: BuiltinLM, path: str | Path) -> None:
+    """Load weights written by `pretrain_lm` into a built-in LM of exactly the same config."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a built-in LM file ({meta.get('format')!r})")
+    saved = json.loads(meta["config"])
+    if saved != dataclasses.asdict(lm.cfg):
+        raise ValueError(f"{path}: trained with builtin_lm {saved}, model config is {dataclasses.asdict(lm.cfg)}")
+    state = load_file(str(path))
+    state["lm_head.weight"] = state["tok_emb.weight"]
+    lm.load_state_dict(state, strict=True)

@@ -1,0 +1,278 @@
+"""Typed training configuration, read from TOML or YAML.
+
+Why typed and strict: a misspelt key in a training config silently falling back to a default
+costs a whole run, so unknown keys, missing required fields and wrong types are errors that
+name the key. Sections (all keys are fields of the dataclasses below):
+
+    [run]     output directory, steps, seed, device, precision, logging/checkpoint cadence, resume
+    [model]   a `model.config.FlamingoConfig` (backbones, resampler, cross-attention)
+    [optim]   AdamW, weight decay, warmup + schedule, gradient clipping
+    [data]    mixing mode, loader workers, and one [[data.sources]] table per source
+    [eval]    held-out sets ([[eval.sets]], same fields as a source) for loss and blind gap
+
+`load_train_config(path, overrides)` reads a file; overrides are "section.key=value" strings
+(values parsed as TOML scalars, e.g. `run.steps=10`, `optim.lr=3e-4`, `run.resume="never"`).
+Relative paths in the config are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from model.config import FlamingoConfig
+
+SourceKind = Literal["m3w", "pairs", "video"]
+Truncation = Literal["first_image", "head", "random"]
+ResizeMode = Literal["crop", "pad"]
+MixMode = Literal["accumulate", "sample"]
+Schedule = Literal["cosine", "linear", "constant"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass
+class SourceConfig:
+    """One corpus in the mix. `urls`: local paths, globs, brace patterns ("m3w-{00000..00009}.tar"),
+    http(s)/gs/pipe: URLs (webdataset's gopen), or a list of them."""
+
+    name: str
+    kind: SourceKind
+    urls: list[str]
+    weight: float = 1.0  # accumulate: loss weight; sample: relative draw probability
+    batch_size: int = 8
+    max_tokens: int = 256  # tokens per sequence, after truncation (see model/data.py)
+    max_images: int = 5  # m3w: images per sequence (Flamingo: 5)
+    min_images: int = 1  # m3w: sequences with fewer images are skipped (counted as no_media)
+    max_frames: int = 8  # video: frames per clip, evenly spaced (Flamingo trains on 8)
+    truncation: Truncation = "first_image"  # m3w: where the max_tokens window starts
+    lead_tokens: int = 32  # m3w first_image: text kept before the first image
+    shuffle_buffer: int = 256  # samples, within a shard (0: no shuffling)
+    shuffle_shards: bool = True
+    resize: ResizeMode = "crop"  # to the encoder's square size: centre crop or letterbox pad
+    accum_steps: int = 1  # accumulate mode: micro-batches of this source per optimizer step
+
+    def __post_init__(self) -> None:
+        if isinstance(self.urls, str):
+            self.urls = [self.urls]
+        if self.batch_size < 1 or self.max_tokens < 2 or self.accum_steps < 1:
+            raise ValueError(f"source {self.name}: batch_size, accum_steps >= 1 and max_tokens >= 2 required")
+        if self.weight < 0:
+            raise ValueError(f"source {self.name}: weight must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig]
+    mode: MixMode = "accumulate"  # Flamingo: every source every step, weighted loss sum
+    num_workers: int = 1  # loader processes per source and rank (0: in the training process)
+    seed: int = 0  # shard order, shuffle buffers and truncation windows derive from it
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sources]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"data.sources: need at least one source and unique names, got {names}")
+        if self.num_workers < 0:
+            raise ValueError("data.num_workers must be >= 0")
+
+
+@dataclass
+class EvalSetConfig(SourceConfig):
+    """A held-out set: same fields as a source (weight unused), read in order without shuffling."""
+
+    batches: int = 8  # batches per evaluation (fewer if the set is smaller)
+    shuffle_buffer: int = 0
+    shuffle_shards: bool = False
+
+
+@dataclass
+class EvalConfig:
+    sets: list[EvalSetConfig] = field(default_factory=list)
+    every: int = 0  # steps between evaluations; 0: only after the last step
+    blind_gap: bool = True  # also evaluate with the visual input zeroed
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.1  # on weight matrices only; see model/train.py `param_groups`
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100  # linear from 0
+    schedule: Schedule = "cosine"  # after warmup, down to min_lr_ratio * lr at the last step
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # global norm after accumulation and all-reduce; 0 disables
+
+
+@dataclass
+class RunConfig:
+    out_dir: str
+    steps: int  # optimizer steps (also the schedule's length)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
+    precision: Precision = "auto"  # auto: bf16 autocast on devices that support it, else fp32
+    activation_checkpointing: bool = False  # recompute LM layers (+ cross-attention) in backward
+    lm_weights: str | None = None  # built-in LM weights from `model.pretrain_lm` (frozen)
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only after the last step
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # auto: latest in out_dir if any | never | must | a checkpoint directory
+    stop_at: int | None = None  # stop after this step (checkpointed); the schedule still spans `steps`
+    progress: bool = True  # tqdm bar on rank 0
+    threads: int = 0  # torch CPU threads; 0: torch's default
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig
+    data: DataConfig
+    model: FlamingoConfig = field(default_factory=FlamingoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, data)
+
+
+# --- strict dataclass loading --------------------------------------------------------------
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from plain data, checking keys and types recursively."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where or cls.__name__}: unknown keys {unknown}")
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where or cls.__name__}: missing required keys {missing}")
+    kwargs = {name: _convert(hints[name], value, f"{where}.{name}" if where else name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"{where}: {value!r} matches none of {args}: {errors}")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if isinstance(value, str) and args and args[0] is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, where) for a, v in zip(args, value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int or tp is bool or tp is str:
+        if type(value) is not tp:
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ValueError(f"{where}: unsupported field type {tp}")
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A TOML (.toml) or YAML (.yaml/.yml) file as plain data."""
+    path = Path(path)
+    text = path.read_text("utf-8")
+    if path.suffix == ".toml":
+        return tomllib.loads(text)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+        return data or {}
+    raise ValueError(f"{path}: config must be .toml, .yaml or .yml")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """'section.key=value' (value as a TOML scalar/array; bare words are strings)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part} is not a table")
+        node[last] = value
+    return data
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    return TrainConfig.from_dict(apply_overrides(read_config_file(path), overrides or []))
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for configs (tables, arrays of tables, scalars, arrays); None is omitted."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    def table(prefix: str, d: dict[str, Any], header: str | None) -> None:
+        simple = {k: v for k, v in d.items() if v is not None and not isinstance(v, dict)
+                  and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        if header is not None:
+            lines.append("")
+            lines.append(header)
+        lines.extend(f"{k} = {scalar(v)}" for k, v in simple.items())
+        for k, v in d.items():
+            name = f"{prefix}{k}"
+            if isinstance(v, dict):
+                table(f"{name}.", v, f"[{name}]")
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                for item in v:
+                    table(f"{name}.", item, f"[[{name}]]")
+
+    table("", data, None)
+    return "\n".join(lines).strip() + "\n"
