@@ -39,7 +39,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsList, TaggedOutput
 
-from beam_jobs.m3w_job import COUNTS, count
+from beam_jobs.counting import COUNTS, count
 from m3w_pipeline import dedup as dd
 from m3w_pipeline.accounting import IN
 from m3w_pipeline.config import DedupConfig

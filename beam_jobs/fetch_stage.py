@@ -18,21 +18,18 @@ from typing import Any, Iterable, Iterator, Optional
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
+from beam_jobs.counting import COUNTS, count
 from m3w_pipeline.config import FetchConfig, ImageConfig
 from m3w_pipeline.fetch import FetchResult, Fetcher
 from m3w_pipeline.media import ImageResult, process_image
 
 FETCH_STATUS = "fetch_status"
 FETCH_STAGE = "fetch"
-COUNTS = "counts"  # the tag beam_jobs.m3w_job.count() emits under
 
 Ref = tuple[str, int]  # (doc key, node index)
 
 
 def _count(outcome: str, n: int = 1) -> TaggedOutput:
-    """beam_jobs.m3w_job.count, imported late: m3w_job will import this module."""
-    from beam_jobs.m3w_job import count
-
     return count(FETCH_STAGE, outcome, n)
 
 

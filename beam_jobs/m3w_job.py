@@ -18,33 +18,31 @@ import math
 from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 
 from m3w_pipeline import warc as warc_lib
 from m3w_pipeline.config import BuildConfig, ExtractConfig, FilterConfig, ImageConfig, ShardConfig, WarcConfig
 from m3w_pipeline.document import assemble_document, document_key
 from m3w_pipeline.extract import extract_page
-from m3w_pipeline.filters import document_filters, first_failure
+from m3w_pipeline.filters import Reject, document_filters, filter_nodes, first_failure
 from m3w_pipeline.media import ImageResult, process_image
 from m3w_pipeline.optout import page_opt_out
+from m3w_pipeline.quality import ScoreCache
 from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
-from m3w_pipeline.accounting import IN, Count, build_manifest
+from m3w_pipeline.accounting import IN, build_manifest
 
 from beam_jobs import fsio
+from beam_jobs.counting import COUNTS, count
+from beam_jobs.dedup_stages import Dedup, SampleRejects
 from beam_jobs.fetch_stage import FETCH_STATUS, FetchMediaFn
+from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
 
-COUNTS = "counts"
 MEDIA = "media"
 BROKEN = "broken"
 UNRESOLVED = "unresolved"
+REJECTS = "rejects"
+REJECTS_NAME = "rejects.jsonl"
 MANIFEST_NAME = "manifest.json"
-
-
-def count(stage: str, outcome: str, n: int = 1) -> TaggedOutput:
-    """Record one accounting event: a Beam counter now, and an element for the manifest."""
-    Metrics.counter(f"m3w.{stage}", outcome).inc(n)
-    return TaggedOutput(COUNTS, Count(stage, outcome, n))
 
 
 class ReadWarcFn(beam.DoFn):
@@ -143,13 +141,14 @@ class ResolveImagesFn(beam.DoFn):
 
 
 class AssembleFn(beam.DoFn):
-    """(doc key, {page, images}) -> a filtered Document; counts image-ref and document outcomes."""
+    """(doc key, {page, images}) -> a filtered Document; counts image-ref, node and document outcomes."""
 
     def __init__(self, config: FilterConfig):
         self.config = config
 
     def setup(self) -> None:
-        self.filters = document_filters(self.config)
+        self.scores = ScoreCache(self.config)
+        self.filters = document_filters(self.config, self.scores)
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         key, grouped = element
@@ -164,13 +163,48 @@ class AssembleFn(beam.DoFn):
         yield count("image_refs", IN, sum(outcomes.values()))
         for outcome, n in sorted(outcomes.items()):
             yield count("image_refs", outcome, n)
+        nodes = filter_nodes(doc, self.config)
+        for (stage, outcome), n in sorted(nodes.counts.items()):
+            yield count(stage, outcome, n)
+        for reject in nodes.rejects:
+            yield TaggedOutput(REJECTS, reject)
+        doc = nodes.doc
         yield count("documents", IN)
         reason = first_failure(doc, self.filters)
         if reason is not None:
             yield count("documents", reason)
+            yield TaggedOutput(REJECTS, Reject("documents", reason, doc.key, doc.url))
             return
+        doc.scores = self.scores(doc)
         yield count("documents", "kept")
         yield doc
+
+
+def final_image_check(doc: Any, min_images: int) -> Iterator[Any]:
+    """After dedup removed hot and repeated images, a document may no longer have enough."""
+    yield count("post_dedup", IN)
+    if doc.n_images < min_images:
+        yield count("post_dedup", "no-image")
+        yield TaggedOutput(REJECTS, Reject("post_dedup", "no-image", doc.key, doc.url))
+    else:
+        yield count("post_dedup", "kept")
+        yield doc
+
+
+class WriteRejectsFn(beam.DoFn):
+    """The bounded reject sample -> rejects.jsonl beside the shards, one JSON object per line, sorted."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def process(self, element: tuple[None, Iterable[Any]]) -> Iterator[str]:
+        import json
+
+        rows = [dataclasses.asdict(r) for r in element[1]]
+        rows.sort(key=lambda r: (r["stage"], r["reason"], r["key"], r["url"], r["detail"]))
+        data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+        fsio.write_bytes_atomic(fsio.join(self.output_dir, REJECTS_NAME), data)
+        yield REJECTS_NAME
 
 
 class WriteShardFn(beam.DoFn):
@@ -206,11 +240,14 @@ class WriteManifestFn(beam.DoFn):
         self.corpus = corpus
         self.prefixes = prefixes  # shard name prefixes this corpus owns in output_dir
 
-    def process(self, _: Any, counts: dict, broken: list, shards: list, status_files: list) -> Iterator[dict[str, Any]]:
+    def process(self, _: Any, counts: dict, broken: list, shards: list, status_files: list, extra_files: list) -> Iterator[dict[str, Any]]:
         import json
 
         manifest = build_manifest(counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
         manifest["fetch_status_files"] = sorted(status_files)
+        manifest["other_files"] = sorted(extra_files)
+        if self.corpus == "m3w" and REJECTS_NAME not in extra_files and fsio.exists(fsio.join(self.output_dir, REJECTS_NAME)):
+            fsio.delete_matching(fsio.join(self.output_dir, REJECTS_NAME), set())  # a previous build's sample
         keep = {fsio.join(self.output_dir, f"{s['name']}.{ext}") for s in shards for ext in ("tar", "parquet")}
         keep |= {fsio.join(self.output_dir, f) for f in status_files}
         patterns = [f"{p}-*.{ext}" for p in self.prefixes for ext in ("tar", "parquet")]
@@ -277,8 +314,6 @@ def corpus_dirs(corpus: str, output_dir: str) -> dict[str, str]:
 
 def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, str], config: BuildConfig) -> list[beam.PCollection]:
     """One read and one extraction of every page, feeding each requested corpus; one manifest per corpus."""
-    from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
-
     read = (
         pipeline
         | "Inputs" >> beam.Create(sorted(inputs))
@@ -315,13 +350,31 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, s
         status_files = pipeline | "NoStatusFiles" >> beam.Create([])
     by_doc = {"page": extracted.docs, "images": image_results} | "JoinByDocument" >> beam.CoGroupByKey()
     # M3W assembly always runs: it accounts for every image reference and document.
-    assembled = by_doc | "AssembleAndFilter" >> beam.ParDo(AssembleFn(config.filters)).with_outputs(COUNTS, main="docs")
+    assembled = by_doc | "AssembleAndFilter" >> beam.ParDo(AssembleFn(config.filters)).with_outputs(COUNTS, REJECTS, main="docs")
     count_streams.append(assembled[COUNTS])
 
     shards: dict[str, Any] = {}
     prefixes: dict[str, tuple[str, ...]] = {}
+    extra_files: dict[str, Any] = {}  # corpus -> PCollection of other file names it wrote
     if "m3w" in dirs:
-        shards["m3w"] = write_m3w_corpus(assembled.docs, dirs["m3w"], config)
+        docs, rejects = assembled.docs, [assembled[REJECTS] | "SampleNodeRejects" >> SampleRejects(config.dedup.reject_sample_size)]
+        if config.dedup.enabled:
+            deduped = docs | "Dedup" >> Dedup(config.dedup)
+            docs = deduped["docs"]
+            count_streams.append(deduped["counts"])
+            rejects.append(deduped["rejects"])
+        final = docs | "FinalImageCheck" >> beam.FlatMap(final_image_check, config.filters.min_images_per_document).with_outputs(
+            COUNTS, REJECTS, main="docs")
+        count_streams.append(final[COUNTS])
+        rejects.append(final[REJECTS])
+        extra_files["m3w"] = (
+            rejects
+            | "AllRejects" >> beam.Flatten()
+            | "RejectsTogether" >> beam.Map(lambda r: (None, r))
+            | "GroupRejects" >> beam.GroupByKey()
+            | "WriteRejects" >> beam.ParDo(WriteRejectsFn(dirs["m3w"]))
+        )
+        shards["m3w"] = write_m3w_corpus(final.docs, dirs["m3w"], config)
         prefixes["m3w"] = (config.shards.prefix,)
     if "pairs" in dirs or "video" in dirs:
         pair_inputs = by_doc | "AssemblePairInputs" >> beam.ParDo(AssemblePairInputsFn())
@@ -352,6 +405,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, s
                 broken=AsList(read[BROKEN]),
                 shards=AsList(shards[corpus]),
                 status_files=AsList(status_files if out == first_dir else no_files),
+                extra_files=AsList(extra_files.get(corpus, no_files)),
             )
         )
     return manifests

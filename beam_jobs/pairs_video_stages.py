@@ -31,7 +31,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsDict, TaggedOutput
 
 from beam_jobs import fsio
-from beam_jobs.m3w_job import COUNTS, count
+from beam_jobs.counting import COUNTS, count
 from m3w_pipeline import warc as warc_lib
 from m3w_pipeline.accounting import IN
 from m3w_pipeline.config import BuildConfig, ImageConfig, PairConfig, VideoConfig

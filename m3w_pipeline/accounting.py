@@ -18,6 +18,16 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "media_records": ("used",),
     "documents": ("kept",),
     "fetch": ("ok",),
+    # node filters, dedup (m3w_pipeline.filters, m3w_pipeline.dedup)
+    "text_nodes": ("kept",),
+    "image_nodes": ("kept",),
+    "images_in_document": ("kept",),
+    "dedup_url": ("kept",),
+    "dedup_text_exact": ("kept",),
+    "dedup_text_near": ("kept",),
+    "images_hot": ("kept",),
+    "dedup_image_sets": ("kept",),
+    "post_dedup": ("kept",),
     # pairs and video (m3w_pipeline.pairs, beam_jobs.pairs_video_stages)
     "media_kind": ("image", "video"),
     "pair_documents": ("with-candidates", "no-candidates"),
@@ -34,6 +44,11 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
 STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
     ("records", "page", "pages"),
     ("pages", "extracted", "documents"),
+    ("documents", "kept", "dedup_url"),
+    ("dedup_url", "kept", "dedup_text_exact"),
+    ("dedup_text_exact", "kept", "dedup_text_near"),
+    ("dedup_text_near", "kept", "dedup_image_sets"),
+    ("dedup_image_sets", "kept", "post_dedup"),
     ("pages", "extracted", "pair_documents"),
     ("media_kind", "image", "media_records"),
     ("media_kind", "video", "video_media_records"),
@@ -45,7 +60,7 @@ STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
 
 # corpus -> (stage.outcome that must equal the samples in its shards, shard name prefix or "" for all)
 SAMPLE_CHECKS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "m3w": (("documents", "kept", ""),),
+    "m3w": (("post_dedup", "kept", ""),),
     "pairs": (("align_samples", "written", "align"), ("ltip_samples", "written", "ltip")),
     "video": (("video_samples", "written", ""),),
 }
@@ -92,6 +107,8 @@ def reconciliation_errors(stages: Mapping[str, Mapping[str, Any]], shards: list[
     links = list(STAGE_LINKS)
     # Without the media split, every media record goes to the image join.
     links.append(("records", "media", "media_kind" if "media_kind" in stages else "media_records"))
+    if "dedup_url" not in stages:  # dedup off: the kept documents go straight to the final check
+        links.append(("documents", "kept", "post_dedup"))
     for stage, outcome, next_stage in links:
         if next_stage not in stages or stage not in stages:
             continue

@@ -143,6 +143,7 @@ class DedupConfig:
     signature estimate of their Jaccard is >= `min_jaccard`, so the effective threshold is 0.8.
     """
 
+    enabled: bool = True
     shingle_size: int = 5
     num_perm: int = 128
     bands: int = 16

@@ -41,6 +41,8 @@ class Document:
     texts: list[Optional[str]] = field(default_factory=list)
     images: list[Optional[DocImage]] = field(default_factory=list)
     videos: list[DocVideo] = field(default_factory=list)
+    # Quality scores of the kept document (m3w_pipeline.quality.document_scores), for the index.
+    scores: dict = field(default_factory=dict)
 
     @property
     def n_words(self) -> int:

@@ -164,14 +164,17 @@ def quality_filters(config: FilterConfig, scores: Optional[ScoreCache] = None) -
     return filters
 
 
-def document_filters(config: FilterConfig) -> list[DocumentFilter]:
-    """Every document-level filter, cheapest first; the first failure names the drop."""
+def document_filters(config: FilterConfig, scores: Optional[ScoreCache] = None) -> list[DocumentFilter]:
+    """Every document-level filter, cheapest first; the first failure names the drop.
+
+    Pass `scores` to read the quality scores of a kept document afterwards without recomputing.
+    """
     return [
         DocumentFilter("too-few-words", _MinWords(config.min_words_per_document)),
         DocumentFilter("no-image", _MinImages(config.min_images_per_document)),
         DocumentFilter("too-many-images", _MaxImages(config.max_images_per_document)),
         DocumentFilter("too-many-words", _MaxWords(config.max_words_per_document)),
-        *quality_filters(config),
+        *quality_filters(config, scores),
     ]
 
 

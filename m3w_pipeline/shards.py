@@ -19,8 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from m3w_pipeline.document import Document
+from m3w_pipeline.quality import DOCUMENT_SCORE_COLUMNS
 
 DOCUMENT_SCHEMA_ID = "m3w.document/1"
+# Quality-score columns of the index, in schema order (schemas/m3w_index.arrow.json lists them too).
+SCORE_COLUMNS = tuple(name for name, _, _ in DOCUMENT_SCORE_COLUMNS)
 _BLOCK = tarfile.BLOCKSIZE  # 512
 
 
@@ -216,6 +219,7 @@ def index_row(doc: Document, shard: str, offset: int, size: int) -> dict[str, An
         "shard": shard,
         "offset": offset,
         "size": size,
+        **{name: doc.scores.get(name) for name in SCORE_COLUMNS},
     }
 
 

@@ -51,7 +51,13 @@ _KIND_ALIASES = {
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp"})
 VIDEO_EXTS = frozenset({"mp4", "mov", "webm", "mkv", "ogv", "avi", "flv", "ts", "mpg"})  # = video_sample.schema.json formats
 # Stage order of the funnel (the M3W build); stages other builders add follow, sorted.
-FUNNEL_ORDER = ("records", "pages", "image_refs", "media_records", "documents")
+# Stages in the order a build runs them (m3w_pipeline.accounting lists what each keeps).
+FUNNEL_ORDER = (
+    "records", "media_kind", "pages", "fetch", "image_refs", "media_records", "text_nodes", "image_nodes", "documents",
+    "images_in_document", "dedup_url", "dedup_text_exact", "dedup_text_near", "images_hot", "dedup_image_sets",
+    "post_dedup", "pair_documents", "pair_candidates", "align_samples", "ltip_samples", "video_refs",
+    "video_media_records", "video_candidates", "video_samples",
+)
 _BLOCK = tarfile.BLOCKSIZE
 SAMPLE_UNITS = {"m3w": "documents", "pairs": "pairs", "video": "videos"}
 

@@ -511,7 +511,8 @@ def _manifest_problems(corpus: Corpus, checks: list[ShardCheck]) -> Iterator[Pro
     if totals.get("shards") is not None and totals["shards"] != len(checks):
         yield Problem("manifest", MANIFEST_NAME, f"totals.shards={totals['shards']} but it lists {len(checks)} shards")
     if manifest.get("stages"):
-        for error in reconciliation_errors(manifest["stages"], counted):
+        shards = [{"name": c.name, "samples": c.samples} for c in checks]
+        for error in reconciliation_errors(manifest["stages"], shards, manifest.get("corpus", corpus.kind)):
             yield Problem("manifest", MANIFEST_NAME, f"counts do not reconcile: {error}")
     if manifest.get("reconciles") is False:
         yield Problem("manifest", MANIFEST_NAME, "the build recorded reconciles=false: " + "; ".join(manifest.get("reconciliation_errors", [])))

@@ -114,6 +114,8 @@ def write_corpus(out: Path, docs: list[Document], n_shards: int = 3, prefix: str
         ("documents", "in"): n + 1,
         ("documents", "kept"): n,
         ("documents", "no-image"): 1,
+        ("post_dedup", "in"): n,
+        ("post_dedup", "kept"): n,
         ("media_records", "in"): 6,
         ("media_records", "used"): 5,
         ("media_records", "unreferenced"): 1,
@@ -207,7 +209,7 @@ def _hist(summary: dict[str, Any], name: str) -> Counter:
 
 @pytest.mark.parametrize("name", CORPORA)
 def test_stats_equal_an_independent_recount(request, name):
-    from m3w_pipeline.stats import compute_stats, open_corpus, summarize
+    from m3w_pipeline.stats import FUNNEL_ORDER, compute_stats, open_corpus, summarize
 
     root = corpus_path(request, name)
     corpus = open_corpus(str(root))
@@ -226,7 +228,8 @@ def test_stats_equal_an_independent_recount(request, name):
     assert dict(summary["top_domains"]) == dict(truth["domains"].most_common(20))
     assert dict(summary["languages"]) == dict(truth["langs"])
     stages = truth["manifest"]["stages"]
-    assert [s["stage"] for s in summary["funnel"]] == ["records", "pages", "image_refs", "media_records", "documents"]
+    assert [s["stage"] for s in summary["funnel"]] == [s for s in FUNNEL_ORDER if s in stages]
+    assert {"records", "pages", "image_refs", "media_records", "documents", "post_dedup"} <= set(stages)
     for s in summary["funnel"]:
         assert s["in"] == stages[s["stage"]]["in"]
         assert s["kept"] == stages[s["stage"]]["kept"] and s["dropped"] == stages[s["stage"]]["dropped"]
@@ -480,12 +483,12 @@ def test_html_report_renders_in_headless_chromium(request, tmp_path):
     assert funnel[2] == Image.open(tmp_path / "report" / "plots" / "funnel.png").width
 
     shot = tmp_path / "report.png"
-    run = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,2000", html_path.as_uri())
+    run = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,4000", html_path.as_uri())
     assert shot.exists(), run.stderr[-2000:]
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "report.png")
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
-    assert pixels.shape == (2000, 1200, 3)
+    assert pixels.shape == (4000, 1200, 3)
     assert pixels.std() > 20  # not blank
     # the plots' fills are drawn: the funnel's greens/reds and the histograms' blue are on screen
     colours = {tuple(int(v) for v in p) for p in pixels.reshape(-1, 3)[::7]}
