@@ -395,6 +395,7 @@ class SourceStream(IterableDataset):
             mine, by_sample = slot_shards(self.shards, state.epoch, slot, n_slots, self.seed,
                                           self.shuffle and self.cfg.shuffle_shards)
             produced = False
+            whole_epoch = state.shard == 0 and state.offset == 0  # a resumed epoch's tail may be empty
             while state.shard < len(mine):
                 url = mine[state.shard]
                 rng = random.Random(f"{self.seed}/{state.epoch}/{url}")
@@ -416,7 +417,7 @@ class SourceStream(IterableDataset):
             state.counters["epochs"] += 1
             if not self.infinite:
                 return
-            empty_epochs = 0 if produced else empty_epochs + 1
+            empty_epochs = 0 if produced or not whole_epoch else empty_epochs + 1
             if empty_epochs >= n_slots:
                 raise RuntimeError(
                     f"source {self.cfg.name}: rank {self.rank} worker slot {role} found no readable samples in "

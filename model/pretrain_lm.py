@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,25 +32,29 @@ from model.tokenizer import ByteTokenizer
 FORMAT = "m3w-builtin-lm/1"
 
 
-def corpus_texts(urls: Sequence[str], max_bytes: int = 50_000_000) -> Iterator[str]:
-    """Text of every sample: M3W documents (text nodes joined by newlines), pair/video captions."""
+def corpus_texts(urls: Sequence[str], max_bytes: int = 50_000_000) -> tuple[list[str], list[str]]:
+    """(documents, captions): M3W documents' text nodes joined by newlines; pair and video captions."""
+    docs: list[str] = []
+    captions: list[str] = []
     total = 0
     counters = {"corrupt_shards": 0}
     for url in expand_shards(list(urls)):
         for sample in read_tar_samples(url, counters):
             try:
-                if "json" in sample and "txt" not in sample:
-                    doc = json.loads(sample["json"])
-                    text = "\n".join(t for t in doc.get("texts", []) if t)
+                if "txt" in sample:
+                    text = sample["txt"].decode("utf-8").strip()
+                    captions.append(text)
+                elif "json" in sample:
+                    text = "\n".join(t for t in json.loads(sample["json"]).get("texts", []) if t)
+                    docs.append(text)
                 else:
-                    text = sample["txt"].decode("utf-8")
+                    continue
             except (KeyError, ValueError, UnicodeDecodeError):
                 continue
-            if text:
-                total += len(text)
-                yield text
+            total += len(text)
             if total >= max_bytes:
-                return
+                return docs, captions
+    return docs, captions
 
 
 @dataclass
@@ -65,31 +69,52 @@ class PretrainResult:
 def _stream(texts: Sequence[str], tok: ByteTokenizer) -> torch.Tensor:
     ids: list[int] = []
     for text in texts:
-        ids.extend(tok.encode(text))
-        ids.append(ord("\n"))
+        if text:
+            ids.extend(tok.encode(text))
+            ids.append(ord("\n"))
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _windows(data: torch.Tensor, batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    starts = torch.randint(0, len(data) - length - 1, (batch,), generator=gen)
-    return torch.stack([data[s : s + length + 1] for s in starts.tolist()])
+def _windows(pools: list[torch.Tensor], weights: list[float], batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """Random windows; each row's pool drawn by weight (documents vs captions)."""
+    choice = torch.multinomial(torch.tensor(weights, dtype=torch.float), batch, replacement=True, generator=gen)
+    rows = []
+    for k in choice.tolist():
+        data = pools[k]
+        start = int(torch.randint(0, len(data) - length - 1, (1,), generator=gen))
+        rows.append(data[start : start + length + 1])
+    return torch.stack(rows)
+
+
+def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, length: int,
+           seed: int) -> tuple[list[torch.Tensor], list[float]]:
+    docs, captions = corpus_texts(urls)
+    rng = random.Random(seed)
+    rng.shuffle(docs)
+    rng.shuffle(captions)
+    pools, weights = [], []
+    for texts, weight in ((docs, 1.0 - caption_weight), (captions, caption_weight)):
+        data = _stream(texts, tok)
+        if weight > 0 and len(data) > length + 1:
+            pools.append(data)
+            weights.append(weight)
+    if not pools:
+        raise ValueError(f"not enough text in {list(urls)} for windows of {length} tokens")
+    return pools, weights
 
 
 def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig, *, steps: int = 300,
-                batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, eval_urls: Sequence[str] = (),
-                seed: int = 0, log: bool = True) -> PretrainResult:
-    """AdamW with warmup + cosine on random windows of the corpus text (byte tokens)."""
+                batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, caption_weight: float = 0.5,
+                eval_urls: Sequence[str] = (), seed: int = 0, log: bool = True) -> PretrainResult:
+    """AdamW with warmup + cosine on random windows of the corpus text (byte tokens). A share
+    `caption_weight` of the windows comes from the captions (short, but what Flamingo will write)."""
     t0 = time.perf_counter()
     tok = ByteTokenizer()
-    texts = list(corpus_texts(train_urls))
-    random.Random(seed).shuffle(texts)
-    data = _stream(texts, tok)
-    if len(data) <= seq_len + 1:
-        raise ValueError(f"only {len(data)} tokens of text in {list(train_urls)}")
-    eval_data = _stream(list(corpus_texts(eval_urls)), tok) if eval_urls else None
-    torch.manual_seed(seed)
     if seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len {seq_len} exceeds the LM's max_seq_len {cfg.max_seq_len}")
+    pools, weights = _pools(train_urls, tok, caption_weight, seq_len, seed)
+    eval_pools = _pools(eval_urls, tok, caption_weight, seq_len, seed) if eval_urls else None
+    torch.manual_seed(seed)
     lm = BuiltinLM(cfg).train()
     opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -98,7 +123,7 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
     gen = torch.Generator().manual_seed(seed)
     loss_ema = None
     for step in range(steps):
-        xy = _windows(data, batch_size, seq_len, gen)
+        xy = _windows(pools, weights, batch_size, seq_len, gen)
         logits = lm(input_ids=xy[:, :-1]).logits
         loss = F.cross_entropy(logits.flatten(0, 1), xy[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
@@ -106,14 +131,15 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step()
         sched.step()
-        loss_ema = float(loss) if loss_ema is None else 0.9 * loss_ema + 0.1 * float(loss)
+        value = float(loss.detach())
+        loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
         if log and (step % 100 == 0 or step == steps - 1):
             print(f"  lm step {step:4d}  loss {loss_ema:.3f}", flush=True)
     eval_loss = None
-    if eval_data is not None and len(eval_data) > seq_len + 1:
+    if eval_pools is not None:
         lm.eval()
         with torch.no_grad():
-            xy = _windows(eval_data, 32, seq_len, torch.Generator().manual_seed(seed + 1))
+            xy = _windows(*eval_pools, 64, seq_len, torch.Generator().manual_seed(seed + 1))
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

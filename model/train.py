@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.backbones import find_decoder_layers, load_language_model, load_vision_encoder
-from model.checkpoint import (BUILTIN_LM, BUILTIN_VISION, CheckpointError, load_trainable_state,
+from model.checkpoint import (BUILTIN_LM, BUILTIN_VISION, TRAINABLE, CheckpointError, load_trainable_state,
                               read_manifest, save_checkpoint)
 from model.data import Batch, ImageSpec, SourceLoader, eval_batches
 from model.flamingo import IGNORE_INDEX, Flamingo, FlamingoLayer
@@ -337,6 +337,11 @@ def load_training_state(path: Path, model: Flamingo, optimizer: torch.optim.Opti
     if not (path / TRAINER_STATE).is_file():
         raise CheckpointError(f"{path}: no {TRAINER_STATE}: a model checkpoint, not a training checkpoint")
     read_manifest(path)
+    missing_files = [name for name, needed in ((TRAINABLE, True), (BUILTIN_LM, cfg.model.lm_path is None),
+                                               (BUILTIN_VISION, cfg.model.vision_path is None))
+                     if needed and not (path / name).is_file()]
+    if missing_files:
+        raise CheckpointError(f"{path}: missing {missing_files}")
     state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
     missing = [k for k in REQUIRED_STATE if k not in state]
     if missing:
@@ -349,10 +354,8 @@ def load_training_state(path: Path, model: Flamingo, optimizer: torch.optim.Opti
     for module, name, builtin in ((model.lm, BUILTIN_LM, cfg.model.lm_path is None),
                                   (model.vision, BUILTIN_VISION, cfg.model.vision_path is None)):
         if builtin:  # the frozen built-in backbones as they were trained with, from the checkpoint itself
-            if not (path / name).is_file():
-                raise CheckpointError(f"{path}: missing {name}")
             load_model(module, str(path / name), strict=True)
-    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
+    load_trainable_state(model, load_file(str(path / TRAINABLE)))
     for key in ("state", "param_groups"):
         if key not in state["optimizer"]:
             raise CheckpointError(f"{path}: optimizer state without {key!r}")

@@ -23,10 +23,11 @@ def key_of(*parts: object) -> str:
     return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
-def jpeg(colour: str, shape: str = "square", size: tuple[int, int] = (40, 32)) -> bytes:
+def jpeg(colour: str, shape: str = "square", size: tuple[int, int] = (40, 32), shift: int = 0) -> bytes:
+    """A shape on a light background; `shift` moves it right (video frames)."""
     im = Image.new("RGB", size, (250, 250, 250))
     draw = ImageDraw.Draw(im)
-    box = (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4)
+    box = (size[0] // 4 + shift - 8, size[1] // 4, 3 * size[0] // 4 + shift - 8, 3 * size[1] // 4)
     (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=COLOURS[colour])
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=90)
@@ -73,7 +74,7 @@ def video_members(key: str, colour: str, shape: str, n_frames: int) -> list[tupl
     frames = [{"file": f"{i:03d}.jpg", "timestamp": i * 0.5} for i in range(n_frames)]
     members = [(f"{key}.json", json.dumps({"key": key, "caption": caption, "frames": frames}).encode()),
                (f"{key}.txt", caption.encode()), (f"{key}.mp4", b"\x00\x00\x00\x18ftypmp42")]
-    return members + [(f"{key}.{f['file']}", jpeg(colour, shape, (32 + i, 32))) for i, f in enumerate(frames)]
+    return members + [(f"{key}.{f['file']}", jpeg(colour, shape, (32, 32), shift=4 * i)) for i, f in enumerate(frames)]
 
 
 def _attrs(i: int) -> tuple[str, str]:
@@ -131,3 +132,41 @@ def test_written_shards_read_back_with_webdataset(tmp_path):
             assert {"jpg", "txt", "json"} <= set(first)
         else:
             assert {"json", "txt", "mp4", "000.jpg", "001.jpg"} <= set(first)
+
+
+# --- a tiny training config over such shards ------------------------------------------------
+
+TINY_MODEL = {
+    "seed": 0,
+    "builtin_lm": {"dim": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 128},
+    "builtin_vision": {"image_size": 16, "patch_size": 8, "dim": 32, "depth": 1, "heads": 2},
+    "resampler": {"n_latents": 4, "depth": 1, "heads": 2, "dim_head": 16, "max_frames": 4},
+    "xattn": {"heads": 2, "dim_head": 16, "block_size": 4},
+}
+
+
+def tiny_corpus(root: Path) -> dict[str, str]:
+    """M3W (3 shards), pairs (2 shards) and video (1 shard) patterns under `root`, plus held-out pairs."""
+    return {
+        "m3w": make_shards(root / "m3w", "m3w", 3, 6),
+        "pairs": make_shards(root / "pairs", "pairs", 2, 8),
+        "video": make_shards(root / "video", "video", 1, 6),
+        "heldout": make_shards(root / "heldout", "pairs", 1, 8, prefix="heldout"),
+    }
+
+
+def tiny_train_dict(out_dir: Path, corpus: dict[str, str], steps: int = 4, **run: object) -> dict:
+    """A complete TrainConfig as plain data: three sources, one held-out set, the tiny model."""
+    return {
+        "run": {"out_dir": str(out_dir), "steps": steps, "log_every": 1, "progress": False, "resume": "auto",
+                "threads": 1, **run},
+        "model": TINY_MODEL,
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "data": {"mode": "accumulate", "num_workers": 0, "sources": [
+            {"name": "m3w", "kind": "m3w", "urls": corpus["m3w"], "batch_size": 3, "max_tokens": 48, "shuffle_buffer": 4},
+            {"name": "align", "kind": "pairs", "urls": corpus["pairs"], "weight": 0.2, "batch_size": 4, "max_tokens": 24},
+            {"name": "vtp", "kind": "video", "urls": corpus["video"], "weight": 0.03, "batch_size": 2, "max_frames": 2},
+        ]},
+        "eval": {"every": 2, "sets": [{"name": "heldout", "kind": "pairs", "urls": corpus["heldout"], "batch_size": 4,
+                                       "batches": 2}]},
+    }
