@@ -58,6 +58,20 @@ def ours_extraction(files: list[Path]) -> int:
     return pages
 
 
+def ours_images(files: list[Path]) -> int:
+    """process_image over every image record: the per-image work inside the job."""
+    from m3w_pipeline.media import process_image
+
+    n = 0
+    for path in files:
+        with open(path, "rb") as f:
+            for item in warc.iter_warc(f, str(path)):
+                if isinstance(item, warc.MediaRecord):
+                    process_image(item.data)
+                    n += 1
+    return n
+
+
 def ours_job(files: list[Path], out: Path) -> int:
     from m3w.cli import main
 
@@ -93,11 +107,13 @@ def main() -> None:
     rows.append(("ours: iter_warc + extract_page", n, s))
     n, s = timed(ours_job, files, work / "m3w-out")
     rows.append(("ours: whole M3W job (FnApiRunner, 1 process)", n, s))
+    n_images, s_images = timed(ours_images, files)
 
     base_rate = rows[0][1] / rows[0][2]
     print(f"\n{'step':<48} {'pages':>6} {'seconds':>8} {'pages/s':>8} {'vs baseline':>11}")
     for name, n, s in rows:
         print(f"{name:<48} {n:>6} {s:>8.1f} {n / s:>8.1f} {n / s / base_rate:>10.2f}x")
+    print(f"{'  of which: process_image on every image record':<48} {n_images:>6} {s_images:>8.1f} {n_images / s_images:>8.1f} images/s")
 
 
 if __name__ == "__main__":
