@@ -120,7 +120,7 @@ class ResolveImagesFn(beam.DoFn):
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         url, grouped = element
         refs = sorted(grouped["refs"])
-        records = sorted(grouped["media"], key=lambda m: (m.provenance.capture_date, m.provenance.warc_file, m.provenance.offset))
+        records = sorted(grouped["media"], key=warc_lib.capture_order)
         if records:
             yield count("media_records", IN, len(records))
             yield from self._resolve(refs, records)

@@ -154,7 +154,7 @@ class ResolveVideosFn(beam.DoFn):
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         _, grouped = element
         refs = list(grouped["refs"])
-        records = sorted(grouped["media"], key=lambda m: (m.provenance.capture_date, m.provenance.warc_file, m.provenance.offset))
+        records = sorted(grouped["media"], key=warc_lib.capture_order)
         # With no record, nothing is emitted: the candidate ends as not-in-crawl.
         if records:
             yield from self._count_records(records, refs)

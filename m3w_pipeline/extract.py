@@ -654,14 +654,18 @@ class _NodeBuilder:
             self.buffer.append(" ")
         elif tag == "cell" and elem.getprevious() is not None:
             self.cell_pending = True
+        self.visit_content(elem)
+        if block:
+            self.flush()
+
+    def visit_content(self, elem: Any) -> None:
+        """The element's own text, then each child followed by its tail, in document order."""
         if elem.text:
             self.add(elem.text)
         for child in elem:
             self.visit(child)
             if child.tail:
                 self.add(child.tail)
-        if block:
-            self.flush()
 
     def media(self, elem: Any) -> None:
         if self.config.split_text_at_inline_images:
@@ -776,12 +780,7 @@ class _DeclaredMainWalker(_NodeBuilder):
         block = tag in _HTML_BLOCK_TAGS
         if block:
             self.flush()
-        if elem.text:
-            self.add(elem.text)
-        for child in elem:
-            self.visit(child)
-            if child.tail:
-                self.add(child.tail)
+        self.visit_content(elem)
         if block:
             self.flush()
 

@@ -73,6 +73,12 @@ class MediaRecord:
     provenance: Provenance
 
 
+def capture_order(record: MediaRecord) -> tuple[str, str, int]:
+    """Sort key putting captures of one URL oldest first (ties broken by file and offset)."""
+    p = record.provenance
+    return p.capture_date, p.warc_file, p.offset
+
+
 @dataclass
 class DroppedRecord:
     reason: str  # one of RECORD_DROP_REASONS
