@@ -20,7 +20,10 @@ M3W truncation policy (per sequence, `SourceConfig.max_tokens`, `max_images`, `m
   3. the window is cut right before its (max_images+1)-th `<image>`, so no image's text is
      ever trained without its image; an `<image>` that ends the window (no text) is dropped;
   4. only images whose `<image>` survives are decoded; fewer than `min_images`: skipped.
-Pair and video captions longer than the window are cut at `max_tokens`.
+Pair and video captions longer than the window are cut at `max_tokens`. With
+`samples_per_sequence` k > 1, k consecutive pairs (clips) share one sequence,
+`<image>a<|endofchunk|><image>b<|endofchunk|>...` (cut at `max_tokens` with rule 3): less padding,
+and the few-shot prompt layout; each caption still attends only to its own image.
 
 Determinism and resume. Shards are split over "slots" = ranks x loader workers: shard i of
 the epoch's (seeded) permutation goes to slot i mod n_slots; with fewer shards than slots
@@ -239,25 +242,36 @@ class SampleDecoder:
         media = [decode_image(raw[files[i]], self.image)[None] for i in kept]
         return Sample(ids, media, raw["__key__"])
 
+    def join(self, samples: Sequence[Sample]) -> Sample:
+        """Pack pair/clip samples into one sequence, cut at max_tokens (media follow their tokens)."""
+        ids = [t for s in samples for t in s.ids]
+        media = [m for s in samples for m in s.media]
+        window, kept = self._cut(ids[: self.cfg.max_tokens], 0)
+        return Sample(window, media[: len(kept)], samples[0].key)
+
+    def _cut(self, window: list[int], first: int) -> tuple[list[int], list[int]]:
+        """Rule 3: at most max_images `<image>`s, none ending the window; (ids, indices of kept media)."""
+        image_id = self.special.image
+        inside = [i for i, t in enumerate(window) if t == image_id]
+        if len(inside) > self.cfg.max_images and self.cfg.kind == "m3w":
+            window = window[: inside[self.cfg.max_images]]
+            inside = inside[: self.cfg.max_images]
+        if inside and inside[-1] == len(window) - 1:  # an image with no text after it
+            window, inside = window[:-1], inside[:-1]
+        return window, [first + k for k in range(len(inside))]
+
     def _window(self, ids: list[int], rng: random.Random) -> tuple[list[int], list[int]]:
         """Truncation steps 2-3 of the policy: (window ids, document indices of its images)."""
-        cfg, image_id = self.cfg, self.special.image
-        positions = [i for i, t in enumerate(ids) if t == image_id]
+        cfg = self.cfg
+        positions = [i for i, t in enumerate(ids) if t == self.special.image]
         if cfg.truncation == "head" or not positions:
             start = 0
         elif cfg.truncation == "first_image":
             start = max(0, positions[0] - cfg.lead_tokens)
         else:
             start = rng.randint(0, max(0, len(ids) - cfg.max_tokens))
-        window = ids[start : start + cfg.max_tokens]
         first = sum(1 for p in positions if p < start)  # images before the window
-        inside = [i for i, t in enumerate(window) if t == image_id]
-        if len(inside) > cfg.max_images:
-            window = window[: inside[cfg.max_images]]
-            inside = inside[: cfg.max_images]
-        if inside and inside[-1] == len(window) - 1:  # an image with no text after it
-            window, inside = window[:-1], inside[:-1]
-        return window, [first + k for k in range(len(inside))]
+        return self._cut(ids[start : start + cfg.max_tokens], first)
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -425,10 +439,12 @@ class SourceStream(IterableDataset):
 
     def batches(self, role: int, state: SlotState) -> Iterator[Batch]:
         pending: list[Sample] = []
+        group: list[Sample] = []  # samples_per_sequence > 1: the sequence being packed
+        pack = self.cfg.samples_per_sequence
         for raw in self.raw(role, state):
             rng = random.Random(f"{self.seed}/{state.epoch}/{raw['__key__']}")
             try:
-                pending.append(self.decoder(raw, rng))
+                sample = self.decoder(raw, rng)
             except SkipSample:
                 state.counters["no_media"] += 1
                 continue
@@ -436,9 +452,17 @@ class SourceStream(IterableDataset):
                 state.counters["corrupt_samples"] += 1
                 continue
             state.counters["samples"] += 1
+            if pack > 1:
+                group.append(sample)
+                if len(group) < pack:
+                    continue
+                sample, group = self.decoder.join(group), []
+            pending.append(sample)
             if len(pending) == self.cfg.batch_size:
                 yield self._emit(pending, role, state)
                 pending = []
+        if group:
+            pending.append(self.decoder.join(group))
         if pending:  # finite (evaluation) streams only: the last, smaller batch
             yield self._emit(pending, role, state)
 

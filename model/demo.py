@@ -2,13 +2,15 @@
 
     sample crawl (our generator; captions describe the images: counts, colours, shapes)
       -> `m3w build` the corpora (M3W documents, ALIGN/LTIP image-text pairs, video-text pairs)
-      -> pre-train the small built-in byte-level LM on the corpus text, then freeze it
-      -> train Flamingo on the weighted mix (Flamingo's accumulate mode)
+      -> pre-train the frozen backbones at toy scale, the paper's recipe: the built-in byte-level LM
+         on the corpus text, the built-in ViT contrastively on the image-text pairs
+      -> train Flamingo on the weighted mix (Flamingo's accumulate mode and weights)
       -> on held-out generated documents (a second crawl, other seed): the blind gap
          (loss with the images zeroed minus normal loss), tanh(gates), a few-shot caption
 
 A model that uses its images has a clearly positive blind gap; the gates start at exactly 0.
-The corpora are built by the `m3w` CLI in subprocesses (the model package never imports Beam).
+The corpora are built by the `m3w` CLI in subprocesses (the model package never imports Beam);
+the training and the held-out corpora are generated and built concurrently.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +44,10 @@ def find_shards(root: Path) -> dict[str, list[str]]:
     return {p: sorted(glob.glob(str(root / "**" / f"{p}-*.tar"), recursive=True)) for p in CORPUS_PREFIXES}
 
 
-def build_corpora(crawl: Path, out: Path, samples_per_shard: int) -> dict[str, list[str]]:
-    """`m3w build all`: M3W documents, ALIGN/LTIP pairs and video-text pairs from one read of the crawl."""
+def crawl_and_build(crawl: Path, out: Path, pages: int, seed: int, samples_per_shard: int) -> dict[str, list[str]]:
+    """A generated sample crawl, then `m3w build all`: M3W documents, ALIGN/LTIP pairs and video-text
+    pairs from one read of the crawl."""
+    _m3w("sample-crawl", str(crawl), "--pages", str(pages), "--seed", str(seed))
     _m3w("build", "all", "--input", str(crawl / "*.warc.gz"), "--output", str(out),
          "--samples-per-shard", str(samples_per_shard))
     return find_shards(out)
@@ -60,27 +65,30 @@ def demo_model() -> dict[str, Any]:
 
 
 def demo_config(workdir: Path, train: dict[str, list[str]], heldout: dict[str, list[str]], steps: int,
-                lm_weights: Path, mode: str, threads: int, seed: int) -> dict[str, Any]:
+                lm_weights: Path | None, vision_weights: Path | None, mode: str, threads: int, seed: int) -> dict[str, Any]:
     """Flamingo's weights (M3W 1.0, ALIGN 0.2, LTIP 0.2, VTP 0.03) over whatever corpora exist."""
-    spec = {  # kind, weight, batch size, max tokens
-        "m3w": ("m3w", 1.0, 8, 160), "align": ("pairs", 0.2, 16, 64), "ltip": ("pairs", 0.2, 16, 80),
-        "video": ("video", 0.03, 4, 64),
+    # kind, weight, sequences per batch, max tokens, samples per sequence (pairs/clips packed). The
+    # LM is pretrained on 128-byte windows: no sequence goes beyond the positions it has learned.
+    spec = {
+        "m3w": ("m3w", 1.0, 8, 128, 1), "align": ("pairs", 0.2, 6, 128, 3), "ltip": ("pairs", 0.2, 6, 128, 2),
+        "video": ("video", 0.03, 2, 128, 2),
     }
     sources = []
-    for name, (kind, weight, batch, tokens) in spec.items():
+    for name, (kind, weight, batch, tokens, pack) in spec.items():
         if train.get(name):
             sources.append({"name": name, "kind": kind, "urls": train[name], "weight": weight, "batch_size": batch,
-                            "max_tokens": tokens, "max_images": 3, "max_frames": 4, "lead_tokens": 24,
-                            "shuffle_buffer": 64})
+                            "max_tokens": tokens, "samples_per_sequence": pack, "max_images": 3, "max_frames": 4,
+                            "lead_tokens": 24, "shuffle_buffer": 64, "resize": "pad"})
     sets = []
-    for name in ("m3w", "align"):
+    for name, batch, tokens in (("m3w", 8, 128), ("align", 16, 64)):  # held-out pairs one per sequence
         if heldout.get(name):
-            kind, _, batch, tokens = spec[name]
-            sets.append({"name": f"heldout_{name}", "kind": kind, "urls": heldout[name], "batch_size": batch,
-                         "max_tokens": tokens, "max_images": 3, "lead_tokens": 24, "batches": 6})
+            sets.append({"name": f"heldout_{name}", "kind": spec[name][0], "urls": heldout[name], "batch_size": batch,
+                         "max_tokens": tokens, "max_images": 3, "lead_tokens": 24, "batches": 6, "resize": "pad"})
     return {
         "run": {"out_dir": str(workdir / "train"), "steps": steps, "seed": seed, "log_every": max(1, steps // 10),
-                "checkpoint_every": 0, "resume": "never", "lm_weights": str(lm_weights), "threads": threads},
+                "checkpoint_every": 0, "resume": "never", "threads": threads,
+                "lm_weights": str(lm_weights) if lm_weights else None,
+                "vision_weights": str(vision_weights) if vision_weights else None},
         "model": demo_model(),
         "optim": {"lr": 3e-3, "weight_decay": 0.05, "warmup_steps": max(1, steps // 15), "schedule": "cosine",
                   "min_lr_ratio": 0.1, "grad_clip": 1.0, "betas": [0.9, 0.98]},
@@ -90,14 +98,15 @@ def demo_config(workdir: Path, train: dict[str, list[str]], heldout: dict[str, l
 
 
 def few_shot(checkpoint: Path, pair_shards: list[str], out: Path, n_shots: int = 2, n_queries: int = 3) -> list[dict[str, str]]:
-    """Caption held-out images after `n_shots` captioned examples, greedy, from the saved checkpoint."""
+    """Caption held-out images from the saved checkpoint (beam search): zero-shot (`<image>`) and
+    after `n_shots` captioned examples (`<image>caption<|endofchunk|>... <image>`)."""
     from model.checkpoint import load_checkpoint
     from model.data import ImageSpec, decode_image, read_tar_samples
     from model.generate import generate_text
 
     model, tokenizer = load_checkpoint(checkpoint)
     model.eval()
-    spec = ImageSpec.for_encoder(model.vision)
+    spec = ImageSpec.for_encoder(model.vision, resize="pad")  # as in training
     samples = []
     for url in pair_shards:
         samples.extend(read_tar_samples(url, {"corrupt_shards": 0}))
@@ -108,10 +117,13 @@ def few_shot(checkpoint: Path, pair_shards: list[str], out: Path, n_shots: int =
     prompt = "".join(IMAGE_TOKEN + s["txt"].decode() + END_OF_CHUNK_TOKEN for s in shots) + IMAGE_TOKEN
     results = []
     for i, q in enumerate(queries):
-        media = [decode_image(s["jpg"], spec)[None] for s in shots + [q]]
-        text = generate_text(model, tokenizer, [prompt], [media], max_new_tokens=60, num_beams=1)[0]
+        query = decode_image(q["jpg"], spec)[None]
+        shot_media = [decode_image(s["jpg"], spec)[None] for s in shots]
+        zero, few = generate_text(model, tokenizer, [IMAGE_TOKEN, prompt], [[query], shot_media + [query]],
+                                  max_new_tokens=60, num_beams=3)
         (out / f"query-{i}.jpg").write_bytes(q["jpg"])
-        results.append({"image": str(out / f"query-{i}.jpg"), "truth": q["txt"].decode(), "generated": text.strip()})
+        results.append({"image": str(out / f"query-{i}.jpg"), "truth": q["txt"].decode(),
+                        "zero_shot": zero.strip(), "few_shot": few.strip()})
     for i, s in enumerate(shots):
         (out / f"shot-{i}.jpg").write_bytes(s["jpg"])
     return results
@@ -120,8 +132,9 @@ def few_shot(checkpoint: Path, pair_shards: list[str], out: Path, n_shots: int =
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from model.config import BuiltinLMConfig
+    from model.config import BuiltinLMConfig, BuiltinViTConfig
     from model.pretrain_lm import pretrain_lm
+    from model.pretrain_vision import pretrain_vision
     from model.train import train
     from model.train_config import TrainConfig, dump_toml
 
@@ -139,55 +152,61 @@ def run(args: argparse.Namespace) -> int:
         t = now
         print(f"[{now - t0:6.1f}s] {name} done ({timings[name]}s)", flush=True)
 
-    print(f"1. sample crawls: {args.pages} pages for training, {max(40, args.pages // 5)} held-out pages (seed "
-          f"{args.seed + HELDOUT_SEED_OFFSET})", flush=True)
-    _m3w("sample-crawl", str(work / "crawl"), "--pages", str(args.pages), "--seed", str(args.seed))
-    _m3w("sample-crawl", str(work / "heldout-crawl"), "--pages", str(max(40, args.pages // 5)),
-         "--seed", str(args.seed + HELDOUT_SEED_OFFSET))
-    lap("crawl")
-
-    print("2. build the corpora (m3w build)", flush=True)
-    train_shards = build_corpora(work / "crawl", work / "corpus", 50)
-    heldout_shards = build_corpora(work / "heldout-crawl", work / "heldout", 1000)
+    n_heldout = max(40, args.pages // 5)
+    print(f"1-2. sample crawls ({args.pages} pages; {n_heldout} held-out pages, seed {args.seed + HELDOUT_SEED_OFFSET}) "
+          "-> m3w build all (M3W, ALIGN, LTIP, video)", flush=True)
+    with ThreadPoolExecutor(2) as pool:  # two Beam jobs side by side: each mostly keeps one core busy
+        train_job = pool.submit(crawl_and_build, work / "crawl", work / "corpus", args.pages, args.seed, 50)
+        heldout_job = pool.submit(crawl_and_build, work / "heldout-crawl", work / "heldout", n_heldout,
+                                  args.seed + HELDOUT_SEED_OFFSET, 1000)
+        train_shards, heldout_shards = train_job.result(), heldout_job.result()
     for name, shards in train_shards.items():
         print(f"   {name:6s} {len(shards)} training shards, {len(heldout_shards[name])} held-out", flush=True)
-    lap("build")
+    lap("crawl+build")
 
-    print("3. pre-train the built-in LM on the corpus text (it is then frozen)", flush=True)
+    print("3. pre-train the frozen backbones: the built-in LM on the corpus text, the built-in ViT "
+          "contrastively on the image-text pairs", flush=True)
     cfg_dict = demo_config(work, train_shards, heldout_shards, args.steps, work / "lm" / "lm.safetensors",
-                           args.mode, args.threads, args.seed)
+                           work / "vit" / "vit.safetensors", args.mode, args.threads, args.seed)
     lm_cfg = BuiltinLMConfig(**cfg_dict["model"]["builtin_lm"])
     text_shards = [u for name in ("m3w", "align", "ltip", "video") for u in train_shards[name]]
     heldout_text = [u for name in ("m3w", "align") for u in heldout_shards[name]]
     lm = pretrain_lm(text_shards, work / "lm" / "lm.safetensors", lm_cfg, steps=args.lm_steps, batch_size=16,
-                     seq_len=128, lr=3e-3, eval_urls=heldout_text, seed=args.seed)
+                     seq_len=128, lr=3e-3, caption_weight=0.6, eval_urls=heldout_text, seed=args.seed)
     print(f"   LM loss: train {lm.train_loss:.3f}, held-out {lm.eval_loss:.3f} nats/byte", flush=True)
-    lap("pretrain_lm")
+    vit_cfg = BuiltinViTConfig(**cfg_dict["model"]["builtin_vision"])
+    vit = pretrain_vision(train_shards["align"] + train_shards["ltip"], work / "vit" / "vit.safetensors", vit_cfg,
+                          steps=args.vit_steps, resize="pad", heldout_urls=heldout_shards["align"], seed=args.seed)
+    print(f"   ViT: contrastive loss {vit.train_loss:.3f}, held-out image->caption top-1 {vit.heldout_accuracy:.0%} "
+          f"(batches of 64)", flush=True)
+    lap("pretrain")
 
     print(f"4. train Flamingo ({args.mode}): {', '.join(s['name'] for s in cfg_dict['data']['sources'])}", flush=True)
     (work / "train.toml").write_text(dump_toml(cfg_dict))
     result = train(TrainConfig.from_dict(cfg_dict))
     lap("train")
 
-    print("5. few-shot captions of held-out images (greedy, 2 shots)", flush=True)
+    print("5. captions of held-out images, zero-shot and 2-shot", flush=True)
     assert result.checkpoint is not None
     shots = few_shot(result.checkpoint, heldout_shards["align"] or heldout_shards["ltip"], work / "fewshot")
     lap("generate")
 
     final = result.evals[-1] if result.evals else {"eval": {}}
     summary = {"timings_s": timings, "total_s": round(time.perf_counter() - t0, 1), "steps": result.step,
-               "lm": {"train_loss": lm.train_loss, "heldout_loss": lm.eval_loss}, "eval": final["eval"],
+               "lm": {"train_loss": lm.train_loss, "heldout_loss": lm.eval_loss},
+               "vit": {"train_loss": vit.train_loss, "heldout_top1": vit.heldout_accuracy}, "eval": final["eval"],
                "evals": result.evals, "gates": result.gates, "few_shot": shots, "checkpoint": str(result.checkpoint),
                "config": str(work / "train.toml"), "skipped": result.counters}
     (work / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("\n== result ==")
     for name, e in final["eval"].items():
         print(f"{name:15s} loss {e['loss']:.4f}  images zeroed {e['blind_loss']:.4f}  "
-              f"blind gap {e['blind_gap']:+.4f} nats/token")
+              f"blind gap {e['blind_gap']:+.4f} nats/token = {e['blind_gap_per_image']:+.2f} nats/image")
     print("tanh(attn gate) per layer: " + " ".join(f"{g:+.3f}" for g in result.gates["attn"]))
     print("tanh(ff gate)   per layer: " + " ".join(f"{g:+.3f}" for g in result.gates["ff"]))
+    print("captions of held-out images (beam search 3):")
     for s in shots:
-        print(f"few-shot  truth: {s['truth']!r}\n          model: {s['generated']!r}")
+        print(f"  truth {s['truth']!r}\n    zero-shot {s['zero_shot']!r}\n    2-shot    {s['few_shot']!r}")
     print(f"checkpoint {result.checkpoint}; try: m3w generate --checkpoint {result.checkpoint} "
           f"--image {work / 'fewshot' / 'shot-0.jpg'} '...' --image {work / 'fewshot' / 'query-0.jpg'}")
     print(f"total {summary['total_s']}s ({', '.join(f'{k} {v}s' for k, v in timings.items())})")

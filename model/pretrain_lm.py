@@ -106,8 +106,13 @@ def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, lengt
 def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig, *, steps: int = 300,
                 batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, caption_weight: float = 0.5,
                 eval_urls: Sequence[str] = (), seed: int = 0, log: bool = True) -> PretrainResult:
-    """AdamW with warmup + cosine on random windows of the corpus text (byte tokens). A share
-    `caption_weight` of the windows comes from the captions (short, but what Flamingo will write)."""
+    """AdamW with warmup + cosine on random windows of the corpus text (byte tokens).
+
+    A share `caption_weight` of the windows comes from the captions (short, but what Flamingo will
+    write). The built-in LM has learned absolute positions, so `seq_len` must cover the positions
+    Flamingo will use (packed pairs, few-shot prompts, M3W windows): measured for the demo, 64-byte
+    windows model a lone caption better than 128-byte ones but break down past position 64, and
+    random position offsets cost more than they give."""
     t0 = time.perf_counter()
     tok = ByteTokenizer()
     if seq_len > cfg.max_seq_len:

@@ -75,13 +75,17 @@ REQUIRED_STATE = ("format", "version", "step", "optimizer", "scheduler", "loader
 
 
 def build_model(cfg: TrainConfig) -> tuple[Flamingo, FlamingoTokenizer]:
-    """`model.factory.build_flamingo`, with the built-in LM's pretrained weights loaded before the
-    new-token rows are initialised from its embeddings (same RNG stream as build_flamingo)."""
+    """`model.factory.build_flamingo`, with pretrained built-in backbone weights (run.lm_weights,
+    run.vision_weights) loaded before the new-token rows are initialised from the LM's embeddings
+    (same RNG stream as build_flamingo)."""
     from model.pretrain_lm import load_pretrained_lm
+    from model.pretrain_vision import load_pretrained_vision
 
     mc = cfg.model
     if cfg.run.lm_weights is not None and mc.lm_path is not None:
         raise ValueError("run.lm_weights is for the built-in LM; with model.lm_path the weights come from there")
+    if cfg.run.vision_weights is not None and mc.vision_path is not None:
+        raise ValueError("run.vision_weights is for the built-in ViT; with model.vision_path the weights come from there")
     tokenizer = load_tokenizer(mc.tokenizer_path or mc.lm_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(mc.seed)
@@ -89,6 +93,8 @@ def build_model(cfg: TrainConfig) -> tuple[Flamingo, FlamingoTokenizer]:
         if cfg.run.lm_weights is not None:
             load_pretrained_lm(lm, cfg.run.lm_weights)  # type: ignore[arg-type]
         vision = load_vision_encoder(mc.vision_path, mc.builtin_vision, mc.backbone_dtype)
+        if cfg.run.vision_weights is not None:
+            load_pretrained_vision(vision, cfg.run.vision_weights, mc.builtin_vision)  # type: ignore[arg-type]
         model = Flamingo(mc, lm, vision, tokenizer.special)
     return model, tokenizer
 
@@ -241,23 +247,26 @@ def optimizer_step(model: Flamingo, optimizer: torch.optim.Optimizer, grad_clip:
 
 @torch.no_grad()
 def evaluate(model: Flamingo, batches: list[Batch], rt: Runtime, blind_gap: bool = True) -> dict[str, float]:
-    """Held-out loss per text token, and with the visual input zeroed (blind gap = blind - normal)."""
+    """Held-out loss per text token, and with the visual input zeroed (blind gap = blind - normal,
+    per text token and summed per image: how many nats of the text each image explains)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss, blind loss, targets
+    sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # loss, blind loss, targets, media
     for batch in batches:
         sums[0] += forward_loss_sum(model, batch, rt).double()
         if blind_gap:
             sums[1] += forward_loss_sum(model, batch, rt, blind=True).double()
         sums[2] += batch.stats["targets"]
+        sums[3] += batch.stats["media"]
     if rt.distributed:
         dist.all_reduce(sums)
     model.train(was_training)
     n = max(1.0, float(sums[2]))
-    out = {"loss": float(sums[0]) / n, "targets": int(sums[2])}
+    out = {"loss": float(sums[0]) / n, "targets": int(sums[2]), "media": int(sums[3])}
     if blind_gap:
         out["blind_loss"] = float(sums[1]) / n
-        out["blind_gap"] = out["blind_loss"] - out["loss"]
+        out["blind_gap"] = out["blind_loss"] - out["loss"]  # nats per text token
+        out["blind_gap_per_image"] = float(sums[1] - sums[0]) / max(1.0, float(sums[3]))  # nats per image
     return out
 
 
@@ -322,8 +331,9 @@ def _compatible(saved: dict[str, Any], cfg: TrainConfig, world_size: int, state_
     current = cfg.to_dict()
     problems = [f"{section} differs: checkpoint {saved.get(section)} vs config {current[section]}"
                 for section in ("model", "data") if saved.get(section) != current[section]]
-    if saved.get("run", {}).get("lm_weights") != cfg.run.lm_weights:
-        problems.append(f"run.lm_weights differs: {saved.get('run', {}).get('lm_weights')} vs {cfg.run.lm_weights}")
+    for key in ("lm_weights", "vision_weights"):
+        if saved.get("run", {}).get(key) != getattr(cfg.run, key):
+            problems.append(f"run.{key} differs: {saved.get('run', {}).get(key)} vs {getattr(cfg.run, key)}")
     if state_world != world_size:
         problems.append(f"world size differs: checkpoint {state_world} vs now {world_size}")
     return problems
@@ -493,7 +503,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     last = min(cfg.run.steps, cfg.run.stop_at or cfg.run.steps)
     bar = tqdm(total=cfg.run.steps, initial=step, disable=not (master and cfg.run.progress), file=sys.stderr,
-               dynamic_ncols=True, desc="train")
+               dynamic_ncols=True, desc="train", mininterval=2.0)
     log = MetricsLog(out_dir / "metrics.jsonl", master, bar if master and cfg.run.progress else None)
     losses: list[tuple[int, float]] = []
     evals: list[dict[str, Any]] = []
@@ -600,7 +610,8 @@ def _log_line(r: dict[str, Any]) -> str:
 def _eval_line(r: dict[str, Any]) -> str:
     parts = []
     for name, e in r["eval"].items():
-        gap = f", blind {e['blind_loss']:.4f}, blind gap {e['blind_gap']:+.4f}" if "blind_gap" in e else ""
+        gap = (f", blind {e['blind_loss']:.4f}, blind gap {e['blind_gap']:+.4f}/token "
+               f"{e['blind_gap_per_image']:+.2f}/image") if "blind_gap" in e else ""
         parts.append(f"{name}: loss {e['loss']:.4f}{gap}")
     return f"eval step {r['step']:6d} | " + " | ".join(parts)
 

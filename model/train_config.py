@@ -49,6 +49,7 @@ class SourceConfig:
     max_images: int = 5  # m3w: images per sequence (Flamingo: 5)
     min_images: int = 1  # m3w: sequences with fewer images are skipped (counted as no_media)
     max_frames: int = 8  # video: frames per clip, evenly spaced (Flamingo trains on 8)
+    samples_per_sequence: int = 1  # pairs/video: pack this many `<image>caption<|endofchunk|>` per sequence
     truncation: Truncation = "first_image"  # m3w: where the max_tokens window starts
     lead_tokens: int = 32  # m3w first_image: text kept before the first image
     shuffle_buffer: int = 256  # samples, within a shard (0: no shuffling)
@@ -59,8 +60,11 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if isinstance(self.urls, str):
             self.urls = [self.urls]
-        if self.batch_size < 1 or self.max_tokens < 2 or self.accum_steps < 1:
-            raise ValueError(f"source {self.name}: batch_size, accum_steps >= 1 and max_tokens >= 2 required")
+        if self.batch_size < 1 or self.max_tokens < 2 or self.accum_steps < 1 or self.samples_per_sequence < 1:
+            raise ValueError(f"source {self.name}: batch_size, accum_steps, samples_per_sequence >= 1 and "
+                             "max_tokens >= 2 required")
+        if self.samples_per_sequence > 1 and self.kind == "m3w":
+            raise ValueError(f"source {self.name}: samples_per_sequence is for pairs and video; M3W documents are whole")
         if self.weight < 0:
             raise ValueError(f"source {self.name}: weight must be >= 0")
 
@@ -117,6 +121,7 @@ class RunConfig:
     precision: Precision = "auto"  # auto: bf16 autocast on devices that support it, else fp32
     activation_checkpointing: bool = False  # recompute LM layers (+ cross-attention) in backward
     lm_weights: str | None = None  # built-in LM weights from `model.pretrain_lm` (frozen)
+    vision_weights: str | None = None  # built-in ViT weights from `model.pretrain_vision` (frozen)
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only after the last step
     keep_checkpoints: int = 2

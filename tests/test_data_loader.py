@@ -109,6 +109,28 @@ def test_pair_and_video_layout():
     assert not torch.equal(short.media[0][1], short.media[0][2])
 
 
+def test_packed_pairs_share_a_sequence_and_resume_exactly(tmp_path):
+    pattern = make_shards(tmp_path, "pairs", 2, 7)
+    cfg = SourceConfig(name="p", kind="pairs", urls=[pattern], batch_size=2, samples_per_sequence=3, max_tokens=60,
+                       shuffle_buffer=0, shuffle_shards=False)
+    loader = SourceLoader(cfg, TOK, SPEC, seed=0)
+    batches = [next(loader) for _ in range(5)]
+    first = _text(batches[0].input_ids[0].tolist())
+    assert first.startswith("<image>a red square<|endofchunk|><image>a green square<|endofchunk|><image>a blue")
+    for b in batches:  # every <image> kept has its media, none ends a sequence, nothing beyond max_tokens
+        assert b.stats["media"] == int((b.input_ids == TOK.special.image).sum()) and b.input_ids.shape[1] <= 60
+        for row, mask in zip(b.input_ids, b.attention_mask):
+            assert row[int(mask.sum()) - 1] != TOK.special.image
+    assert batches[0].stats["sequences"] == 2 and batches[0].media_batch_idx.tolist() == [0, 0, 0, 1, 1, 1]
+    resumed = SourceLoader(cfg, TOK, SPEC, seed=0, state=SourceLoader(cfg, TOK, SPEC, seed=0).state_dict())
+    assert [next(resumed).keys for _ in range(5)] == [b.keys for b in batches]
+    ahead = SourceLoader(cfg, TOK, SPEC, seed=0)
+    for _ in range(2):
+        next(ahead)
+    resumed = SourceLoader(cfg, TOK, SPEC, seed=0, state=ahead.state_dict())
+    assert [next(resumed).keys for _ in range(3)] == [b.keys for b in batches[2:]]
+
+
 def test_image_preparation_crop_matches_image_prep_and_pad_letterboxes():
     im = Image.new("RGB", (40, 20), (200, 10, 10))
     buf = io.BytesIO()

@@ -11,11 +11,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from model.backbones import BuiltinLM
-from model.config import BuiltinLMConfig, FlamingoConfig
+from model.backbones import BuiltinLM, BuiltinViT
+from model.config import BuiltinLMConfig, BuiltinViTConfig, FlamingoConfig
 from model.data import ImageSpec, SourceLoader
 from model.factory import build_flamingo
 from model.pretrain_lm import load_pretrained_lm, pretrain_lm
+from model.pretrain_vision import load_pretrained_vision, pretrain_vision
 from model.train import (Runtime, build_model, enable_activation_checkpointing, forward_loss_sum, lr_lambda,
                          param_groups, train)
 from model.train_config import OptimConfig, SourceConfig, TrainConfig
@@ -124,6 +125,23 @@ def test_pretrained_lm_is_loaded_before_the_new_token_rows_and_stays_frozen(tmp_
     with pytest.raises(ValueError, match="trained with builtin_lm"):
         load_pretrained_lm(BuiltinLM(BuiltinLMConfig(dim=32, n_layers=3, n_heads=2, max_seq_len=128)),
                            tmp_path / "lm.safetensors")
+
+
+def test_contrastive_vision_pretraining_learns_and_is_loaded_frozen(tmp_path):
+    corpus = tiny_corpus(tmp_path)
+    vit_cfg = BuiltinViTConfig(**TINY_MODEL["builtin_vision"])
+    res = pretrain_vision([corpus["pairs"]], tmp_path / "vit.safetensors", vit_cfg, steps=40, batch_size=16,
+                          heldout_urls=[corpus["heldout"]], log=False)
+    assert res.heldout_accuracy is not None and res.heldout_accuracy >= 0.5  # chance: 1/8
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=1, vision_weights=str(tmp_path / "vit.safetensors"))
+    model, _ = build_model(TrainConfig.from_dict(data))
+    for name, tensor in load_file(str(tmp_path / "vit.safetensors")).items():
+        assert torch.equal(model.vision.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    with pytest.raises(ValueError, match="trained with builtin_vision"):
+        other = BuiltinViTConfig(image_size=16, patch_size=4, dim=32, depth=1, heads=2)
+        load_pretrained_vision(BuiltinViT(other), tmp_path / "vit.safetensors",
+                               other)
 
 
 def test_m3w_train_cli_yaml_and_errors(tmp_path, capsys):
