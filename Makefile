@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PAGES  ?= 300
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test test-fast bench clean
+.PHONY: run demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/m3w sample-crawl sample/crawl --pages $(PAGES)
 	$(BIN)/m3w build m3w --input 'sample/crawl/*.warc.gz' --output sample/m3w
+
+# The whole story on CPU (about 5 minutes): crawl -> three corpora -> frozen LM/ViT -> Flamingo -> blind gap.
+demo: $(STAMP)
+	$(BIN)/m3w demo --workdir sample/demo
 
 test: $(STAMP)
 	bash tests/ensure_chromium.sh || echo "chromium could not be installed: the report screenshot test will skip"
