@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"4. train Flamingo ({args.mode}): {', '.join(s['name'] for s in cfg_dict['data']['sources'])}", flush=True)
     (work / "train.toml").write_text(dump_toml(cfg_dict))
+    shutil.rmtree(work / "train", ignore_errors=True)  # a rerun trains afresh (the builds are reused)
     result = train(TrainConfig.from_dict(cfg_dict))
     lap("train")
 

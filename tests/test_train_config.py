@@ -91,3 +91,15 @@ def test_overrides_and_toml_round_trip(tmp_path):
     assert load_train_config(tmp_path / "out.toml") == cfg
     with pytest.raises(ValueError):
         load_train_config(tmp_path / "c.toml", ["nonsense"])
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.*"))
+    assert {p.name for p in configs} >= {"demo.toml", "flamingo.yaml"}
+    for path in configs:
+        cfg = load_train_config(path)
+        assert cfg.data.sources and cfg.run.steps > 0, path
+    hf = load_train_config(configs[[p.name for p in configs].index("flamingo.yaml")])
+    assert [s.weight for s in hf.data.sources] == [1.0, 0.2, 0.2, 0.03] and hf.model.xattn.every_n_layers == 4

@@ -160,3 +160,12 @@ def test_m3w_train_cli_yaml_and_errors(tmp_path, capsys):
     (tmp_path / "c2.yaml").write_text(yaml.safe_dump(data))
     assert main(["train", "--config", str(tmp_path / "c2.yaml")]) == 2
     assert "data differs" in capsys.readouterr().err
+
+
+def test_bf16_autocast_and_activation_checkpointing_run(tmp_path):
+    """The code path a GPU run takes (bf16 autocast), here on CPU autocast, with checkpointing on."""
+    corpus = tiny_corpus(tmp_path / "data")
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=2, precision="bf16", activation_checkpointing=True)
+    result = train(TrainConfig.from_dict(data))
+    assert result.step == 2 and all(math.isfinite(v) for _, v in result.losses)
+    assert all(math.isfinite(e["eval"]["heldout"]["blind_gap"]) for e in result.evals)
