@@ -1,4 +1,4 @@
-# m3w: `make run` builds a corpus from a generated sample crawl; `make test` runs the tests.
+# m3w: `make run` is the whole story on generated sample data; `make test` runs the tests.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PAGES  ?= 300
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run demo test test-fast bench clean
+.PHONY: run demo corpus test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Sample crawl (our own generator) -> M3W corpus on the embedded DirectRunner -> summary.
+# The whole story on CPU (about 5 minutes): sample crawl -> the three corpora (Beam, embedded runner)
+# -> frozen pre-trained LM and ViT -> Flamingo on the weighted mix -> blind gap, gates, few-shot captions.
 run: $(STAMP)
+	$(BIN)/m3w demo --workdir sample/demo --pages $(PAGES)
+
+demo: run
+
+# Only the corpus: sample crawl (our own generator) -> M3W corpus on the embedded runner -> summary.
+corpus: $(STAMP)
 	$(BIN)/m3w sample-crawl sample/crawl --pages $(PAGES)
 	$(BIN)/m3w build m3w --input 'sample/crawl/*.warc.gz' --output sample/m3w
-
-# The whole story on CPU (about 5 minutes): crawl -> three corpora -> frozen LM/ViT -> Flamingo -> blind gap.
-demo: $(STAMP)
-	$(BIN)/m3w demo --workdir sample/demo
 
 test: $(STAMP)
 	bash tests/ensure_chromium.sh || echo "chromium could not be installed: the report screenshot test will skip"

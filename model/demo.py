@@ -45,6 +45,17 @@ def find_shards(root: Path) -> dict[str, list[str]]:
     return {p: sorted(glob.glob(str(root / "**" / f"{p}-*.tar"), recursive=True)) for p in CORPUS_PREFIXES}
 
 
+def samples_per_corpus(root: Path) -> dict[str, int]:
+    """Samples in the shards of each corpus (m3w, align, ltip, video), from the build manifests (`m3w
+    build` has already failed if their counts did not reconcile)."""
+    counts = {p: 0 for p in CORPUS_PREFIXES}
+    for path in sorted(root.glob("*/manifest.json")):
+        for shard in json.loads(path.read_text())["shards"]:
+            prefix = shard["name"].rsplit("-", 1)[0]
+            counts[prefix] = counts.get(prefix, 0) + shard["samples"]
+    return counts
+
+
 def crawl_and_build(crawl: Path, out: Path, pages: int, seed: int, samples_per_shard: int) -> dict[str, list[str]]:
     """A generated sample crawl, then `m3w build all`: M3W documents, ALIGN/LTIP pairs and video-text
     pairs from one read of the crawl."""
@@ -161,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
         heldout_job = pool.submit(crawl_and_build, work / "heldout-crawl", work / "heldout", n_heldout,
                                   args.seed + HELDOUT_SEED_OFFSET, 1000)
         train_shards, heldout_shards = train_job.result(), heldout_job.result()
+    train_counts, heldout_counts = samples_per_corpus(work / "corpus"), samples_per_corpus(work / "heldout")
     for name, shards in train_shards.items():
-        print(f"   {name:6s} {len(shards)} training shards, {len(heldout_shards[name])} held-out", flush=True)
+        print(f"   {name:6s} {train_counts[name]:5d} samples in {len(shards)} shards; held out {heldout_counts[name]:4d}",
+              flush=True)
     lap("crawl+build")
 
     print("3. pre-train the frozen backbones: the built-in LM on the corpus text, the built-in ViT "
@@ -194,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     lap("generate")
 
     final = result.evals[-1] if result.evals else {"eval": {}}
-    summary = {"timings_s": timings, "total_s": round(time.perf_counter() - t0, 1), "steps": result.step,
+    summary = {"corpora": {"train": train_counts, "heldout": heldout_counts}, "timings_s": timings, "total_s": round(time.perf_counter() - t0, 1), "steps": result.step,
                "lm": {"train_loss": lm.train_loss, "heldout_loss": lm.eval_loss},
                "vit": {"train_loss": vit.train_loss, "heldout_top1": vit.heldout_accuracy}, "eval": final["eval"],
                "evals": result.evals, "gates": result.gates, "few_shot": shots, "checkpoint": str(result.checkpoint),

@@ -16,6 +16,9 @@ def test_demo_runs_end_to_end_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "blind gap" in out and "tanh(attn gate) per layer" in out and "zero-shot" in out
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    corpora = summary["corpora"]
+    assert corpora["train"]["m3w"] > 0 and corpora["train"]["align"] > 0 and corpora["heldout"]["m3w"] > 0
+    assert f"m3w    {corpora['train']['m3w']:5d} samples in" in out
     assert set(summary["eval"]) == {"heldout_m3w", "heldout_align"}
     for e in summary["eval"].values():
         assert {"loss", "blind_loss", "blind_gap", "blind_gap_per_image"} <= set(e)
