@@ -11,7 +11,6 @@ an LM of another shape. Text is read into memory (toy scale; `max_bytes` caps it
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -22,9 +21,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open, save_file
 
 from model.backbones import BuiltinLM
+from model.checkpoint import read_pretrained_backbone, save_pretrained_backbone
 from model.config import BuiltinLMConfig
 from model.data import expand_shards, read_tar_samples
 from model.tokenizer import ByteTokenizer
@@ -146,25 +145,13 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         with torch.no_grad():
             xy = _windows(*eval_pools, 64, seq_len, torch.Generator().manual_seed(seed + 1))
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    state = {k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
-    save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(dataclasses.asdict(cfg)),
-                                          "tokenizer": tok.name})
-    tmp.replace(out)
+    state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
+    out = save_pretrained_backbone(state, out, FORMAT, cfg, tokenizer=tok.name)
     return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0)
 
 
 def load_pretrained_lm(lm: BuiltinLM, path: str | Path) -> None:
     """Load weights written by `pretrain_lm` into a built-in LM of exactly the same config."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a built-in LM file ({meta.get('format')!r})")
-    saved = json.loads(meta["config"])
-    if saved != dataclasses.asdict(lm.cfg):
-        raise ValueError(f"{path}: trained with builtin_lm {saved}, model config is {dataclasses.asdict(lm.cfg)}")
-    state = load_file(str(path))
+    state = read_pretrained_backbone(path, FORMAT, lm.cfg, "builtin_lm")
     state["lm_head.weight"] = state["tok_emb.weight"]
     lm.load_state_dict(state, strict=True)

@@ -12,8 +12,6 @@ refuses any other config.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import re
 import time
@@ -23,10 +21,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from model.backbones import BuiltinViT
+from model.checkpoint import read_pretrained_backbone, save_pretrained_backbone
 from model.config import BuiltinViTConfig
 from model.data import IMAGE_EXTS, ImageSpec, decode_image, expand_shards, read_tar_samples
 from model.image_prep import BUILTIN_MEAN, BUILTIN_STD
@@ -143,22 +141,10 @@ def pretrain_vision(pair_urls: Sequence[str], out: str | Path, cfg: BuiltinViTCo
     if heldout_urls:
         held_images, held_captions = load_pairs(heldout_urls, spec)
         accuracy = _retrieval_accuracy(vit, head, text, held_images, held_captions)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp),
-              metadata={"format": FORMAT, "config": json.dumps(dataclasses.asdict(cfg)), "resize": resize})
-    tmp.replace(out)
+    out = save_pretrained_backbone(vit.state_dict(), out, FORMAT, cfg, resize=resize)
     return VisionPretrainResult(out, float(loss_ema or 0.0), accuracy, steps, time.perf_counter() - t0)
 
 
 def load_pretrained_vision(vit: BuiltinViT, path: str | Path, cfg: BuiltinViTConfig) -> None:
     """Load weights written by `pretrain_vision` into a built-in ViT of exactly the same config."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a built-in ViT file ({meta.get('format')!r})")
-    saved = json.loads(meta["config"])
-    if saved != dataclasses.asdict(cfg):
-        raise ValueError(f"{path}: trained with builtin_vision {saved}, model config is {dataclasses.asdict(cfg)}")
-    vit.load_state_dict(load_file(str(path)), strict=True)
+    vit.load_state_dict(read_pretrained_backbone(path, FORMAT, cfg, "builtin_vision"), strict=True)
