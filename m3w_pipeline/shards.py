@@ -22,7 +22,8 @@ from m3w_pipeline.document import Document
 from m3w_pipeline.quality import DOCUMENT_SCORE_COLUMNS
 
 DOCUMENT_SCHEMA_ID = "m3w.document/1"
-# Quality-score columns of the index, in schema order (schemas/m3w_index.arrow.json lists them too).
+# Quality-score columns of the index, in schema order (schemas/m3w_index.arrow.json declares them;
+# tests/test_quality.py checks that the two agree).
 SCORE_COLUMNS = tuple(name for name, _, _ in DOCUMENT_SCORE_COLUMNS)
 _BLOCK = tarfile.BLOCKSIZE  # 512
 

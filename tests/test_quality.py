@@ -1,7 +1,9 @@
 """Quality scores on hand-built texts whose ratios are known, and the filters built on them."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +108,21 @@ def test_document_scores_give_one_value_per_index_column():
     for name, arrow_type, nullable in q.DOCUMENT_SCORE_COLUMNS:
         value = scores[name]
         assert (value is None and nullable) or isinstance(value, str if arrow_type == "string" else (int, float)), name
+
+
+def test_score_columns_match_the_index_schema():
+    """The columns quality.py fills are declared once more, as the format, in schemas/m3w_index.arrow.json."""
+    from m3w_pipeline.shards import load_arrow_schema
+
+    index = json.loads((Path(__file__).parents[1] / "schemas" / "m3w_index.arrow.json").read_text())
+    declared = {f["name"]: (f["type"], f["nullable"]) for f in index["fields"]}
+    for name, arrow_type, nullable in q.DOCUMENT_SCORE_COLUMNS:
+        # the index may hold null also where a document was never scored
+        assert name in declared and declared[name][0] == arrow_type and declared[name][1] >= nullable, name
+    names = [f["name"] for f in index["fields"]]
+    first = names.index(q.DOCUMENT_SCORE_COLUMNS[0][0])  # one block, in the same order
+    assert names[first : first + len(q.DOCUMENT_SCORE_COLUMNS)] == [n for n, _, _ in q.DOCUMENT_SCORE_COLUMNS]
+    assert load_arrow_schema("m3w_index").names == names
 
 
 # ----------------------------------------------------------------------------- document filters
