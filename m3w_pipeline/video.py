@@ -340,18 +340,25 @@ def _read_header(container: Any, data: bytes, kind: str, demuxer: str) -> _Opene
     return _Opened(container, stream, demuxer, kind, fps, probe)
 
 
+def _check_size_and_duration(opened: _Opened, width: int, height: int, data: bytes, config: VideoConfig) -> None:
+    """Size limits, then the duration limits; a header without a duration gets one from the packet
+    timestamps first. Raises _Drop."""
+    probe = opened.probe
+    _check_size(width, height, config)
+    if not probe.duration:
+        span = _packet_span(data, opened.demuxer, opened.fps)
+        if span:
+            probe.duration, probe.duration_source = span, "packets"
+    if probe.duration:
+        _check_duration(probe.duration, config)
+
+
 def _checked_header(data: bytes, config: VideoConfig) -> _Opened:
     """_open plus the size checks and a known duration (scanning packets when the header has none)."""
     opened = _open(data, config)
     probe = opened.probe
     try:
-        _check_size(probe.coded_width, probe.coded_height, config)
-        if not probe.duration:
-            span = _packet_span(data, opened.demuxer, opened.fps)
-            if span:
-                probe.duration, probe.duration_source = span, "packets"
-        if probe.duration:
-            _check_duration(probe.duration, config)
+        _check_size_and_duration(opened, probe.coded_width, probe.coded_height, data, config)
     except _Drop as drop:
         opened.container.close()
         drop.probe = probe
@@ -536,13 +543,7 @@ def probe_video(data: bytes, config: VideoConfig = VideoConfig()) -> VideoResult
         return VideoResult(None, "decode-error", "no frame decodes", probe)
     _apply_rotation(probe, _frame_rotation(first, probe.rotation))
     try:
-        _check_size(probe.width, probe.height, config)
-        if not probe.duration:
-            span = _packet_span(data, opened.demuxer, opened.fps)
-            if span:
-                probe.duration, probe.duration_source = span, "packets"
-        if probe.duration:
-            _check_duration(probe.duration, config)
+        _check_size_and_duration(opened, probe.width, probe.height, data, config)
     except _Drop as drop:
         return VideoResult(None, drop.reason, drop.detail, probe)
     except Exception as err:
