@@ -8,22 +8,30 @@ Three sample kinds, one pipeline shape (read tar -> group by key -> shuffle -> d
 
 Token layout (OpenFlamingo's): text before the first image, then for every image
 `<image>` + its text, each image's text closed by `<|endofchunk|>` (the chunk ends where the
-next `<image>` starts and at the end of the document), then EOS when the tokenizer has one.
-Pairs and videos are one chunk: `<image>caption<|endofchunk|>`. Text nodes are joined by "\n".
+next `<image>` starts and at the end of the document); BOS first when the tokenizer uses one,
+EOS last when it has one. Pairs and videos are one chunk: `<image>caption<|endofchunk|>`.
+Text nodes are joined by "\n". Text is encoded as plain text: a literal "<image>" in a page
+stays text and never creates a media slot.
 
 M3W truncation policy (per sequence, `SourceConfig.max_tokens`, `max_images`, `min_images`):
-  1. images that are missing or do not decode are dropped; their text stays;
+  1. images that are missing or do not decode are dropped (the latter counted in
+     `corrupt_images`); their text stays;
   2. a window of `max_tokens` tokens is taken from the whole document's tokens, starting
        first_image  `lead_tokens` before the first `<image>` (default: captions follow images),
        head         at the document start,
-       random       uniformly (Flamingo's "random subsequence"), seeded by (seed, epoch, key);
-  3. the window is cut right before its (max_images+1)-th `<image>`, so no image's text is
-     ever trained without its image; an `<image>` that ends the window (no text) is dropped;
+       random       uniformly over the starts whose window holds an `<image>` with text after
+                    it (Flamingo's "random subsequence", minus the windows that would be
+                    skipped for having no image), seeded by (seed, epoch, key);
+  3. the window is cut right before its (max_images+1)-th `<image>`, so the window never ends
+     in the text of an image it dropped; an `<image>` that ends the window (no text) is
+     dropped. (A window that starts inside a chunk, possible with head/random, begins with
+     the end of a text whose image lies before it.)
   4. only images whose `<image>` survives are decoded; fewer than `min_images`: skipped.
 Pair and video captions longer than the window are cut at `max_tokens`. With
 `samples_per_sequence` k > 1, k consecutive pairs (clips) share one sequence,
 `<image>a<|endofchunk|><image>b<|endofchunk|>...` (cut at `max_tokens` with rule 3): less padding,
-and the few-shot prompt layout; each caption still attends only to its own image.
+and the few-shot prompt layout; each caption still attends only to its own image. A clip
+shorter than `max_frames` keeps its own frame count (no repeated frames through the encoder).
 
 Determinism and resume. Shards are split over "slots" = ranks x loader workers: shard i of
 the epoch's (seeded) permutation goes to slot i mod n_slots; with fewer shards than slots
@@ -37,8 +45,8 @@ replays the exact same batch sequence (skipped samples are re-read but not decod
 
 Robustness: a sample that fails to decode is skipped (`corrupt_samples`); a tar that cannot
 be opened or breaks part-way ends that shard (`corrupt_shards`, its complete samples are
-kept). A slot that finds no usable sample in n_slots consecutive epochs raises instead of
-spinning.
+kept). A slot that finds no usable sample (nothing readable, nothing decodes, or the limits
+skip everything) in n_slots consecutive epochs raises instead of spinning.
 """
 
 from __future__ import annotations
@@ -55,16 +63,21 @@ from typing import Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.flamingo import text_labels
 from model.image_prep import preprocess_image
-from model.tokenizer import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, FlamingoTokenizer
+from model.tokenizer import FlamingoTokenizer
 from model.train_config import SourceConfig
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-COUNTERS = ("samples", "corrupt_samples", "corrupt_shards", "no_media", "epochs")
+# samples: decoded and used; corrupt_samples: skipped, undecodable; corrupt_images: images of M3W
+# documents dropped because they do not decode (the document stays); corrupt_shards: shard reads
+# that failed to open or broke part-way (once per read: every epoch, every slot reading it);
+# no_media: samples with too few images under the source's limits; epochs: passes over the shards.
+COUNTERS = ("samples", "corrupt_samples", "corrupt_images", "corrupt_shards", "no_media", "epochs")
+EXIF_ORIENTATION = 0x0112
 
 
 # --- shards --------------------------------------------------------------------------------
@@ -144,10 +157,19 @@ class ImageSpec:
 
 def decode_image(data: bytes, spec: ImageSpec) -> torch.Tensor:
     """Bytes -> (3, size, size) float32, normalised. JPEGs are decoded at reduced scale when
-    much larger than needed (Pillow's draft mode: DCT scaling, far cheaper than a full decode)."""
+    much larger than needed (Pillow's draft mode: DCT scaling, far cheaper than a full decode).
+    EXIF orientation is applied and transparency goes over white, as the corpus build does, so
+    shards written by other tools read the same way."""
     with Image.open(io.BytesIO(data)) as im:
         im.draft("RGB", (spec.size, spec.size))
-        image = im.convert("RGB")
+        if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            image = Image.new("RGB", rgba.size, (255, 255, 255))
+            image.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            image = im.convert("RGB")
     if spec.resize == "crop":  # shorter side to size, centre crop: the same as model.image_prep
         return preprocess_image(image, spec.size, spec.mean, spec.std)
     w, h = image.size  # pad: longer side to size, centred on a mean-coloured canvas (normalises to 0)
@@ -166,6 +188,7 @@ class Sample:
     ids: list[int]
     media: list[torch.Tensor]  # (T, C, H, W) each, in `<image>` order
     key: str
+    corrupt_images: int = 0  # M3W images dropped because they did not decode
 
 
 class SkipSample(Exception):
@@ -173,15 +196,23 @@ class SkipSample(Exception):
 
 
 class SampleDecoder:
-    """Raw tar sample -> `Sample` for one source kind (tokenisation, truncation, media prep)."""
+    """Raw tar sample -> `Sample` for one source kind (tokenisation, truncation, media prep).
+
+    Text is encoded as plain text (`encode_text`) and the special ids are placed here, so a
+    literal "<image>" in a page or caption stays text. A sequence is BOS (when the tokenizer uses
+    one) + content + EOS (when it has one): one of each per sequence, also when pairs are packed,
+    as in a few-shot prompt."""
 
     def __init__(self, cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec) -> None:
         self.cfg, self.tok = cfg, tokenizer
         self.image = dataclasses.replace(image, resize=cfg.resize)
         self.special = tokenizer.special
+        self.head = [self.special.bos] if self.special.bos is not None else []
         self.tail = [self.special.eos] if self.special.eos is not None else []
 
     def __call__(self, raw: dict[str, Any], rng: random.Random) -> Sample:
+        """M3W: a finished sequence. Pairs and video: one `<image>caption<|endofchunk|>` chunk,
+        made a sequence by `join` (alone or packed with the next ones)."""
         kind = self.cfg.kind
         if kind == "m3w":
             return self.m3w(raw, rng)
@@ -192,8 +223,7 @@ class SampleDecoder:
         raise ValueError(f"unknown source kind {kind!r}")
 
     def _chunk(self, caption: str) -> list[int]:
-        ids = self.tok.encode(IMAGE_TOKEN + caption.strip() + END_OF_CHUNK_TOKEN) + self.tail
-        return ids[: self.cfg.max_tokens]
+        return [self.special.image] + self.tok.encode_text(caption.strip()) + [self.special.end_of_chunk]
 
     def pair(self, raw: dict[str, Any]) -> Sample:
         ext = next((e for e in IMAGE_EXTS if e in raw), None)
@@ -204,47 +234,61 @@ class SampleDecoder:
 
     def video(self, raw: dict[str, Any]) -> Sample:
         meta = json.loads(raw["json"])
-        files = [f["file"] for f in meta.get("frames", [])] or sorted(
+        files = [f["file"].lower() for f in meta.get("frames", [])] or sorted(
             k for k in raw if k.endswith(".jpg") and k.split(".")[0].isdigit())
         if not files:
             raise ValueError("video sample without frames")
         caption = raw["txt"].decode("utf-8") if "txt" in raw else meta["caption"]
-        t = self.cfg.max_frames  # evenly spaced slot midpoints; frames repeat when the clip has fewer
-        picks = [files[min(len(files) - 1, int((i + 0.5) * len(files) / t))] for i in range(t)]
-        decoded: dict[str, torch.Tensor] = {}
-        for f in picks:  # a repeated frame is decoded once
-            if f not in decoded:
-                decoded[f] = decode_image(raw[f], self.image)
-        frames = [decoded[f] for f in picks]
+        n = min(self.cfg.max_frames, len(files))  # evenly spaced slot midpoints; a short clip keeps all its frames
+        frames = [decode_image(raw[files[int((i + 0.5) * len(files) / n)]], self.image) for i in range(n)]
         return Sample(self._chunk(caption), [torch.stack(frames)], raw["__key__"])
 
     def m3w(self, raw: dict[str, Any], rng: random.Random) -> Sample:
         doc = json.loads(raw["json"])
-        texts, images = doc["texts"], doc["images"]
-        if len(texts) != len(images):
+        if len(doc["texts"]) != len(doc["images"]):
             raise ValueError("texts and images are not aligned")
-        parts: list[str] = []
+        start = rng.getstate()
+        broken: set[str] = set()
+        while True:  # rule 1: an image that does not decode is dropped and the window chosen again
+            ids, files = self._document_ids(doc, raw, broken)
+            rng.setstate(start)
+            window, kept = self._window(ids, rng)
+            if len(kept) < self.cfg.min_images:
+                raise SkipSample("too few images")
+            media = []
+            for i in kept:
+                try:
+                    media.append(decode_image(raw[files[i]], self.image)[None])
+                except Exception:  # noqa: BLE001 - counted in corrupt_images
+                    broken.add(files[i])
+                    break
+            else:
+                return Sample(self.head + window, media, raw["__key__"], len(broken))
+
+    def _document_ids(self, doc: dict[str, Any], raw: dict[str, Any], broken: set[str]) -> tuple[list[int], list[str]]:
+        """The whole document as content ids + EOS (no BOS: that starts the window), and the files
+        of its `<image>`s in order. Consecutive text nodes are joined by newlines."""
+        ids: list[int] = []
         files: list[str] = []
-        pending_text = False
-        for text, image in zip(texts, images):
+        run: list[str] = []
+        for text, image in zip(doc["texts"], doc["images"]):
             if text is not None:
-                parts.append(("\n" if pending_text else "") + text)
-                pending_text = True
-            elif image and image.get("status") == "ok" and image.get("file") in raw:
-                parts.append((END_OF_CHUNK_TOKEN if files else "") + IMAGE_TOKEN)
-                files.append(image["file"])
-                pending_text = False
-        parts.append(END_OF_CHUNK_TOKEN if files else "")
-        ids = self.tok.encode("".join(parts)) + self.tail
-        ids, kept = self._window(ids, rng)
-        if len(kept) < self.cfg.min_images:
-            raise SkipSample("too few images")
-        media = [decode_image(raw[files[i]], self.image)[None] for i in kept]
-        return Sample(ids, media, raw["__key__"])
+                run.append(text)
+                continue
+            name = (image or {}).get("file")
+            if image and image.get("status") == "ok" and name and name.lower() in raw and name.lower() not in broken:
+                if run:
+                    ids += self.tok.encode_text("\n".join(run))
+                    run = []
+                ids += ([self.special.end_of_chunk] if files else []) + [self.special.image]
+                files.append(name.lower())
+        if run:
+            ids += self.tok.encode_text("\n".join(run))
+        return ids + ([self.special.end_of_chunk] if files else []) + self.tail, files
 
     def join(self, samples: Sequence[Sample]) -> Sample:
-        """Pack pair/clip samples into one sequence, cut at max_tokens (media follow their tokens)."""
-        ids = [t for s in samples for t in s.ids]
+        """Pair/clip chunks -> one sequence (BOS, chunks, EOS), cut at max_tokens (media follow their tokens)."""
+        ids = self.head + [t for s in samples for t in s.ids] + self.tail
         media = [m for s in samples for m in s.media]
         window, kept = self._cut(ids[: self.cfg.max_tokens], 0)
         return Sample(window, media[: len(kept)], samples[0].key)
@@ -263,15 +307,40 @@ class SampleDecoder:
     def _window(self, ids: list[int], rng: random.Random) -> tuple[list[int], list[int]]:
         """Truncation steps 2-3 of the policy: (window ids, document indices of its images)."""
         cfg = self.cfg
+        size = cfg.max_tokens - len(self.head)
         positions = [i for i, t in enumerate(ids) if t == self.special.image]
         if cfg.truncation == "head" or not positions:
             start = 0
         elif cfg.truncation == "first_image":
             start = max(0, positions[0] - cfg.lead_tokens)
         else:
-            start = rng.randint(0, max(0, len(ids) - cfg.max_tokens))
+            start = random_start(positions, len(ids), size, rng)
         first = sum(1 for p in positions if p < start)  # images before the window
-        return self._cut(ids[start : start + cfg.max_tokens], first)
+        return self._cut(ids[start : start + size], first)
+
+
+def random_start(positions: Sequence[int], n_ids: int, size: int, rng: random.Random) -> int:
+    """Uniform over the window starts whose window holds an `<image>` with text after it (a
+    uniform start over the whole document mostly misses the images of long pages); uniform over
+    all starts when there is none."""
+    last = max(0, n_ids - size)
+    spans: list[list[int]] = []
+    for p in positions:  # sorted, so the spans come sorted by their low end
+        lo, hi = max(0, p - (size - 2)), min(p, last)
+        if lo > hi:
+            continue
+        if spans and lo <= spans[-1][1] + 1:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    if not spans:
+        return rng.randint(0, last)
+    r = rng.randrange(sum(hi - lo + 1 for lo, hi in spans))
+    for lo, hi in spans:
+        if r <= hi - lo:
+            return lo + r
+        r -= hi - lo + 1
+    raise AssertionError("unreachable")
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -400,15 +469,17 @@ class SourceStream(IterableDataset):
         state.counters = dict(state.counters)
         return self.batches(role, state)
 
-    def raw(self, role: int, state: SlotState) -> Iterator[dict[str, Any]]:
-        """Raw samples of this slot from `state` on; `state` is advanced in place per sample."""
+    def raw(self, role: int, state: SlotState, used: list[bool]) -> Iterator[dict[str, Any]]:
+        """Raw samples of this slot from `state` on; `state` is advanced in place per sample. The
+        consumer sets `used[0]` when a sample gave something to train on: an epoch without one
+        (nothing readable, or nothing decodes, or the limits skip everything) counts as empty."""
         n_slots = self.world_size * self.n_roles
         slot = self.rank * self.n_roles + role
         empty_epochs = 0
         while True:
             mine, by_sample = slot_shards(self.shards, state.epoch, slot, n_slots, self.seed,
                                           self.shuffle and self.cfg.shuffle_shards)
-            produced = False
+            used[0] = False
             whole_epoch = state.shard == 0 and state.offset == 0  # a resumed epoch's tail may be empty
             while state.shard < len(mine):
                 url = mine[state.shard]
@@ -424,24 +495,24 @@ class SourceStream(IterableDataset):
                     if emitted <= state.offset:
                         continue  # resuming: already consumed before the checkpoint
                     state.offset = emitted
-                    produced = True
                     yield sample
                 state.shard, state.offset = state.shard + 1, 0
             state.epoch, state.shard, state.offset = state.epoch + 1, 0, 0
             state.counters["epochs"] += 1
             if not self.infinite:
                 return
-            empty_epochs = 0 if produced or not whole_epoch else empty_epochs + 1
+            empty_epochs = 0 if used[0] or not whole_epoch else empty_epochs + 1
             if empty_epochs >= n_slots:
                 raise RuntimeError(
-                    f"source {self.cfg.name}: rank {self.rank} worker slot {role} found no readable samples in "
+                    f"source {self.cfg.name}: rank {self.rank} worker slot {role} found no usable sample in "
                     f"{empty_epochs} epochs over {len(self.shards)} shards ({state.counters})")
 
     def batches(self, role: int, state: SlotState) -> Iterator[Batch]:
         pending: list[Sample] = []
-        group: list[Sample] = []  # samples_per_sequence > 1: the sequence being packed
-        pack = self.cfg.samples_per_sequence
-        for raw in self.raw(role, state):
+        group: list[Sample] = []  # pairs/video: the chunks of the sequence being packed
+        pack = self.cfg.samples_per_sequence if self.cfg.kind != "m3w" else 0
+        used = [False]
+        for raw in self.raw(role, state, used):
             rng = random.Random(f"{self.seed}/{state.epoch}/{raw['__key__']}")
             try:
                 sample = self.decoder(raw, rng)
@@ -451,8 +522,10 @@ class SourceStream(IterableDataset):
             except Exception:  # noqa: BLE001 - a corrupt sample is counted and skipped
                 state.counters["corrupt_samples"] += 1
                 continue
+            used[0] = True
             state.counters["samples"] += 1
-            if pack > 1:
+            state.counters["corrupt_images"] += sample.corrupt_images
+            if pack:
                 group.append(sample)
                 if len(group) < pack:
                     continue

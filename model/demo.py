@@ -113,31 +113,34 @@ def few_shot(checkpoint: Path, pair_shards: list[str], out: Path, n_shots: int =
     """Caption held-out images from the saved checkpoint (beam search): zero-shot (`<image>`) and
     after `n_shots` captioned examples (`<image>caption<|endofchunk|>... <image>`)."""
     from model.checkpoint import load_checkpoint
-    from model.data import ImageSpec, decode_image, read_tar_samples
+    from model.data import IMAGE_EXTS, ImageSpec, decode_image, read_tar_samples
     from model.generate import generate_text
 
     model, tokenizer = load_checkpoint(checkpoint)
     model.eval()
     spec = ImageSpec.for_encoder(model.vision, resize="pad")  # as in training
-    samples = []
+    samples = []  # (image file suffix, image bytes, caption)
     for url in pair_shards:
-        samples.extend(read_tar_samples(url, {"corrupt_shards": 0}))
+        for s in read_tar_samples(url, {"corrupt_shards": 0}):
+            ext = next((e for e in IMAGE_EXTS if e in s), None)
+            if ext and "txt" in s:
+                samples.append((ext, s[ext], s["txt"].decode()))
         if len(samples) >= n_shots + n_queries:
             break
     shots, queries = samples[:n_shots], samples[n_shots : n_shots + n_queries]
     out.mkdir(parents=True, exist_ok=True)
-    prompt = "".join(IMAGE_TOKEN + s["txt"].decode() + END_OF_CHUNK_TOKEN for s in shots) + IMAGE_TOKEN
+    prompt = "".join(IMAGE_TOKEN + caption + END_OF_CHUNK_TOKEN for _, _, caption in shots) + IMAGE_TOKEN
+    shot_media = [decode_image(data, spec)[None] for _, data, _ in shots]
     results = []
-    for i, q in enumerate(queries):
-        query = decode_image(q["jpg"], spec)[None]
-        shot_media = [decode_image(s["jpg"], spec)[None] for s in shots]
+    for i, (ext, data, caption) in enumerate(queries):
+        query = decode_image(data, spec)[None]
         zero, few = generate_text(model, tokenizer, [IMAGE_TOKEN, prompt], [[query], shot_media + [query]],
                                   max_new_tokens=60, num_beams=3)
-        (out / f"query-{i}.jpg").write_bytes(q["jpg"])
-        results.append({"image": str(out / f"query-{i}.jpg"), "truth": q["txt"].decode(),
+        (out / f"query-{i}.{ext}").write_bytes(data)
+        results.append({"image": str(out / f"query-{i}.{ext}"), "truth": caption,
                         "zero_shot": zero.strip(), "few_shot": few.strip()})
-    for i, s in enumerate(shots):
-        (out / f"shot-{i}.jpg").write_bytes(s["jpg"])
+    for i, (ext, data, _) in enumerate(shots):
+        (out / f"shot-{i}.{ext}").write_bytes(data)
     return results
 
 
@@ -222,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
     print("captions of held-out images (beam search 3):")
     for s in shots:
         print(f"  truth {s['truth']!r}\n    zero-shot {s['zero_shot']!r}\n    2-shot    {s['few_shot']!r}")
+    shot_file = next((work / "fewshot").glob("shot-0.*"), None)
     print(f"checkpoint {result.checkpoint}; try: m3w generate --checkpoint {result.checkpoint} "
-          f"--image {work / 'fewshot' / 'shot-0.jpg'} '...' --image {work / 'fewshot' / 'query-0.jpg'}")
+          f"--image {shot_file} '...' --image {shots[0]['image']}")
     print(f"total {summary['total_s']}s ({', '.join(f'{k} {v}s' for k, v in timings.items())})")
     return 0

@@ -69,7 +69,7 @@ def _stream(texts: Sequence[str], tok: ByteTokenizer) -> torch.Tensor:
     ids: list[int] = []
     for text in texts:
         if text:
-            ids.extend(tok.encode(text))
+            ids.extend(tok.encode_text(text))  # a literal "<image>" in a page is text
             ids.append(ord("\n"))
     return torch.tensor(ids, dtype=torch.long)
 

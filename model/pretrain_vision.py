@@ -48,7 +48,7 @@ def load_pairs(urls: Sequence[str], spec: ImageSpec, max_pairs: int = 20000) -> 
             except Exception:  # noqa: BLE001 - a broken pair is skipped
                 continue
             if len(images) >= max_pairs:
-                break
+                return torch.stack(images), captions
     if not images:
         raise ValueError(f"no image-text pairs in {list(urls)}")
     return torch.stack(images), captions

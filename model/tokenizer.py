@@ -30,6 +30,7 @@ class SpecialTokens:
     end_of_chunk: int
     pad: int
     eos: int | None = None
+    bos: int | None = None  # only when the base tokenizer starts every encoding with it
 
     @property
     def n_new(self) -> int:
@@ -43,6 +44,13 @@ class FlamingoTokenizer:
     name: str
 
     def encode(self, text: str) -> list[int]:
+        """A prompt: `<image>`/`<|endofchunk|>` in it are the special tokens (plus BOS/EOS as the base
+        tokenizer adds them)."""
+        raise NotImplementedError
+
+    def encode_text(self, text: str) -> list[int]:
+        """Data: plain text, no BOS/EOS, and a literal "<image>" in it stays text (web pages about
+        SVG's `<image>` element must not create a media slot)."""
         raise NotImplementedError
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
@@ -90,6 +98,9 @@ class ByteTokenizer(FlamingoTokenizer):
                 ids.extend(piece.encode("utf-8"))
         return ids
 
+    def encode_text(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         out, buf = [], bytearray()
         for i in ids:
@@ -120,6 +131,9 @@ class HFTokenizer(FlamingoTokenizer):
         image, eoc = self.tok.convert_tokens_to_ids([IMAGE_TOKEN, END_OF_CHUNK_TOKEN])
         if min(image, eoc) < n_base:
             raise ValueError(f"{path}: {IMAGE_TOKEN}/{END_OF_CHUNK_TOKEN} already in the base vocabulary")
+        with_specials = self.tok("a", add_special_tokens=True)["input_ids"]
+        bos = self.tok.bos_token_id
+        adds_bos = bos is not None and len(with_specials) > 1 and with_specials[0] == bos  # Llama, OPT; not GPT-2
         self.special = SpecialTokens(
             n_base=n_base,
             vocab_size=len(self.tok),
@@ -127,10 +141,14 @@ class HFTokenizer(FlamingoTokenizer):
             end_of_chunk=eoc,
             pad=self.tok.pad_token_id,
             eos=self.tok.eos_token_id,
+            bos=bos if adds_bos else None,
         )
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=True)["input_ids"])
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

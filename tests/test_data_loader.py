@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import io
@@ -30,8 +31,11 @@ def _raw(members):
 
 
 def _decode(cfg_kwargs, members, seed=0):
+    """One sample as the loader makes it a sequence (pairs and clips: a sequence of one)."""
     cfg = SourceConfig(name="s", urls=["x"], **cfg_kwargs)
-    return SampleDecoder(cfg, TOK, SPEC)(_raw(members), random.Random(seed))
+    decoder = SampleDecoder(cfg, TOK, SPEC)
+    sample = decoder(_raw(members), random.Random(seed))
+    return sample if cfg.kind == "m3w" else decoder.join([sample])
 
 
 def _text(ids):
@@ -95,18 +99,104 @@ def test_m3w_truncation_policy():
             assert (_red(s.media)[0] > 0.3) == (first == 0)
 
 
+def test_literal_special_strings_in_text_stay_text():
+    """A page about SVG's <image> element, a caption quoting it: no extra media slot, nothing shifts."""
+    items = ["Use the SVG <image> element; end a chunk with <|endofchunk|>.", ("img", "red", "square"),
+             "A red square, not an <image>."]
+    s = _decode({"kind": "m3w", "max_tokens": 500, "lead_tokens": 500, "max_images": 1}, m3w_members(key_of(7), items))
+    assert s.ids.count(TOK.special.image) == 1 == len(s.media) and s.ids.count(TOK.special.end_of_chunk) == 1
+    assert _text(s.ids) == ("Use the SVG <image> element; end a chunk with <|endofchunk|>.<image>A red square, not an "
+                            "<image>.<|endofchunk|>")
+    assert _red(s.media)[0] > 0.3
+    members = pair_members(key_of(8), "red", "square")
+    members[1] = (members[1][0], b"an <image> of a red square")
+    p = _decode({"kind": "pairs"}, members)
+    assert p.ids.count(TOK.special.image) == 1 == len(p.media)
+    assert TOK.decode(p.ids) == "an <image> of a red square"  # the literal survives as text
+
+
+def test_hf_tokenizer_keeps_literals_as_text_and_one_bos_per_sequence(tmp_path):
+    from model.testing import make_tiny_lm
+    from model.tokenizer import HFTokenizer
+
+    tok = HFTokenizer(make_tiny_lm(tmp_path / "lm", "gpt2"))
+    ids = tok.encode_text("the <image> element")
+    assert tok.special.image not in ids and tok.decode(ids) == "the <image> element"
+    assert tok.encode("<image>")[-1] == tok.special.image  # prompts still parse the special spelling
+    tok.special = dataclasses.replace(tok.special, bos=tok.special.eos)  # as a BOS-adding tokenizer (Llama, OPT) has
+    cfg = SourceConfig(name="s", urls=["x"], kind="pairs", samples_per_sequence=2, max_tokens=200)
+    decoder = SampleDecoder(cfg, tok, SPEC)
+    chunks = [decoder(_raw(pair_members(key_of(i), c, "square")), random.Random(0)) for i, c in enumerate(("red", "blue"))]
+    packed = decoder.join(chunks).ids
+    assert packed[0] == tok.special.bos and packed[-1] == tok.special.eos and packed.count(tok.special.eos) == 2
+    assert packed[1:-1] == chunks[0].ids + chunks[1].ids  # no BOS/EOS between the shots, as in a few-shot prompt
+
+
+def test_m3w_image_that_does_not_decode_is_dropped_and_the_document_kept(tmp_path):
+    items = ["Intro.", ("img", "red", "square"), "A red square.", ("img", "blue", "circle"), "A blue circle."]
+    members = m3w_members(key_of(9), items)
+    members = [(n, b"\xff\xd8 not a jpeg") if n.endswith(".1.jpg") else (n, d) for n, d in members]  # the red one
+    s = _decode({"kind": "m3w", "max_tokens": 500, "lead_tokens": 100}, members)
+    assert _text(s.ids) == "Intro.\nA red square.<image>A blue circle.<|endofchunk|>"
+    assert len(s.media) == 1 and _red(s.media)[0] < -0.3 and s.corrupt_images == 1
+    write_tar(tmp_path / "d-00000.tar", [members])
+    loader = SourceLoader(SourceConfig(name="d", kind="m3w", urls=[str(tmp_path / "d-00000.tar")], batch_size=1), TOK,
+                          SPEC, seed=0)
+    assert next(loader).stats["media"] == 1
+    assert loader.counters()["corrupt_images"] == 1 and loader.counters()["corrupt_samples"] == 0
+
+
+def test_random_truncation_windows_hold_an_image():
+    items = ["x" * 300, ("img", "red", "square"), "a red one", "y" * 300]
+    members = m3w_members(key_of(10), items)
+    starts = set()
+    for seed in range(40):
+        s = _decode({"kind": "m3w", "max_tokens": 40, "truncation": "random"}, members, seed=seed)  # min_images 1
+        assert len(s.media) == 1 and s.ids.count(TOK.special.image) == 1
+        starts.add(_text(s.ids).index("<image>"))
+    assert len(starts) > 15  # the image lands at many places in the window, not always the same
+
+
+def test_decode_image_applies_exif_orientation_and_flattens_alpha_on_white():
+    im = Image.new("RGB", (32, 16), (255, 255, 255))
+    im.paste((220, 20, 20), (0, 0, 16, 16))  # red on the left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate 90 degrees clockwise
+    buf = io.BytesIO()
+    im.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=95, exif=exif)
+    upright = decode_image(buf.getvalue(), ImageSpec(16, (0.5,) * 3, (0.5,) * 3, resize="pad"))
+    left, right = upright[:, :, :8], upright[:, :, 8:]
+    assert float(left[0].mean() - left[2].mean()) > 0.5 and abs(float(right[0].mean() - right[2].mean())) < 0.2
+    clear = io.BytesIO()
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(clear, "PNG")  # fully transparent black
+    assert float(decode_image(clear.getvalue(), SPEC).min()) > 0.95  # white (normalised 1.0), not black
+
+
+def test_upper_case_media_names_are_found():
+    members = [(n.replace(".jpg", ".JPG"), d) if n.endswith(".jpg") else (n, d)
+               for n, d in m3w_members(key_of(11), ["t", ("img", "red", "square"), "a red one"])]
+    raw = _raw(members)
+    raw = {k.lower() if k.endswith("JPG") else k: v for k, v in raw.items()}  # the tar reader lower-cases suffixes
+    raw["json"] = raw["json"].replace(b'.jpg"', b'.JPG"')
+    s = SampleDecoder(SourceConfig(name="s", urls=["x"], kind="m3w"), TOK, SPEC)(raw, random.Random(0))
+    assert len(s.media) == 1
+
+
 def test_pair_and_video_layout():
     s = _decode({"kind": "pairs"}, pair_members(key_of(3), "red", "circle"))
     assert _text(s.ids) == "<image>a red circle<|endofchunk|>" and s.media[0].shape == (1, 3, 16, 16)
     s = _decode({"kind": "pairs", "max_tokens": 8}, pair_members(key_of(3), "red", "circle"))
     assert _text(s.ids) == "<image>a red c"  # captions cut at max_tokens
-    # video: max_frames evenly spaced frames; frames repeat when the clip has fewer
-    v = _decode({"kind": "video", "max_frames": 4}, video_members(key_of(4), "blue", "square", 8))
+    # video: max_frames evenly spaced frames (the 2nd, 4th, 6th, 8th of 8, in time order)
+    members = video_members(key_of(4), "blue", "square", 8)
+    v = _decode({"kind": "video", "max_frames": 4}, members)
     assert _text(v.ids) == "<image>a blue square moves<|endofchunk|>" and v.media[0].shape == (4, 3, 16, 16)
+    frames = dict(members)
+    for i, f in enumerate((1, 3, 5, 7)):
+        assert torch.equal(v.media[0][i], decode_image(frames[f"{key_of(4)}.{f:03d}.jpg"], SPEC))
+    # a shorter clip keeps its own frames: no repeated frame goes through the encoder
     short = _decode({"kind": "video", "max_frames": 4}, video_members(key_of(4), "blue", "square", 2))
-    assert short.media[0].shape == (4, 3, 16, 16)
-    assert torch.equal(short.media[0][0], short.media[0][1]) and torch.equal(short.media[0][2], short.media[0][3])
-    assert not torch.equal(short.media[0][1], short.media[0][2])
+    assert short.media[0].shape == (2, 3, 16, 16) and not torch.equal(short.media[0][0], short.media[0][1])
 
 
 def test_packed_pairs_share_a_sequence_and_resume_exactly(tmp_path):
@@ -242,10 +332,20 @@ def test_corrupt_samples_and_tars_are_skipped_and_counted(tmp_path):
     assert set(COUNTERS) <= set(counters)
 
 
-def test_a_source_without_readable_samples_raises_instead_of_hanging(tmp_path):
+def test_a_source_without_usable_samples_raises_instead_of_hanging(tmp_path):
     (tmp_path / "x-00000.tar").write_bytes(b"garbage" * 100)
     cfg = SourceConfig(name="dead", kind="pairs", urls=[str(tmp_path / "x-00000.tar")], batch_size=1)
-    with pytest.raises(RuntimeError, match="no readable samples"):
+    with pytest.raises(RuntimeError, match="no usable sample"):
+        next(SourceLoader(cfg, TOK, SPEC, seed=0))
+    # readable tars whose samples never decode, or that the limits skip, must not spin either
+    write_tar(tmp_path / "bad-00000.tar", [[(f"{key_of('b', i)}.jpg", b"\xff\xd8 broken"), (f"{key_of('b', i)}.txt", b"x")]
+                                           for i in range(3)])
+    cfg = SourceConfig(name="undecodable", kind="pairs", urls=[str(tmp_path / "bad-00000.tar")], batch_size=1)
+    with pytest.raises(RuntimeError, match=r"no usable sample.*'corrupt_samples': 3"):
+        next(SourceLoader(cfg, TOK, SPEC, seed=0))
+    one_image = make_shards(tmp_path / "m3w", "m3w", 1, 1)  # document 0 has one image
+    cfg = SourceConfig(name="skipped", kind="m3w", urls=[one_image], batch_size=1, min_images=2)
+    with pytest.raises(RuntimeError, match=r"no usable sample.*'no_media': 1"):
         next(SourceLoader(cfg, TOK, SPEC, seed=0))
     with pytest.raises(FileNotFoundError):
         SourceLoader(SourceConfig(name="none", kind="pairs", urls=[str(tmp_path / "nothing-*.tar")]), TOK, SPEC, seed=0)
