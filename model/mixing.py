@@ -32,8 +32,8 @@ class Mixer:
                  seed: int, state: dict[str, Any] | None = None) -> None:
         if mode not in ("accumulate", "sample"):
             raise ValueError(f"unknown mixing mode {mode!r}")
-        if mode == "sample" and sum(weights.values()) <= 0:
-            raise ValueError("sample mode needs a positive total weight")
+        if not any(w > 0 for w in weights.values()):  # accumulate: an empty step; sample: nothing to draw
+            raise ValueError(f"every source has weight 0 ({', '.join(weights)}): at least one must be positive")
         self.loaders, self.weights, self.mode = loaders, weights, mode
         self.names = list(loaders)
         self.rng = random.Random(f"{seed}/mixer")

@@ -31,11 +31,19 @@ Checkpoints (`OUT/checkpoints/step-NNNNNNNN/`, written to a temporary directory 
 every rank's loader/mixer state, RNG states, config). Resuming requires every one of these and
 the same model, data and world size; anything missing or different is an error.
 
+Resuming with changed optimizer settings (lr, weight_decay, betas, eps, warmup, schedule,
+min_lr_ratio, grad_clip, run.steps): the config wins over the checkpoint; the changes made to the
+loaded optimizer are printed (`apply_optim_config`).
+
 Metrics (`OUT/metrics.jsonl`, one JSON object per log step / evaluation): loss and loss per
-source, tokens/s and images/s, padding fraction, data-wait seconds per source, skipped samples
-and shards per source, tanh(gate) per layer (attention and feed-forward), and at evaluations
-per held-out set the loss, the loss with the visual input zeroed, and the blind gap (their
-difference, nats per text token).
+source, tokens/s and images/s, padding fraction, seconds the steps waited for data (`data_s`,
+and `wait_s` per source), skipped samples and shards per source, tanh(gate) per layer
+(attention and feed-forward), and at evaluations per held-out set the loss, the loss with the
+visual input zeroed, and the blind gap (their difference, nats per text token). With N ranks,
+tokens, media, frames, padding and skipped counts are summed over the ranks (one small
+all-reduce per log line; ranks see different sequences), losses are over all ranks' targets,
+and times are rank 0's. A held-out set's `batches` is per rank: N ranks evaluate on up to N x
+`batches` batches, each rank on its share of the set.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from torch import nn
 from model.backbones import find_decoder_layers, load_language_model, load_vision_encoder
 from model.checkpoint import (BUILTIN_LM, BUILTIN_VISION, TRAINABLE, CheckpointError, load_trainable_state,
                               read_manifest, save_checkpoint)
-from model.data import Batch, ImageSpec, SourceLoader, eval_batches
+from model.data import COUNTERS, Batch, ImageSpec, SourceLoader, eval_batches
 from model.flamingo import IGNORE_INDEX, Flamingo, FlamingoLayer
 from model.mixing import Mixer, StepPlan
 from model.tokenizer import FlamingoTokenizer, load_tokenizer
@@ -124,6 +132,37 @@ def lr_lambda(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
     return factor
+
+
+def build_optimizer(model: Flamingo, cfg: OptimConfig, total_steps: int
+                    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `param_groups`, with the warmup + schedule of `lr_lambda` over `total_steps`."""
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+
+
+def apply_optim_config(model: Flamingo, optimizer: torch.optim.Optimizer, scheduler: Any,
+                       cfg: OptimConfig) -> dict[str, tuple[Any, Any]]:
+    """After loading a checkpoint's optimizer and scheduler state, make the config the truth again.
+
+    `load_state_dict` brings back the saved lr, weight decay, betas and eps, so `--set optim.lr=...`
+    on resume would be silently ignored (the schedule's shape already comes from the config: the
+    lambdas are not saved). Re-applies them per group (weight decay as `param_groups` assigns it)
+    and recomputes each group's current lr from the schedule at the resumed step; with an
+    unchanged config every value is the one saved, bit for bit. Returns what changed,
+    {key: (checkpoint value, config value)}."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    for i, (group, want) in enumerate(zip(optimizer.param_groups, param_groups(model, cfg.weight_decay), strict=True)):
+        new = {"lr": cfg.lr, "weight_decay": want["weight_decay"], "betas": tuple(cfg.betas), "eps": cfg.eps}
+        old = {"lr": group["initial_lr"], "weight_decay": group["weight_decay"], "betas": tuple(group["betas"]),
+               "eps": group["eps"]}
+        for key, value in new.items():
+            if old[key] != value:
+                changes.setdefault(key, (old[key], value))
+        group.update(initial_lr=cfg.lr, weight_decay=new["weight_decay"], betas=new["betas"], eps=cfg.eps)
+        scheduler.base_lrs[i] = cfg.lr
+        group["lr"] = scheduler.base_lrs[i] * scheduler.lr_lambdas[i](scheduler.last_epoch)  # as LambdaLR.get_lr
+    return changes
 
 
 def enable_activation_checkpointing(model: Flamingo) -> None:
@@ -287,11 +326,8 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path
 
 
-def _fsync_tree(path: Path) -> None:
-    for f in sorted(path.iterdir()):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+def _fsync_dir(path: Path) -> None:
+    """Make the directory's entries (creations, renames) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -299,11 +335,30 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(path: Path) -> None:
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete `.step-*.tmp-PID` directories of writers that crashed mid-checkpoint (another pid:
+    only this process writes checkpoints of this run now)."""
+    mine = f".tmp-{os.getpid()}"
+    for p in root.glob(".step-*.tmp-*"):
+        if p.is_dir() and not p.name.endswith(mine):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def save_training_state(root: Path, step: int, model: Flamingo, tokenizer: FlamingoTokenizer,
                         optimizer: torch.optim.Optimizer, scheduler: Any, loader_states: list[dict[str, Any]],
                         rng_states: list[dict[str, Any]], cfg: TrainConfig, keep: int) -> Path:
-    """Write a checkpoint atomically: temporary directory, fsync, rename, then the `latest` pointer."""
+    """Write a checkpoint atomically: temporary directory, fsync, rename, then the `latest` pointer
+    (written, fsynced, renamed; then the root fsynced so both renames survive a crash)."""
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root)
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -319,8 +374,12 @@ def save_training_state(root: Path, step: int, model: Flamingo, tokenizer: Flami
         shutil.rmtree(final)
     os.replace(tmp, final)
     pointer = root / ".latest.tmp"
-    pointer.write_text(final.name)
+    with open(pointer, "w", encoding="utf-8") as f:
+        f.write(final.name)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(pointer, root / "latest")
+    _fsync_dir(root)
     old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
     for p in old[: max(0, len(old) - (keep - 1))] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
@@ -341,7 +400,10 @@ def _compatible(saved: dict[str, Any], cfg: TrainConfig, world_size: int, state_
 
 def load_training_state(path: Path, model: Flamingo, optimizer: torch.optim.Optimizer, scheduler: Any,
                         cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    """Strict: every piece must be there and match; returns the trainer state (step, loader, rng)."""
+    """Strict: every piece must be there and match; returns the trainer state (step, loader, rng).
+
+    The optimizer settings are the config's, not the checkpoint's (`apply_optim_config`); what
+    differed is in the returned state's "optim_changes"."""
     from safetensors.torch import load_file, load_model
 
     if not (path / TRAINER_STATE).is_file():
@@ -371,6 +433,7 @@ def load_training_state(path: Path, model: Flamingo, optimizer: torch.optim.Opti
             raise CheckpointError(f"{path}: optimizer state without {key!r}")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    state["optim_changes"] = apply_optim_config(model, optimizer, scheduler, cfg.optim)
     if len(state["loader"]) != world_size or len(state["rng"]) != world_size:
         raise CheckpointError(f"{path}: loader/rng state for {len(state['loader'])} ranks, running {world_size}")
     return state
@@ -463,9 +526,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     model.to(device).train()
     if cfg.run.activation_checkpointing:
         enable_activation_checkpointing(model)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.run.steps))
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.run.steps)
 
     # --- resume (strict)
     resume_from: Path | None = None
@@ -483,6 +544,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         random.setstate(_tuple_state(state["rng"][rank]["python"]))
         if master:
             print(f"m3w train: resumed from {resume_from} at step {step}", file=sys.stderr)
+            if state["optim_changes"]:
+                print("m3w train: optimizer settings from the config, not the checkpoint: "
+                      + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in state["optim_changes"].items()),
+                      file=sys.stderr)
     elif world > 1:  # identical by seeding; make sure
         for p in model.trainable_parameters().values():
             dist.broadcast(p.data, src=0)
@@ -514,8 +579,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         plan = mixer.next_step()
         t_data = time.perf_counter()
         out = accumulate_gradients(model, plan, rt)
+        lr = optimizer.param_groups[0]["lr"]  # this step's (after a resume, recomputed from the config)
         grad_norm = optimizer_step(model, optimizer, cfg.optim.grad_clip)
-        lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step += 1
         losses.append((step, out["loss"]))
@@ -524,7 +589,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar.set_postfix(loss=f"{out['loss']:.3f}", refresh=False)
 
         if step % cfg.run.log_every == 0 or step == last:
-            record = window.record(step, lr, grad_norm, gate_values(model), loaders, world)
+            record = window.record(step, lr, grad_norm, gate_values(model), loaders, rt)
             log.write(record, _log_line(record))
             window = _Window(cfg.data.sources)
         if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == last):
@@ -537,16 +602,36 @@ def train(cfg: TrainConfig) -> TrainResult:
         if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or step == last:
             loader_states = _gather(mixer.state_dict(), world)
             rng_states = _gather({"torch": torch.get_rng_state(), "python": random.getstate()}, world)
-            if master:
-                checkpoint = save_training_state(ckpt_root, step, model, tokenizer, optimizer, scheduler,
-                                                 loader_states, rng_states, cfg, cfg.run.keep_checkpoints)
-            if world > 1:
-                dist.barrier()
+            checkpoint = save_on_rank0(lambda: save_training_state(
+                ckpt_root, step, model, tokenizer, optimizer, scheduler, loader_states, rng_states, cfg,
+                cfg.run.keep_checkpoints), rank, rt)
     bar.close()
-    counters = {n: loader.counters() for n, loader in loaders.items()}
+    counters = {n: {k: int(v) for k, v in c.items()} for n, c in
+                sum_over_ranks({n: _skipped(loader) for n, loader in loaders.items()}, rt).items()}
     mixer.close()
     return TrainResult(step, losses, evals, gate_values(model), checkpoint or latest_checkpoint(ckpt_root),
                        counters, time.perf_counter() - t_start)
+
+
+def save_on_rank0(save: Callable[[], Path], rank: int, rt: Runtime) -> Path | None:
+    """Rank 0 runs `save` (returns its path; None on other ranks). Distributed, rank 0 then
+    broadcasts whether it worked: every rank waits for the write as a barrier would, and when it
+    failed the other ranks raise too, instead of waiting in a barrier until the timeout."""
+    failure: BaseException | None = None
+    path: Path | None = None
+    if rank == 0:
+        try:
+            path = save()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = err
+    if rt.distributed:
+        ok = torch.tensor([1.0 if failure is None else 0.0], device=rt.device)
+        dist.broadcast(ok, src=0)
+        if rank != 0 and float(ok) != 1.0:
+            raise CheckpointError("rank 0 failed to write the checkpoint (its error is in rank 0's output)")
+    if failure is not None:
+        raise failure
+    return path
 
 
 def _tuple_state(state: Any) -> Any:
@@ -554,8 +639,33 @@ def _tuple_state(state: Any) -> Any:
     return (version, tuple(internal), gauss)
 
 
+def sum_over_ranks(counts: dict[str, dict[str, float]], rt: Runtime) -> dict[str, dict[str, float]]:
+    """Element-wise sum of {group: {key: count}} over ranks: one float64 all-reduce (exact for
+    integer counts below 2**53); the same groups and keys, in the same order, on every rank.
+    Single process: `counts` itself."""
+    if not rt.distributed:
+        return counts
+    flat = torch.tensor([v for group in counts.values() for v in group.values()], dtype=torch.float64,
+                        device=rt.device)
+    dist.all_reduce(flat)
+    values = iter(flat.tolist())
+    return {name: {key: next(values) for key in group} for name, group in counts.items()}
+
+
+def _skipped(loader: SourceLoader) -> dict[str, float]:
+    """The loader's counters (since the run began), keyed by data.COUNTERS: the same keys on every rank."""
+    counters = loader.counters()
+    return {k: float(counters.get(k, 0)) for k in COUNTERS}
+
+
+SUMMED_STATS = ("tokens", "pad", "media", "frames")  # per source, summed over ranks at log time
+
+
 class _Window:
-    """Sums between two log lines."""
+    """Sums between two log lines (this rank's; `record` sums the counts over ranks).
+
+    Times are this rank's (rank 0 logs): `data_s` is the time the steps waited for their batches
+    from all loaders (`Mixer.next_step`), per-source `wait_s` the same split by source."""
 
     def __init__(self, sources: list[Any]) -> None:
         self.steps, self.seconds, self.data_s = 0, 0.0, 0.0
@@ -578,21 +688,28 @@ class _Window:
                     s[k] += b.stats[k]
 
     def record(self, step: int, lr: float, grad_norm: float, gates: dict[str, list[float]],
-               loaders: dict[str, SourceLoader], world: int) -> dict[str, Any]:
-        tokens = sum(s["tokens"] for s in self.src.values()) * world  # ranks see equal batch counts
-        frames = sum(s["frames"] for s in self.src.values()) * world
+               loaders: dict[str, SourceLoader], rt: Runtime) -> dict[str, Any]:
+        """The log record; distributed, a collective (every rank calls it at the same steps)."""
+        local = {name: {**{k: s[k] for k in SUMMED_STATS},
+                        **{f"skipped.{k}": v for k, v in _skipped(loaders[name]).items()}}
+                 for name, s in self.src.items()}
+        total = sum_over_ranks(local, rt)  # ranks see different sequences, so different counts
+        tokens = sum(total[name]["tokens"] for name in self.src)
+        frames = sum(total[name]["frames"] for name in self.src)
         rec: dict[str, Any] = {
             "step": step, "loss": self.loss / max(1, self.steps), "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": tokens / max(1e-9, self.seconds), "images_per_s": frames / max(1e-9, self.seconds),
-            "step_s": self.seconds / max(1, self.steps), "gates": gates, "sources": {},
+            "step_s": self.seconds / max(1, self.steps), "data_s": round(self.data_s, 4), "gates": gates,
+            "sources": {},
         }
         for name, s in self.src.items():
-            loader = loaders[name]
+            t, loader = total[name], loaders[name]
             rec["sources"][name] = {
                 "loss": s["loss"] / s["steps"] if s["steps"] else None, "steps": int(s["steps"]),
-                "tokens": int(s["tokens"]), "media": int(s["media"]), "frames": int(s["frames"]),
-                "pad_frac": s["pad"] / max(1.0, s["pad"] + s["tokens"]),
-                "wait_s": round(loader.wait_s, 4), "skipped": loader.counters(),
+                "tokens": int(t["tokens"]), "media": int(t["media"]), "frames": int(t["frames"]),
+                "pad_frac": t["pad"] / max(1.0, t["pad"] + t["tokens"]),
+                "wait_s": round(loader.wait_s, 4),
+                "skipped": {k.removeprefix("skipped."): int(v) for k, v in t.items() if k.startswith("skipped.")},
             }
             loader.wait_s = 0.0
         return rec
@@ -601,9 +718,8 @@ class _Window:
 def _log_line(r: dict[str, Any]) -> str:
     per = " ".join(f"{n} {s['loss']:.3f}" for n, s in r["sources"].items() if s["loss"] is not None)
     skipped = sum(s["skipped"]["corrupt_samples"] + s["skipped"]["corrupt_shards"] for s in r["sources"].values())
-    wait = sum(s["wait_s"] for s in r["sources"].values())
     return (f"step {r['step']:6d} | loss {r['loss']:.4f} ({per}) | lr {r['lr']:.2e} | "
-            f"{r['tokens_per_s']:.0f} tok/s {r['images_per_s']:.1f} img/s | wait {wait:.2f}s | "
+            f"{r['tokens_per_s']:.0f} tok/s {r['images_per_s']:.1f} img/s | wait {r['data_s']:.2f}s | "
             f"tanh(attn gate) {_fmt_gates(r['gates']['attn'])}" + (f" | skipped {skipped}" if skipped else ""))
 
 

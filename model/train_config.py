@@ -67,6 +67,14 @@ class SourceConfig:
             raise ValueError(f"source {self.name}: samples_per_sequence is for pairs and video; M3W documents are whole")
         if self.weight < 0:
             raise ValueError(f"source {self.name}: weight must be >= 0")
+        # limits under which no sample could ever be used (the loader would skip every one)
+        if self.max_images < 1 or (self.kind == "m3w" and not 0 <= self.min_images <= self.max_images):
+            raise ValueError(f"source {self.name}: need 0 <= min_images <= max_images and max_images >= 1")
+        if self.kind == "m3w" and self.truncation == "first_image" and self.lead_tokens > self.max_tokens - 2:
+            raise ValueError(f"source {self.name}: lead_tokens ({self.lead_tokens}) leaves no room in max_tokens "
+                             f"({self.max_tokens}) for the first image and its text")
+        if self.max_frames < 1:
+            raise ValueError(f"source {self.name}: max_frames must be >= 1")
 
 
 @dataclass
@@ -82,13 +90,15 @@ class DataConfig:
             raise ValueError(f"data.sources: need at least one source and unique names, got {names}")
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
+        if not any(s.weight > 0 for s in self.sources):  # nothing would train (see model/mixing.py)
+            raise ValueError(f"data.sources: every weight is 0 ({', '.join(names)}): at least one must be positive")
 
 
 @dataclass
 class EvalSetConfig(SourceConfig):
     """A held-out set: same fields as a source (weight unused), read in order without shuffling."""
 
-    batches: int = 8  # batches per evaluation (fewer if the set is smaller)
+    batches: int = 8  # batches per evaluation and rank (N ranks: up to N x batches; fewer if the set is smaller)
     shuffle_buffer: int = 0
     shuffle_shards: bool = False
 

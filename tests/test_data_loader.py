@@ -103,7 +103,7 @@ def test_literal_special_strings_in_text_stay_text():
     """A page about SVG's <image> element, a caption quoting it: no extra media slot, nothing shifts."""
     items = ["Use the SVG <image> element; end a chunk with <|endofchunk|>.", ("img", "red", "square"),
              "A red square, not an <image>."]
-    s = _decode({"kind": "m3w", "max_tokens": 500, "lead_tokens": 500, "max_images": 1}, m3w_members(key_of(7), items))
+    s = _decode({"kind": "m3w", "max_tokens": 500, "lead_tokens": 400, "max_images": 1}, m3w_members(key_of(7), items))
     assert s.ids.count(TOK.special.image) == 1 == len(s.media) and s.ids.count(TOK.special.end_of_chunk) == 1
     assert _text(s.ids) == ("Use the SVG <image> element; end a chunk with <|endofchunk|>.<image>A red square, not an "
                             "<image>.<|endofchunk|>")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from model.train_config import TrainConfig, dump_toml, load_train_config, read_config_file
+from model.train_config import SourceConfig, TrainConfig, dump_toml, load_train_config, read_config_file
 
 TOML = """
 [run]
@@ -74,6 +74,24 @@ def test_typos_and_wrong_types_are_errors_that_name_the_key(edit, message):
     data["data"]["sources"][1]["name"] = "m3w"
     with pytest.raises(ValueError, match="unique names"):
         TrainConfig.from_dict(data)
+    data = read_config_file_from_text(TOML)
+    for source in data["data"]["sources"]:
+        source["weight"] = 0.0
+    with pytest.raises(ValueError, match=r"data.sources: every weight is 0 \(m3w, align\)"):
+        TrainConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "m3w", "min_images": 3, "max_images": 2}, "min_images <= max_images"),
+    ({"kind": "pairs", "max_images": 0}, "max_images >= 1"),
+    ({"kind": "m3w", "max_tokens": 40, "lead_tokens": 39}, r"lead_tokens \(39\) leaves no room"),
+    ({"kind": "video", "max_frames": 0}, "max_frames"),
+])
+def test_source_limits_that_would_skip_every_sample_are_errors(fields, message):
+    with pytest.raises(ValueError, match=message):
+        SourceConfig(name="s", urls=["x"], **fields)
+    SourceConfig(name="s", urls=["x"], **{**fields, "kind": "m3w", "truncation": "head", "min_images": 0,
+                                          "max_images": 1, "max_frames": 1})  # the same source, usable
 
 
 def read_config_file_from_text(text):

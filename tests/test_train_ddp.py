@@ -1,4 +1,5 @@
-"""Data parallelism (model/train.py): 2 gloo processes == 1 process on the doubled batch; frozen parts untouched."""
+"""Data parallelism (model/train.py): 2 gloo processes == 1 process on the doubled batch; frozen parts untouched;
+metrics summed over ranks; a failed checkpoint write stops every rank."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,12 +18,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from model.config import FlamingoConfig
-from model.data import ImageSpec, SampleDecoder, collate, read_tar_samples
+from model.data import ImageSpec, SampleDecoder, SourceLoader, collate, read_tar_samples
 from model.factory import build_flamingo
 from model.mixing import StepPlan
-from model.train import Runtime, accumulate_gradients, optimizer_step, param_groups
+from model.train import Runtime, accumulate_gradients, optimizer_step, param_groups, train
 from model.train_config import SourceConfig, TrainConfig, dump_toml
-from test_data_shards import TINY_MODEL, make_shards, tiny_train_dict
+from test_data_shards import TINY_MODEL, make_shards, tiny_corpus, tiny_train_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {"m3w": 1.0, "align": 0.2}
@@ -112,3 +114,70 @@ def test_torchrun_two_ranks_with_fewer_shards_than_slots(tmp_path):
     state = torch.load(tmp_path / "run" / "checkpoints" / "step-00000003" / "trainer_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["loader"]) == 2
     TrainConfig.from_dict(data)  # the config itself is valid
+
+
+def _train_worker(rank: int, world: int, data: dict, out: Path) -> None:
+    """`train` as rank `rank` of a gloo group (what torchrun sets up); its result or error into `out`."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=30))  # a hang fails the test in seconds, not 30 minutes
+    try:
+        result = train(TrainConfig.from_dict(data))
+        (out / f"result{rank}.json").write_text(json.dumps({"step": result.step, "counters": result.counters}))
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        (out / f"error{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_train(data: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    mp.spawn(_train_worker, args=(2, data, out), nprocs=2, join=True)
+
+
+def test_logged_counts_are_summed_over_ranks(tmp_path):
+    """Ranks read different sequences: tokens, media, frames, padding and skipped counts are their sums."""
+    corpus = tiny_corpus(tmp_path / "data")
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=2)
+    data["eval"]["sets"] = []
+    _spawn_train(data, tmp_path / "spawn")
+    assert not list((tmp_path / "spawn").glob("error*")), [p.read_text() for p in (tmp_path / "spawn").glob("error*")]
+
+    cfg = TrainConfig.from_dict(data)  # each rank's batches, read again here
+    model, tok = build_flamingo(FlamingoConfig.from_dict(TINY_MODEL))
+    spec = ImageSpec.for_encoder(model.vision)
+    loaders = {(s.name, r): SourceLoader(s, tok, spec, seed=cfg.data.seed, rank=r, world_size=2)
+               for s in cfg.data.sources for r in range(2)}
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        for s in cfg.data.sources:
+            batches = [next(loaders[s.name, r]) for r in range(2)]  # both ranks read something: not rank 0's alone
+            logged = record["sources"][s.name]
+            for key in ("tokens", "media", "frames"):
+                assert logged[key] == sum(b.stats[key] for b in batches), (record["step"], s.name, key)
+            pad, tokens = sum(b.stats["pad"] for b in batches), sum(b.stats["tokens"] for b in batches)
+            assert logged["pad_frac"] == pytest.approx(pad / (pad + tokens))
+            counters = [loaders[s.name, r].counters() for r in range(2)]
+            assert logged["skipped"] == {k: counters[0][k] + counters[1][k] for k in counters[0]}
+        assert record["tokens_per_s"] * record["step_s"] == pytest.approx(
+            sum(record["sources"][s.name]["tokens"] for s in cfg.data.sources))
+        assert record["data_s"] > 0
+    result = json.loads((tmp_path / "spawn" / "result0.json").read_text())
+    assert result["step"] == 2
+    assert result["counters"] == {s.name: {k: loaders[s.name, 0].counters()[k] + loaders[s.name, 1].counters()[k]
+                                           for k in result["counters"][s.name]} for s in cfg.data.sources}
+    assert result["counters"]["m3w"]["samples"] > 0
+
+
+def test_a_failed_checkpoint_write_on_rank_0_stops_every_rank(tmp_path):
+    corpus = tiny_corpus(tmp_path / "data")
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=1)
+    data["eval"]["sets"] = []
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("a file where the checkpoint directory goes")
+    _spawn_train(data, tmp_path / "spawn")
+    assert not list((tmp_path / "spawn").glob("result*"))
+    assert (tmp_path / "spawn" / "error0.txt").read_text().startswith("FileExistsError")
+    assert (tmp_path / "spawn" / "error1.txt").read_text() == (
+        "CheckpointError: rank 0 failed to write the checkpoint (its error is in rank 0's output)")

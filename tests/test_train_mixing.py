@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 from model.config import FlamingoConfig
@@ -93,20 +94,23 @@ def test_text_only_micro_batches_give_explicit_zero_gradients(tmp_path):
     assert all(float(g.abs().sum()) == 0 for n, g in grads.items() if n.startswith("resampler."))
 
 
+class Fake:
+    """A loader whose batches are its name."""
+
+    def __init__(self, name):
+        self.name, self.cfg = name, SourceConfig(name=name, kind="pairs", urls=["x"])
+
+    def __next__(self):
+        return self.name
+
+    def state_dict(self):
+        return {}
+
+    def close(self):
+        pass
+
+
 def test_sample_mode_draws_by_weight_and_resumes_the_same_draws(tmp_path):
-    class Fake:
-        def __init__(self, name):
-            self.name, self.cfg = name, SourceConfig(name=name, kind="pairs", urls=["x"])
-
-        def __next__(self):
-            return self.name
-
-        def state_dict(self):
-            return {}
-
-        def close(self):
-            pass
-
     loaders = {"a": Fake("a"), "b": Fake("b"), "c": Fake("c")}
     mixer = Mixer(loaders, {"a": 3.0, "b": 1.0, "c": 0.0}, "sample", seed=5)
     draws = [mixer.next_step().parts[0] for _ in range(2000)]
@@ -119,3 +123,11 @@ def test_sample_mode_draws_by_weight_and_resumes_the_same_draws(tmp_path):
     assert [resumed.next_step().parts[0][0] for _ in range(50)] == ahead
     again = Mixer(loaders, {"a": 3.0, "b": 1.0, "c": 0.0}, "sample", seed=5)
     assert [again.next_step().parts[0][0] for _ in range(2000)] == [n for n, _, _ in draws]
+
+
+@pytest.mark.parametrize("mode", ["accumulate", "sample"])
+def test_all_zero_weights_are_an_error_naming_the_sources(mode):
+    loaders = {"m3w": Fake("m3w"), "align": Fake("align")}
+    with pytest.raises(ValueError, match=r"every source has weight 0 \(m3w, align\)"):
+        Mixer(loaders, {"m3w": 0.0, "align": 0.0}, mode, seed=0)
+    assert Mixer(loaders, {"m3w": 0.0, "align": 0.2}, mode, seed=0).next_step().parts[0][0] == "align"

@@ -12,9 +12,12 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
-from model.train import TRAINER_STATE, train
+from model.config import FlamingoConfig
+from model.factory import build_flamingo
+from model.train import (TRAINER_STATE, build_model, build_optimizer, latest_checkpoint, load_training_state, lr_lambda,
+                         save_training_state, train)
 from model.train_config import TrainConfig, dump_toml
-from test_data_shards import tiny_corpus, tiny_train_dict
+from test_data_shards import TINY_MODEL, tiny_corpus, tiny_train_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +99,76 @@ def test_checkpoints_are_atomic_pruned_and_resume_is_strict(tmp_path):
         resume(run__steps=5, run__resume=str(root / "step-00000002"))
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         resume(run__out_dir=str(tmp_path / "empty"), run__resume="must")
+
+
+def test_resume_takes_the_optimizer_settings_from_the_config(tmp_path, capsys):
+    """The checkpoint's lr, weight decay, betas and eps do not silently win over a changed config."""
+    corpus = tiny_corpus(tmp_path / "data")
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=4, stop_at=2)  # lr 3e-3
+    data["eval"]["sets"] = []
+    train(TrainConfig.from_dict(data))
+    capsys.readouterr()
+    data["run"]["stop_at"] = 3
+    data["optim"].update(lr=1e-3, weight_decay=0.05, betas=[0.8, 0.95], eps=1e-6)
+    cfg = TrainConfig.from_dict(data)
+    train(cfg)
+
+    lines = [line for line in capsys.readouterr().err.splitlines() if "optimizer settings from the config" in line]
+    assert lines == ["m3w train: optimizer settings from the config, not the checkpoint: lr 0.003 -> 0.001, "
+                     "weight_decay 0.1 -> 0.05, betas (0.9, 0.999) -> (0.8, 0.95), eps 1e-08 -> 1e-06"]
+    f = lr_lambda(cfg.optim, cfg.run.steps)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == [3e-3 * f(0), 3e-3 * f(1), 1e-3 * f(2)]  # step 3 ran with the new lr
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-00000003" / TRAINER_STATE, weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [(g["initial_lr"], g["lr"], g["weight_decay"], tuple(g["betas"]), g["eps"]) for g in groups] == [
+        (1e-3, 1e-3 * f(3), 0.05, (0.8, 0.95), 1e-6), (1e-3, 1e-3 * f(3), 0.0, (0.8, 0.95), 1e-6)]
+    assert state["scheduler"]["base_lrs"] == [1e-3, 1e-3]
+
+
+def test_resume_with_the_same_config_restores_the_optimizer_exactly(tmp_path, capsys):
+    corpus = tiny_corpus(tmp_path / "data")
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=2)
+    data["eval"]["sets"] = []
+    cfg = TrainConfig.from_dict(data)
+    saved = torch.load(train(cfg).checkpoint / TRAINER_STATE, weights_only=True)
+
+    model, _ = build_model(cfg)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.run.steps)
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = load_training_state(path, model, optimizer, scheduler, cfg, world_size=1)
+    assert state["optim_changes"] == {}
+    loaded = optimizer.state_dict()
+    assert loaded["param_groups"] == saved["optimizer"]["param_groups"]  # lr, initial_lr, betas, ...: exact floats
+    assert loaded["state"].keys() == saved["optimizer"]["state"].keys()
+    for i, tensors in saved["optimizer"]["state"].items():
+        assert all(torch.equal(loaded["state"][i][k], v) for k, v in tensors.items()), i
+    assert scheduler.state_dict() == saved["scheduler"]
+    assert "optimizer settings" not in capsys.readouterr().err
+
+
+def test_checkpoint_write_removes_stale_temporaries_and_makes_the_pointer_durable(tmp_path, monkeypatch):
+    unused = {k: "unused.tar" for k in ("m3w", "pairs", "video", "heldout")}
+    cfg = TrainConfig.from_dict(tiny_train_dict(tmp_path / "run", unused, steps=2))
+    model, tok = build_flamingo(FlamingoConfig.from_dict(TINY_MODEL))
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.run.steps)
+    root = tmp_path / "checkpoints"
+    crashed = root / ".step-00000001.tmp-999999999"  # a writer that died mid-checkpoint
+    (crashed / "half").mkdir(parents=True)
+    (crashed / "half" / "trainable.safetensors").write_bytes(b"partial")
+    mine = root / f".step-00000001.tmp-{os.getpid()}"
+    mine.mkdir()
+    (root / ".notes").mkdir()
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b)))
+    final = save_training_state(root, 2, model, tok, optimizer, scheduler, [{}], [{}], cfg, keep=2)
+
+    assert not crashed.exists() and mine.is_dir() and (root / ".notes").is_dir()  # only other pids' temporaries
+    assert (root / "latest").read_text() == final.name
+    latest = events.index(("replace", str(root / "latest")))
+    assert ("fsync", str(root / ".latest.tmp")) in events[:latest]  # the pointer's content, before the rename
+    assert ("fsync", str(root.resolve())) in events[latest + 1:]  # the rename itself

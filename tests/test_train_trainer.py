@@ -41,6 +41,8 @@ def test_training_runs_logs_everything_and_survives_a_corrupt_source(tmp_path):
     assert [r["step"] for r in steps] == list(range(1, 9)) and [r["step"] for r in evals] == [2, 4, 6, 8]
     last = steps[-1]
     assert last["tokens_per_s"] > 0 and last["images_per_s"] > 0 and last["lr"] > 0
+    for r in steps:  # the step's wait on all loaders: at least the per-source waits (rounded to 1e-4)
+        assert r["data_s"] > 0 and r["data_s"] >= sum(src["wait_s"] for src in r["sources"].values()) - 5e-4
     assert len(last["gates"]["attn"]) == len(last["gates"]["ff"]) == 2  # one block per LM layer
     assert any(abs(g) > 0 for g in last["gates"]["attn"])  # the gates left 0
     for name in ("m3w", "align", "vtp"):
@@ -58,8 +60,12 @@ def test_only_real_media_go_through_the_vision_encoder_and_resampler(tmp_path):
     model, tok = build_flamingo(FlamingoConfig.from_dict(TINY_MODEL))
     seen = {"vision": 0, "resampler": 0}
     model.vision.register_forward_hook(lambda m, args, out: seen.__setitem__("vision", seen["vision"] + args[0].shape[0]))
-    model.resampler.register_forward_hook(
-        lambda m, args, out: seen.__setitem__("resampler", seen["resampler"] + args[0].shape[0] * args[0].shape[1]))
+
+    def real_frames(module, args, out):  # clips of different lengths come padded, with a frame mask
+        mask = args[1] if len(args) > 1 and args[1] is not None else torch.ones(args[0].shape[:2])
+        seen["resampler"] += int(mask.sum())
+
+    model.resampler.register_forward_hook(real_frames)
     spec = ImageSpec.for_encoder(model.vision)
     for cfg in (SourceConfig(name="m", kind="m3w", urls=[corpus["m3w"]], batch_size=6, max_tokens=40, min_images=0),
                 SourceConfig(name="v", kind="video", urls=[corpus["video"]], batch_size=3, max_frames=3)):
