@@ -247,11 +247,11 @@ class SampleDecoder:
         doc = json.loads(raw["json"])
         if len(doc["texts"]) != len(doc["images"]):
             raise ValueError("texts and images are not aligned")
-        start = rng.getstate()
+        rng_state = rng.getstate()
         broken: set[str] = set()
         while True:  # rule 1: an image that does not decode is dropped and the window chosen again
             ids, files = self._document_ids(doc, raw, broken)
-            rng.setstate(start)
+            rng.setstate(rng_state)  # the window as if the broken images had never been there
             window, kept = self._window(ids, rng)
             if len(kept) < self.cfg.min_images:
                 raise SkipSample("too few images")
