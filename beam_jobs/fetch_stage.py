@@ -1,4 +1,4 @@
-"""Beam wiring for media fetching: distinct media URLs -> fetched, processed images per reference.
+"""Beam wiring for media fetching: distinct media URLs -> fetched, processed media per reference.
 
     refs (url, (doc key, node index))
       -> GroupByKey(url)                 one element per distinct URL
@@ -9,7 +9,9 @@
            "counts":       fetch/in and fetch/<status> per URL
 
 `fetch_media` builds that chain; `FetchMediaFn` can be used on its own after any
-batching that yields lists of (url, refs).
+batching that yields lists of (url, refs). `FetchFn` is the shared part (one Fetcher per
+DoFn instance, counts per status under the subclass's stage, status rows); the video
+corpus subclasses it (`pairs_video_stages.FetchVideosFn`, stage "video_fetch").
 """
 from __future__ import annotations
 
@@ -25,12 +27,9 @@ from m3w_pipeline.media import ImageResult, process_image
 
 FETCH_STATUS = "fetch_status"
 FETCH_STAGE = "fetch"
+UNRESOLVED = "unresolved"  # the output tag of resolve DoFns for URLs no record holds: (url, refs)
 
-Ref = tuple[str, int]  # (doc key, node index)
-
-
-def _count(outcome: str, n: int = 1) -> TaggedOutput:
-    return count(FETCH_STAGE, outcome, n)
+Ref = tuple  # (doc key, node index) for images; any tuple for other media
 
 
 def _merge_refs(batch: Iterable[tuple[str, Iterable[Ref]]]) -> dict[str, list[Ref]]:
@@ -55,26 +54,37 @@ def image_result_for(fetched: FetchResult, config: ImageConfig) -> ImageResult:
     return process_image(fetched.data, config)
 
 
-class FetchMediaFn(beam.DoFn):
-    """Batches of (url, refs) -> one fetch and one process_image per URL, a result per ref.
+class FetchFn(beam.DoFn):
+    """Batches of (url, refs) -> one fetch per URL, its status row and counts; `results` fans out.
 
     One Fetcher (thread pool, connection pool, host gates) per DoFn instance, made
-    in setup and closed in teardown. Images are processed in the DoFn thread while
-    the Fetcher's threads keep downloading the rest of the batch.
+    in setup and closed in teardown. Media are processed in the DoFn thread while
+    the Fetcher's threads keep downloading the rest of the batch. Subclasses set
+    `stage` (the accounting stage: in + one outcome per status) and implement `results`.
     """
 
-    def __init__(self, fetch_config: FetchConfig, image_config: ImageConfig):
+    stage = FETCH_STAGE
+
+    def __init__(self, fetch_config: FetchConfig):
         self.fetch_config = fetch_config
-        self.image_config = image_config
         self._fetcher: Optional[Fetcher] = None
 
+    def fetcher_config(self) -> FetchConfig:
+        return self.fetch_config
+
     def setup(self) -> None:
-        self._fetcher = Fetcher(self.fetch_config)
+        self._fetcher = Fetcher(self.fetcher_config())
 
     def teardown(self) -> None:
         if self._fetcher is not None:
             self._fetcher.close()
             self._fetcher = None
+
+    def check(self, fetched: FetchResult) -> None:
+        """May turn an ok fetch into a failure (a body of the wrong kind) before it is counted."""
+
+    def results(self, fetched: FetchResult, refs: list[Ref]) -> Iterator[Any]:
+        raise NotImplementedError
 
     def process(self, element: Any) -> Iterator[Any]:
         if self._fetcher is None:  # runners call setup first; this keeps direct calls working
@@ -82,13 +92,36 @@ class FetchMediaFn(beam.DoFn):
         assert self._fetcher is not None
         refs_by_url = _merge_refs(_as_batch(element))
         for fetched in self._fetcher.fetch_many(refs_by_url):
-            yield _count("in")
-            yield _count(fetched.status)
+            self.check(fetched)
+            yield count(self.stage, "in")
+            yield count(self.stage, fetched.status)
             yield TaggedOutput(FETCH_STATUS, fetched.to_row())
-            result = image_result_for(fetched, self.image_config)
-            fetched.data = None  # the processed image is what travels on
-            for doc_key, node_index in refs_by_url[fetched.url]:
-                yield (doc_key, (node_index, result))
+            yield from self.results(fetched, refs_by_url[fetched.url])
+            fetched.data = None  # the processed media is what travels on
+
+
+class FetchMediaFn(FetchFn):
+    """Batches of (url, refs) -> one fetch and one process_image per URL, a result per ref."""
+
+    def __init__(self, fetch_config: FetchConfig, image_config: ImageConfig):
+        super().__init__(fetch_config)
+        self.image_config = image_config
+
+    def results(self, fetched: FetchResult, refs: list[Ref]) -> Iterator[Any]:
+        result = image_result_for(fetched, self.image_config)
+        for doc_key, node_index in refs:
+            yield (doc_key, (node_index, result))
+
+
+def fetch_batches(
+    unresolved: beam.PCollection, fn: FetchFn, label: str, min_batch_size: int = 8, max_batch_size: int = 256, main: str = "images"
+) -> beam.pvalue.DoOutputsTuple:
+    """(url, refs) per distinct URL -> batches -> `fn`: outputs main, FETCH_STATUS and COUNTS."""
+    return (
+        unresolved
+        | f"{label}/Batch" >> beam.BatchElements(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        | f"{label}/Fetch" >> beam.ParDo(fn).with_outputs(FETCH_STATUS, COUNTS, main=main)
+    )
 
 
 def _group_refs(element: tuple[str, Iterable[Ref]]) -> tuple[str, list[Ref]]:
@@ -105,10 +138,5 @@ def fetch_media(
     label: str = "FetchMedia",
 ) -> beam.pvalue.DoOutputsTuple:
     """(url, (doc key, node index)) refs -> outputs main ("images"), "fetch_status", "counts"."""
-    return (
-        refs
-        | f"{label}/GroupByUrl" >> beam.GroupByKey()
-        | f"{label}/Refs" >> beam.Map(_group_refs)
-        | f"{label}/Batch" >> beam.BatchElements(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-        | f"{label}/Fetch" >> beam.ParDo(FetchMediaFn(fetch_config, image_config)).with_outputs(FETCH_STATUS, COUNTS, main="images")
-    )
+    grouped = refs | f"{label}/GroupByUrl" >> beam.GroupByKey() | f"{label}/Refs" >> beam.Map(_group_refs)
+    return fetch_batches(grouped, FetchMediaFn(fetch_config, image_config), label, min_batch_size, max_batch_size)

@@ -34,12 +34,11 @@ from m3w_pipeline.accounting import IN, build_manifest
 from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, count
 from beam_jobs.dedup_stages import Dedup, SampleRejects
-from beam_jobs.fetch_stage import FETCH_STATUS, FetchMediaFn
+from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchMediaFn, fetch_batches
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
 
 MEDIA = "media"
 BROKEN = "broken"
-UNRESOLVED = "unresolved"
 REJECTS = "rejects"
 REJECTS_NAME = "rejects.jsonl"
 MANIFEST_NAME = "manifest.json"
@@ -281,15 +280,27 @@ class WriteStatusTableFn(beam.DoFn):
         yield name
 
 
-def write_status_table(rows: beam.PCollection, output_dir: str, prefix: str, schema: str, rows_per_file: int = 1_000_000) -> beam.PCollection:
+def write_status_table(rows: beam.PCollection, output_dir: str, prefix: str, schema: str, rows_per_file: int = 1_000_000,
+                       label: str = "") -> beam.PCollection:
     """Status rows (one per URL) -> bucketed Parquet files beside the shards, like img2dataset's."""
-    n_files = rows | f"Count{prefix}" >> beam.combiners.Count.Globally() | f"Files{prefix}" >> beam.Map(_n_shards, rows_per_file)
+    label = label or prefix
+    n_files = rows | f"Count{label}" >> beam.combiners.Count.Globally() | f"Files{label}" >> beam.Map(_n_shards, rows_per_file)
     return (
         rows
-        | f"Bucket{prefix}" >> beam.Map(lambda r, n: (int(hashlib.sha1(r["url"].encode()).hexdigest()[:15], 16) % n, r), AsSingleton(n_files))
-        | f"Group{prefix}" >> beam.GroupByKey()
-        | f"Write{prefix}" >> beam.ParDo(WriteStatusTableFn(output_dir, prefix, schema))
+        | f"Bucket{label}" >> beam.Map(lambda r, n: (int(hashlib.sha1(r["url"].encode()).hexdigest()[:15], 16) % n, r), AsSingleton(n_files))
+        | f"Group{label}" >> beam.GroupByKey()
+        | f"Write{label}" >> beam.ParDo(WriteStatusTableFn(output_dir, prefix, schema))
     )
+
+
+def write_fetch_status_files(rows_by_dir: dict[str, list]) -> dict[str, beam.PCollection]:
+    """Fetch status rows per corpus directory (images: the first corpus; videos: the video corpus)
+    -> fetch_status-NNNNN.parquet there; output dir -> PCollection of the file names written."""
+    files = {}
+    for i, (out, rows) in enumerate(rows_by_dir.items()):
+        merged = rows[0] if len(rows) == 1 else rows | f"FetchStatusRows{i}" >> beam.Flatten()
+        files[out] = write_status_table(merged, out, "fetch_status", "fetch_status", label=f"fetch_status{i or ''}")
+    return files
 
 
 def _shard_of(doc: Any, n_shards: int) -> tuple[int, Any]:
@@ -337,17 +348,12 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, s
     image_results = resolved.images
     count_streams.append(resolved[COUNTS])
     first_dir = next(iter(dirs.values()))
+    status_rows: dict[str, list] = {}  # corpus dir -> fetch status row PCollections written there
     if config.fetch.enabled:
-        fetched = (
-            resolved[UNRESOLVED]
-            | "BatchUrls" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
-            | "FetchMedia" >> beam.ParDo(FetchMediaFn(config.fetch, config.image)).with_outputs(FETCH_STATUS, COUNTS, main="images")
-        )
+        fetched = fetch_batches(resolved[UNRESOLVED], FetchMediaFn(config.fetch, config.image), "FetchMedia")
         image_results = (resolved.images, fetched.images) | "AllImageResults" >> beam.Flatten()
         count_streams.append(fetched[COUNTS])
-        status_files = write_status_table(fetched[FETCH_STATUS], first_dir, "fetch_status", "fetch_status")
-    else:
-        status_files = pipeline | "NoStatusFiles" >> beam.Create([])
+        status_rows.setdefault(first_dir, []).append(fetched[FETCH_STATUS])
     by_doc = {"page": extracted.docs, "images": image_results} | "JoinByDocument" >> beam.CoGroupByKey()
     # M3W assembly always runs: it accounts for every image reference and document.
     assembled = by_doc | "AssembleAndFilter" >> beam.ParDo(AssembleFn(config.filters)).with_outputs(COUNTS, REJECTS, main="docs")
@@ -386,6 +392,9 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, s
             videos = add_video_corpus(pair_inputs, split[VIDEO_MEDIA], dirs["video"], config)
             shards["video"], prefixes["video"] = videos.shards, (config.video.prefix,)
             count_streams += videos.counts
+            if videos.fetch_status is not None:
+                status_rows.setdefault(dirs["video"], []).append(videos.fetch_status)
+    status_files = write_fetch_status_files(status_rows)
     counts = (
         count_streams
         | "AllCounts" >> beam.Flatten()
@@ -404,7 +413,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, s
                 counts=AsDict(counts),
                 broken=AsList(read[BROKEN]),
                 shards=AsList(shards[corpus]),
-                status_files=AsList(status_files if out == first_dir else no_files),
+                status_files=AsList(status_files.get(out, no_files)),
                 extra_files=AsList(extra_files.get(corpus, no_files)),
             )
         )

@@ -13,7 +13,8 @@ and the same extraction as the M3W build:
                                 -> failed rows (unfetchable)   |                   |
                         video records (by URL) ----------------+-> ResolveVideosFn |
                               (probe + sample each URL once) -> results by key ---+-> BuildVideoSamplesFn
-                                                               -> WriteSampleShards (video-*)
+                 with --fetch-media: source refs of URLs no record holds          |   -> WriteSampleShards (video-*)
+                   -> FetchVideosFn (fetch + probe + sample once per URL) -> results by key
 
 Every DoFn counts what it consumes per (stage, outcome) with `m3w_job.count`; the
 stage table (kept outcomes, links between stages) is in `m3w_pipeline.accounting`.
@@ -32,9 +33,11 @@ from apache_beam.pvalue import AsDict, TaggedOutput
 
 from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, count
+from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batches
 from m3w_pipeline import warc as warc_lib
 from m3w_pipeline.accounting import IN
-from m3w_pipeline.config import BuildConfig, ImageConfig, PairConfig, VideoConfig
+from m3w_pipeline.config import BuildConfig, FetchConfig, ImageConfig, PairConfig, VideoConfig
+from m3w_pipeline.fetch import FetchResult
 from m3w_pipeline.media import ImageResult
 from m3w_pipeline.pair_shards import write_pair_shard, write_video_shard
 from m3w_pipeline.pairs import (
@@ -50,12 +53,13 @@ from m3w_pipeline.pairs import (
     video_candidates,
 )
 from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name
-from m3w_pipeline.video import media_kind, process_video, webvtt_text
+from m3w_pipeline.video import VideoResult, media_kind, process_video, webvtt_text
 
 VIDEO_MEDIA = "video_media"
 VIDEO_REFS = "video_refs"
 VIDEO_ROWS = "video_rows"
 SOURCE, TRACK = "source", "track"
+VIDEO_FETCH_STAGE = "video_fetch"
 
 # The stages these DoFns count, their kept outcomes and how they link: m3w_pipeline.accounting.
 
@@ -142,24 +146,42 @@ class VideoCandidatesFn(beam.DoFn):
                 yield TaggedOutput(VIDEO_REFS, (warc_lib.normalize_url(url), (cand.key, rank, TRACK, url)))
 
 
+def source_results(refs: Iterable[tuple], result: VideoResult) -> Iterator[Any]:
+    """The one result of a video URL, handed to every candidate that lists it as a source."""
+    for cand_key, rank, role, url in sorted(refs):
+        if role == SOURCE:
+            yield (cand_key, (SOURCE, rank, url, result))
+
+
 class ResolveVideosFn(beam.DoFn):
     """Per URL: choose one record (latest capture), probe + sample it ONCE, hand the result to
-    every candidate that lists it; tracks are parsed as WebVTT. Counts video_media_records."""
+    every candidate that lists it; tracks are parsed as WebVTT. Counts video_media_records.
 
-    def __init__(self, config: VideoConfig, image: ImageConfig, captions: PairConfig):
+    A URL no record holds: with `fetch`, its source refs go to the UNRESOLVED output (for
+    FetchVideosFn; tracks are not fetched), counted per URL under video_unresolved; without,
+    nothing is emitted and the candidate ends as not-in-crawl.
+    """
+
+    def __init__(self, config: VideoConfig, image: ImageConfig, captions: PairConfig, fetch: bool = False):
         self.config = config
         self.image = image
         self.captions = captions
+        self.fetch = fetch
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
-        _, grouped = element
+        url, grouped = element
         refs = list(grouped["refs"])
         records = sorted(grouped["media"], key=warc_lib.capture_order)
-        # With no record, nothing is emitted: the candidate ends as not-in-crawl.
         if records:
             yield from self._count_records(records, refs)
         if records and refs:
             yield from self._resolve(records[-1], refs)
+        elif refs and self.fetch:
+            sources = sorted(r for r in refs if r[2] == SOURCE)
+            yield count("video_unresolved", IN)
+            yield count("video_unresolved", "to-fetch" if sources else "track-only")
+            if sources:
+                yield TaggedOutput(UNRESOLVED, (url, sources))
 
     def _count_records(self, records: list, refs: list) -> Iterator[Any]:
         yield count("video_media_records", IN, len(records))
@@ -168,19 +190,45 @@ class ResolveVideosFn(beam.DoFn):
         yield count("video_media_records", "used" if refs else "unreferenced")
 
     def _resolve(self, record: warc_lib.MediaRecord, refs: list) -> Iterator[Any]:
-        result: Optional[Any] = None
+        if any(role == SOURCE for _, _, role, _ in refs):
+            yield from source_results(refs, process_video(record.data, self.config, self.image))
         text: Optional[str] = None
         for cand_key, rank, role, url in sorted(refs):
-            if role == SOURCE:
-                if result is None:
-                    result = process_video(record.data, self.config, self.image)
-                yield (cand_key, (SOURCE, rank, url, result))
-            else:
+            if role == TRACK:
                 if text is None:
                     vtt = webvtt_text(record.data, self.config.max_track_bytes)
                     text = track_caption(vtt, self.config, self.captions) or ""
                 if text:
                     yield (cand_key, (TRACK, rank, url, text))
+
+
+class FetchVideosFn(FetchFn):
+    """Batches of (url, source refs) -> one fetch (capped at VideoConfig.max_video_bytes) and one
+    process_video per URL, the result to every ref as ResolveVideosFn gives it; counts video_fetch.
+    A body that is not a video (an image) ends as not-media, like one that is no media at all."""
+
+    stage = VIDEO_FETCH_STAGE
+
+    def __init__(self, fetch_config: FetchConfig, config: VideoConfig, image: ImageConfig):
+        super().__init__(fetch_config)
+        self.config = config
+        self.image = image
+
+    def fetcher_config(self) -> FetchConfig:
+        return dataclasses.replace(self.fetch_config, max_bytes=self.config.max_video_bytes)
+
+    def check(self, fetched: FetchResult) -> None:
+        if fetched.ok and fetched.media_kind != "video":
+            fetched.status = "not-media"
+            fetched.error = f"{fetched.media_kind} ({fetched.sniffed_type}) where a video was expected"
+            fetched.data = None
+
+    def results(self, fetched: FetchResult, refs: list) -> Iterator[Any]:
+        if not fetched.ok or fetched.data is None:
+            result = VideoResult(None, f"fetch-{fetched.status}", fetched.error)
+        else:
+            result = process_video(fetched.data, self.config, self.image)
+        yield from source_results(refs, result)
 
 
 class BuildVideoSamplesFn(beam.DoFn):
@@ -284,6 +332,7 @@ class WriteSampleShards(beam.PTransform):
 class Corpus(NamedTuple):
     shards: beam.PCollection  # one dict per shard: ShardInfo fields + rows (index rows incl. failed)
     counts: list  # PCollections of accounting.Count, to flatten into the manifest's counts
+    fetch_status: Optional[beam.PCollection] = None  # fetch status rows of the media this corpus fetched
 
 
 def pair_prefix(config: PairConfig) -> Callable[[Pair], str]:
@@ -307,17 +356,26 @@ def add_video_corpus(
     vc = config.video
     cands = pair_inputs | "VideoCandidates" >> beam.ParDo(VideoCandidatesFn(vc, config.pairs)).with_outputs(
         VIDEO_REFS, VIDEO_ROWS, COUNTS, main="candidates")
+    fetch = config.fetch.enabled
     resolved = (
         {"refs": cands[VIDEO_REFS], "media": video_media}
         | "JoinVideoMediaByUrl" >> beam.CoGroupByKey()
-        | "ResolveVideos" >> beam.ParDo(ResolveVideosFn(vc, config.image, config.pairs)).with_outputs(COUNTS, main="results")
+        | "ResolveVideos" >> beam.ParDo(ResolveVideosFn(vc, config.image, config.pairs, fetch)).with_outputs(
+            COUNTS, UNRESOLVED, main="results")
     )
+    results, counts, fetch_status = resolved.results, [cands[COUNTS], resolved[COUNTS]], None
+    if fetch:  # batches no larger than the thread pool: at most that many video bodies held at once
+        fetched = fetch_batches(resolved[UNRESOLVED], FetchVideosFn(config.fetch, vc, config.image), "FetchVideos",
+                                min_batch_size=1, max_batch_size=max(1, config.fetch.workers), main="results")
+        results = (results, fetched.results) | "AllVideoResults" >> beam.Flatten()
+        counts.append(fetched[COUNTS])
+        fetch_status = fetched[FETCH_STATUS]
     built = (
-        {"candidate": cands.candidates, "resolved": resolved.results}
+        {"candidate": cands.candidates, "resolved": results}
         | "JoinVideoCandidates" >> beam.CoGroupByKey()
         | "BuildVideoSamples" >> beam.ParDo(BuildVideoSamplesFn(vc)).with_outputs(COUNTS, main="samples")
     )
     samples = (built.samples, cands[VIDEO_ROWS]) | "VideoSamplesAndRows" >> beam.Flatten()
     shards = samples | "VideoShards" >> WriteSampleShards(output_dir, lambda s: vc.prefix, {vc.prefix: "video_samples"},
                                                           vc.samples_per_shard, write_video_shard)
-    return Corpus(shards.shards, [cands[COUNTS], resolved[COUNTS], built[COUNTS], shards[COUNTS]])
+    return Corpus(shards.shards, counts + [built[COUNTS], shards[COUNTS]], fetch_status)

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-side", type=int)
     p.add_argument("--samples-per-shard", type=int)
     p.add_argument("--max-page-bytes", type=int)
-    p.add_argument("--fetch-media", action="store_true", help="fetch referenced images the crawl does not hold (needed for real CC WARCs)")
+    p.add_argument("--fetch-media", action="store_true", help="fetch referenced images and videos the crawl does not hold (needed for real CC WARCs)")
     p.add_argument("--allow-private-addresses", action="store_true", help="let the fetcher reach private/loopback addresses (tests, intranets)")
     p.add_argument("--resolve", action="append", metavar="HOST=ADDR[:PORT]", help="point HOST at ADDR when fetching, like curl --resolve (repeatable)")
     p.add_argument("--user-agent", help="User-Agent for media fetching")

@@ -36,6 +36,8 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "ltip_samples": ("written",),
     "video_refs": ("candidate",),
     "video_media_records": ("used",),
+    "video_unresolved": ("to-fetch",),  # video URLs no record holds (--fetch-media); "track-only" is not fetched
+    "video_fetch": ("ok",),
     "video_candidates": ("kept",),
     "video_samples": ("written",),
 }
@@ -55,6 +57,7 @@ STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
     ("pair_candidates", "kept-align", "align_samples"),
     ("pair_candidates", "kept-ltip", "ltip_samples"),
     ("video_refs", "candidate", "video_candidates"),
+    ("video_unresolved", "to-fetch", "video_fetch"),
     ("video_candidates", "kept", "video_samples"),
 )
 

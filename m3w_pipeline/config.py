@@ -180,7 +180,7 @@ class FetchConfig:
     to one host, and starts requests to one host at least `per_host_delay_s` apart.
     """
 
-    # Fetch the images a page references but the crawl does not hold (real Common Crawl WARCs
+    # Fetch the images (and video sources) a page references but the crawl does not hold (real Common Crawl WARCs
     # hold almost none). Off by default so a build never touches the network unless asked
     # (`m3w build --fetch-media`).
     enabled: bool = False
@@ -291,6 +291,7 @@ class VideoConfig:
     """Video-text pairs (m3w_pipeline/video.py probes and samples, pairs.py captions)."""
 
     # Video bytes above this are not decoded (too-large); WarcConfig.max_media_bytes caps records.
+    # Also the byte cap of a fetched video (--fetch-media), in place of FetchConfig.max_bytes.
     max_video_bytes: int = 25_000_000
     # Containers kept (sniffed from bytes); others are unsupported-format. These are the
     # extensions video2dataset readers and m3w stats/validate know.

@@ -68,7 +68,7 @@ FETCH_STATUSES: tuple[str, ...] = (
     "http-other",  # 1xx, 3xx without a Location, or a status code outside 100-599
     "too-many-redirects",  # more than max_redirects redirects
     "too-large",  # Content-Length or the streamed body exceeds max_bytes
-    "not-media",  # the body's magic bytes are neither an image nor a video (whatever Content-Type says)
+    "not-media",  # the body's magic bytes are neither an image nor a video (whatever Content-Type says); for a video URL, not a video
     "opt-out",  # X-Robots-Tag noai/noimageai or tdm-reservation: 1 (body not read)
     "error",  # protocol violation or anything unexpected; the detail says what
 )

@@ -609,7 +609,8 @@ def build_video_sample(
     track texts (rank, valid caption); returns (sample or failed row or None, outcome).
 
     The best-ranked source that processed ok wins; with none ok, the best-ranked failure
-    names the outcome (a VIDEO_DROP_REASONS value); with no record for any source,
+    names the outcome (a VIDEO_DROP_REASONS value, or fetch-<status> for a fetch that failed:
+    then the row is failed_to_download); with no record for any source,
     "not-in-crawl". A video without any valid caption is dropped as "no-caption".
     """
     track = min(tracks)[1] if tracks else None
@@ -626,7 +627,8 @@ def build_video_sample(
     if results:
         _, url, result = min(results, key=lambda r: r[0])
         message = f"{result.reason}: {result.detail}".rstrip(": ")
-        return VideoSample(candidate.key, STATUS_FAILED_TO_SUBSAMPLE, candidate, url, caption, source,
+        status = STATUS_FAILED_TO_DOWNLOAD if result.reason.startswith("fetch-") else STATUS_FAILED_TO_SUBSAMPLE
+        return VideoSample(candidate.key, status, candidate, url, caption, source,
                            probe=result.probe, error_message=message), result.reason
     url = candidate.fetchable[0] if candidate.fetchable else None
     return VideoSample(candidate.key, STATUS_FAILED_TO_DOWNLOAD, candidate, url, caption, source,
