@@ -80,8 +80,10 @@ class FetchFn(beam.DoFn):
             self._fetcher.close()
             self._fetcher = None
 
-    def check(self, fetched: FetchResult) -> None:
-        """May turn an ok fetch into a failure (a body of the wrong kind) before it is counted."""
+    def wanted_kinds(self, refs: list[Ref]) -> tuple[str, ...]:
+        """The media kinds (`FetchResult.media_kind`) these refs can use; an ok fetch of another
+        kind is counted as not-media."""
+        raise NotImplementedError
 
     def results(self, fetched: FetchResult, refs: list[Ref]) -> Iterator[Any]:
         raise NotImplementedError
@@ -92,11 +94,15 @@ class FetchFn(beam.DoFn):
         assert self._fetcher is not None
         refs_by_url = _merge_refs(_as_batch(element))
         for fetched in self._fetcher.fetch_many(refs_by_url):
-            self.check(fetched)
+            refs = refs_by_url[fetched.url]
+            wanted = self.wanted_kinds(refs)
+            if fetched.ok and fetched.media_kind not in wanted:
+                fetched.status, fetched.data = "not-media", None
+                fetched.error = f"{fetched.media_kind} ({fetched.sniffed_type}) where {' or '.join(wanted)} was expected"
             yield count(self.stage, "in")
             yield count(self.stage, fetched.status)
             yield TaggedOutput(FETCH_STATUS, fetched.to_row())
-            yield from self.results(fetched, refs_by_url[fetched.url])
+            yield from self.results(fetched, refs)
             fetched.data = None  # the processed media is what travels on
 
 
@@ -106,6 +112,9 @@ class FetchMediaFn(FetchFn):
     def __init__(self, fetch_config: FetchConfig, image_config: ImageConfig):
         super().__init__(fetch_config)
         self.image_config = image_config
+
+    def wanted_kinds(self, refs: list[Ref]) -> tuple[str, ...]:
+        return ("image", "video")  # a video body fails in process_image, counted there
 
     def results(self, fetched: FetchResult, refs: list[Ref]) -> Iterator[Any]:
         result = image_result_for(fetched, self.image_config)

@@ -13,8 +13,8 @@ and the same extraction as the M3W build:
                                 -> failed rows (unfetchable)   |                   |
                         video records (by URL) ----------------+-> ResolveVideosFn |
                               (probe + sample each URL once) -> results by key ---+-> BuildVideoSamplesFn
-                 with --fetch-media: source refs of URLs no record holds          |   -> WriteSampleShards (video-*)
-                   -> FetchVideosFn (fetch + probe + sample once per URL) -> results by key
+                 with --fetch-media: refs of URLs no record holds                 |   -> WriteSampleShards (video-*)
+                   -> FetchVideosFn (fetch once per URL; probe + sample a video, parse a track) -> results by key
 
 Every DoFn counts what it consumes per (stage, outcome) with `m3w_job.count`; the
 stage table (kept outcomes, links between stages) is in `m3w_pipeline.accounting`.
@@ -153,13 +153,23 @@ def source_results(refs: Iterable[tuple], result: VideoResult) -> Iterator[Any]:
             yield (cand_key, (SOURCE, rank, url, result))
 
 
+def track_results(refs: Iterable[tuple], data: bytes, config: VideoConfig, captions: PairConfig) -> Iterator[Any]:
+    """The caption of a WebVTT track URL, handed to every candidate that lists it as a track
+    (nothing when no ref is a track or the cues make no valid caption)."""
+    tracks = sorted(r for r in refs if r[2] == TRACK)
+    text = track_caption(webvtt_text(data, config.max_track_bytes), config, captions) if tracks else None
+    if text:
+        for cand_key, rank, _, url in tracks:
+            yield (cand_key, (TRACK, rank, url, text))
+
+
 class ResolveVideosFn(beam.DoFn):
     """Per URL: choose one record (latest capture), probe + sample it ONCE, hand the result to
     every candidate that lists it; tracks are parsed as WebVTT. Counts video_media_records.
 
-    A URL no record holds: with `fetch`, its source refs go to the UNRESOLVED output (for
-    FetchVideosFn; tracks are not fetched), counted per URL under video_unresolved; without,
-    nothing is emitted and the candidate ends as not-in-crawl.
+    A URL no record holds: with `fetch`, its refs (sources and tracks) go to the UNRESOLVED
+    output for FetchVideosFn, counted per URL under video_unresolved; without, nothing is
+    emitted and the candidate ends as not-in-crawl.
     """
 
     def __init__(self, config: VideoConfig, image: ImageConfig, captions: PairConfig, fetch: bool = False):
@@ -177,11 +187,9 @@ class ResolveVideosFn(beam.DoFn):
         if records and refs:
             yield from self._resolve(records[-1], refs)
         elif refs and self.fetch:
-            sources = sorted(r for r in refs if r[2] == SOURCE)
             yield count("video_unresolved", IN)
-            yield count("video_unresolved", "to-fetch" if sources else "track-only")
-            if sources:
-                yield TaggedOutput(UNRESOLVED, (url, sources))
+            yield count("video_unresolved", "to-fetch")
+            yield TaggedOutput(UNRESOLVED, (url, sorted(refs)))
 
     def _count_records(self, records: list, refs: list) -> Iterator[Any]:
         yield count("video_media_records", IN, len(records))
@@ -192,43 +200,40 @@ class ResolveVideosFn(beam.DoFn):
     def _resolve(self, record: warc_lib.MediaRecord, refs: list) -> Iterator[Any]:
         if any(role == SOURCE for _, _, role, _ in refs):
             yield from source_results(refs, process_video(record.data, self.config, self.image))
-        text: Optional[str] = None
-        for cand_key, rank, role, url in sorted(refs):
-            if role == TRACK:
-                if text is None:
-                    vtt = webvtt_text(record.data, self.config.max_track_bytes)
-                    text = track_caption(vtt, self.config, self.captions) or ""
-                if text:
-                    yield (cand_key, (TRACK, rank, url, text))
+        yield from track_results(refs, record.data, self.config, self.captions)
 
 
 class FetchVideosFn(FetchFn):
-    """Batches of (url, source refs) -> one fetch (capped at VideoConfig.max_video_bytes) and one
-    process_video per URL, the result to every ref as ResolveVideosFn gives it; counts video_fetch.
-    A body that is not a video (an image) ends as not-media, like one that is no media at all."""
+    """Batches of (url, refs) -> one fetch (capped at VideoConfig.max_video_bytes) per URL: a
+    video source is probed and sampled once (process_video), a WebVTT track parsed once, and
+    the result goes to every ref as ResolveVideosFn gives it; counts video_fetch. A body of the
+    wrong kind (an image, or a track where a video was expected) ends as not-media."""
 
     stage = VIDEO_FETCH_STAGE
 
-    def __init__(self, fetch_config: FetchConfig, config: VideoConfig, image: ImageConfig):
+    def __init__(self, fetch_config: FetchConfig, config: VideoConfig, image: ImageConfig, captions: PairConfig):
         super().__init__(fetch_config)
         self.config = config
         self.image = image
+        self.captions = captions
 
     def fetcher_config(self) -> FetchConfig:
         return dataclasses.replace(self.fetch_config, max_bytes=self.config.max_video_bytes)
 
-    def check(self, fetched: FetchResult) -> None:
-        if fetched.ok and fetched.media_kind != "video":
-            fetched.status = "not-media"
-            fetched.error = f"{fetched.media_kind} ({fetched.sniffed_type}) where a video was expected"
-            fetched.data = None
+    def wanted_kinds(self, refs: list) -> tuple[str, ...]:
+        return tuple(sorted({"video" if role == SOURCE else "track" for _, _, role, _ in refs}))
 
     def results(self, fetched: FetchResult, refs: list) -> Iterator[Any]:
-        if not fetched.ok or fetched.data is None:
-            result = VideoResult(None, f"fetch-{fetched.status}", fetched.error)
-        else:
-            result = process_video(fetched.data, self.config, self.image)
-        yield from source_results(refs, result)
+        body = fetched.data if fetched.ok else None
+        if any(role == SOURCE for _, _, role, _ in refs):
+            if body is not None and fetched.media_kind == "video":
+                result = process_video(body, self.config, self.image)
+            else:  # failed, or the URL's body is a track: no video here
+                status = fetched.status if not fetched.ok else "not-media"
+                result = VideoResult(None, f"fetch-{status}", fetched.error or f"{fetched.media_kind} where video was expected")
+            yield from source_results(refs, result)
+        if body is not None and fetched.media_kind == "track":
+            yield from track_results(refs, body, self.config, self.captions)
 
 
 class BuildVideoSamplesFn(beam.DoFn):
@@ -365,7 +370,7 @@ def add_video_corpus(
     )
     results, counts, fetch_status = resolved.results, [cands[COUNTS], resolved[COUNTS]], None
     if fetch:  # batches no larger than the thread pool: at most that many video bodies held at once
-        fetched = fetch_batches(resolved[UNRESOLVED], FetchVideosFn(config.fetch, vc, config.image), "FetchVideos",
+        fetched = fetch_batches(resolved[UNRESOLVED], FetchVideosFn(config.fetch, vc, config.image, config.pairs), "FetchVideos",
                                 min_batch_size=1, max_batch_size=max(1, config.fetch.workers), main="results")
         results = (results, fetched.results) | "AllVideoResults" >> beam.Flatten()
         counts.append(fetched[COUNTS])

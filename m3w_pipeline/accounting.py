@@ -36,7 +36,7 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "ltip_samples": ("written",),
     "video_refs": ("candidate",),
     "video_media_records": ("used",),
-    "video_unresolved": ("to-fetch",),  # video URLs no record holds (--fetch-media); "track-only" is not fetched
+    "video_unresolved": ("to-fetch",),  # video and track URLs no record holds (--fetch-media)
     "video_fetch": ("ok",),
     "video_candidates": ("kept",),
     "video_samples": ("written",),

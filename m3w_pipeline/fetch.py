@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from urllib.parse import quote, urljoin, urlsplit
 
 from m3w_pipeline.config import FetchConfig
-from m3w_pipeline.media import sniff_image_type
+from m3w_pipeline.media import is_webvtt, sniff_image_type
 
 OK = "ok"
 # Every URL ends with exactly one of these (stable names: they are counters and table values).
@@ -68,7 +68,7 @@ FETCH_STATUSES: tuple[str, ...] = (
     "http-other",  # 1xx, 3xx without a Location, or a status code outside 100-599
     "too-many-redirects",  # more than max_redirects redirects
     "too-large",  # Content-Length or the streamed body exceeds max_bytes
-    "not-media",  # the body's magic bytes are neither an image nor a video (whatever Content-Type says); for a video URL, not a video
+    "not-media",  # magic bytes of no image, video or WebVTT track (whatever Content-Type says), or not the kind the URL needs
     "opt-out",  # X-Robots-Tag noai/noimageai or tdm-reservation: 1 (body not read)
     "error",  # protocol violation or anything unexpected; the detail says what
 )
@@ -103,7 +103,7 @@ class FetchResult:
     final_url: Optional[str] = None  # after redirects (the last URL requested)
     content_type: Optional[str] = None  # as the server declared it (not trusted)
     sniffed_type: Optional[str] = None  # from magic bytes: jpeg, png, ..., mp4, mov, webm, mkv, ogg
-    media_kind: Optional[str] = None  # image | video
+    media_kind: Optional[str] = None  # image | video | track (WebVTT)
     bytes: int = 0  # body bytes read (0 when the body was not read)
     # Tries on the network (connection or request): retries, redirect hops and re-sends on a
     # stale keep-alive connection included; 0 when refused before (bad-url, blocked-address, dns).
@@ -154,11 +154,14 @@ def sniff_media_type(data: bytes) -> tuple[Optional[str], Optional[str]]:
     """(media kind, type) from magic bytes; (None, None) for anything that is not media.
 
     Images via `sniff_image_type`; videos: ISO BMFF `ftyp` (mp4, or mov for the
-    QuickTime brand), EBML `1A45DFA3` (webm by DocType, else mkv) and Ogg `OggS`.
+    QuickTime brand), EBML `1A45DFA3` (webm by DocType, else mkv) and Ogg `OggS`; WebVTT
+    caption tracks as ("track", "vtt").
     """
     image = sniff_image_type(data)
     if image is not None:
         return "image", image
+    if is_webvtt(data):
+        return "track", "vtt"
     video = _sniff_video_type(data[:64])
     return ("video", video) if video else (None, None)
 

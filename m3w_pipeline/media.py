@@ -108,6 +108,11 @@ class _Drop(Exception):
 # --------------------------------------------------------------------------- sniffing
 
 
+def is_webvtt(data: bytes) -> bool:
+    """A WebVTT caption track (the `<track>` files of `<video>`)."""
+    return data.lstrip(b"\xef\xbb\xbf")[:6] == b"WEBVTT"
+
+
 def sniff_image_type(data: bytes) -> str | None:
     """Image type from magic bytes, ignoring any Content-Type (which often lies).
 

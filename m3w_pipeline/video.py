@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from m3w_pipeline.config import ImageConfig, VideoConfig
-from m3w_pipeline.media import _encode, _fit_size, _flatten_alpha, _resize, sniff_image_type
+from m3w_pipeline.media import _encode, _fit_size, _flatten_alpha, _resize, is_webvtt, sniff_image_type
 
 VIDEO_OK = "ok"
 VIDEO_DROP_REASONS: tuple[str, ...] = (
@@ -161,10 +161,6 @@ def sniff_video_type(data: bytes) -> Optional[str]:
     if len(data) > 2 * _TS_PACKET and data[0] == data[_TS_PACKET] == data[2 * _TS_PACKET] == 0x47:
         return "ts"
     return None
-
-
-def is_webvtt(data: bytes) -> bool:
-    return data.lstrip(b"\xef\xbb\xbf")[:6] == b"WEBVTT"
 
 
 def media_kind(content_type: str, data: bytes) -> str:

@@ -2,7 +2,8 @@
 
 Pages in a WARC name their videos at media.test; `--resolve` points that host at the local
 server, which serves real videos from the shared corpus (read in place), a JPEG, a 404 and a
-corrupt video. No video is in the WARC, so every one must be fetched (or end as not-in-crawl).
+corrupt video, and a WebVTT track. No video is in the WARC, so every one must be fetched (or
+end as not-in-crawl).
 """
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ from media_server import MediaServer, make_image
 from warc_builder import response, write_warc
 
 VIDEO_DIR = CORPUS / "video"
-GOOD = {"/files/clips/transparent.webm": "moviepy__transparent.webm", "/files/clips/bunny.webm": "moviepy__big_buck_bunny_432_433.webm"}
+GOOD = {"/files/clips/transparent.webm": "moviepy__transparent.webm", "/files/clips/bunny.webm": "moviepy__big_buck_bunny_432_433.webm",
+        "/files/clips/bunny-subtitled.webm": "moviepy__big_buck_bunny_432_433.webm"}
 CORRUPT = ("/files/clips/corrupted.mp4", "decord__corrupted.mp4")
 JPEG = "/files/clips/really-a-photo.mp4"  # a JPEG body behind a video-looking URL and Content-Type
 MISSING = "/status/404"
-TRACK = "/subs/clip.vtt"
+TRACK = "/files/subs/clip.vtt"
+TRACK_CAPTION = "A rabbit wakes up under a tree and stretches in the morning sun."
+VTT = f"WEBVTT\n\n00:00.000 --> 00:02.000\n{TRACK_CAPTION}\n".encode()
 IMAGE = "/img/photo.jpg?w=400&h=300"
 PROSE = [
     "The harbour museum opened a new hall this spring, with boats, nets and maps from three centuries of fishing.",
@@ -42,8 +46,9 @@ def _guard(loopback_only):
 
 def video_figure(src: str, caption: str, track: str = "") -> str:
     track_tag = f'<track kind="captions" src="{track}">' if track else ""
-    return (f'<figure><video controls><source src="{src}">{track_tag}</video>'
-            f"<figcaption>{caption}</figcaption></figure>")
+    figcaption = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f'<figure><video controls><source src="{src}">{track_tag}</video>{figcaption}</figure>'
+
 
 
 def page(title: str, base: str, videos: list[tuple[str, str]], track: str = "") -> bytes:
@@ -57,7 +62,8 @@ def page(title: str, base: str, videos: list[tuple[str, str]], track: str = "") 
 
 
 def crawl(tmp_path: Path, base: str) -> Path:
-    """Two pages; the first good video is on both (with different captions), nothing else twice."""
+    """Three pages; the first good video is on two (with different captions), the track on two
+    (the third page's video has no other caption), nothing else twice."""
     first = [
         ("/files/clips/transparent.webm", "A red shape spins slowly on a white background in this short clip."),
         (JPEG, "A photo of the harbour that the page wrongly embeds as a video clip."),
@@ -71,6 +77,8 @@ def crawl(tmp_path: Path, base: str) -> Path:
     records = [
         response("https://news.example/museum", page("Harbour museum", base, first, track=TRACK)),
         response("https://news.example/films", page("Museum films", base, second)),
+        response("https://news.example/cartoon", page("Cartoon night", base, [("/files/clips/bunny-subtitled.webm", "")],
+                                                      track=TRACK)),
     ]
     return write_warc(tmp_path / "videos.warc.gz", records)
 
@@ -79,6 +87,7 @@ def serve_corpus_videos(server: MediaServer) -> None:
     for path, name in list(GOOD.items()) + [CORRUPT]:
         server.add_file(path.removeprefix("/files/"), (VIDEO_DIR / name).read_bytes(), "video/" + name.rsplit(".", 1)[-1])
     server.add_file(JPEG.removeprefix("/files/"), make_image("photo", 320, 240, "jpg"), "video/mp4")
+    server.add_file(TRACK.removeprefix("/files/"), VTT, "text/vtt")
 
 
 def video_rows(out: Path) -> list[dict]:
@@ -122,7 +131,7 @@ def test_fetched_videos_are_in_the_shards_and_their_frames_decode(video_build):
     out, m, _ = video_build
     assert m["reconciles"], m["reconciliation_errors"]
     samples = list(wds.WebDataset(sorted(str(p) for p in out.glob("video-*.tar")), shardshuffle=False, empty_check=False))
-    assert len(samples) == m["totals"]["samples"] == 3  # transparent (two captions) + bunny
+    assert len(samples) == m["totals"]["samples"] == 4  # transparent (two captions), bunny, bunny-subtitled
     urls = set()
     for s in samples:
         meta = json.loads(s["json"])
@@ -132,17 +141,18 @@ def test_fetched_videos_are_in_the_shards_and_their_frames_decode(video_build):
         for k in frames:
             Image.open(io.BytesIO(s[k])).convert("RGB").load()
         assert s["webm"][:4] == b"\x1a\x45\xdf\xa3"
-    assert urls == {"/files/clips/transparent.webm", "/files/clips/bunny.webm"}
+        if meta["url"].endswith("bunny-subtitled.webm"):  # no figcaption, title or context: the fetched track
+            assert (meta["caption"], meta["caption_source"]) == (TRACK_CAPTION, "track")
+    assert urls == set(GOOD)
 
 
-def test_each_distinct_video_url_is_requested_once_and_tracks_are_not_fetched(video_build):
+def test_each_distinct_video_and_track_url_is_requested_once(video_build):
     _, m, server = video_build
-    for path in list(GOOD) + [CORRUPT[0], JPEG, MISSING, IMAGE]:
-        assert server.count(path) == 1, (path, server.count(path))  # transparent.webm is on two pages
-    assert server.count(TRACK) == 0
+    for path in list(GOOD) + [CORRUPT[0], JPEG, MISSING, IMAGE, TRACK]:
+        assert server.count(path) == 1, (path, server.count(path))  # transparent.webm and the track are on two pages
     s = m["stages"]
-    assert s["video_unresolved"] == {"in": 6, "kept": {"to-fetch": 5}, "dropped": {"track-only": 1}, "reconciles": True}
-    assert s["video_fetch"]["in"] == 5 and s["video_fetch"]["kept"] == {"ok": 3}
+    assert s["video_unresolved"] == {"in": 7, "kept": {"to-fetch": 7}, "dropped": {}, "reconciles": True}
+    assert s["video_fetch"]["in"] == 7 and s["video_fetch"]["kept"] == {"ok": 5}  # 3 good videos, the corrupt one, the track
     assert s["video_fetch"]["dropped"] == {"http-4xx": 1, "not-media": 1}
     assert s["fetch"]["in"] == 1 and s["fetch"]["kept"] == {"ok": 1}  # the page image, in the same build
 
@@ -160,8 +170,8 @@ def test_jpeg_404_and_corrupt_videos_end_as_failed_rows_and_status_rows(video_bu
     assert dropped == {"fetch-not-media": 1, "fetch-http-4xx": 1, "decode-error": 1}
     rows = status_rows(out)
     assert {p: r["status"] for p, r in rows.items()} == {
-        "/files/clips/transparent.webm": "ok", "/files/clips/bunny.webm": "ok", CORRUPT[0]: "ok",
-        JPEG: "not-media", MISSING: "http-4xx", IMAGE: "ok"}
+        **dict.fromkeys(GOOD, "ok"), CORRUPT[0]: "ok", JPEG: "not-media", MISSING: "http-4xx", IMAGE: "ok", TRACK: "ok"}
+    assert (rows[TRACK]["media_kind"], rows[TRACK]["sniffed_type"]) == ("track", "vtt")
     assert rows[JPEG]["media_kind"] == "image" and rows[MISSING]["http_status"] == 404
     assert rows["/files/clips/bunny.webm"]["media_kind"] == "video" and rows["/files/clips/bunny.webm"]["sniffed_type"] == "webm"
     assert m["fetch_status_files"] == sorted(p.name for p in out.glob("fetch_status-*.parquet")) != []
@@ -172,9 +182,9 @@ def test_without_fetch_media_nothing_is_requested_and_videos_are_not_in_crawl(tm
     assert server.requests == []
     assert m["reconciles"], m["reconciliation_errors"]
     assert "video_fetch" not in m["stages"] and "video_unresolved" not in m["stages"]
-    assert m["stages"]["video_candidates"]["dropped"] == {"not-in-crawl": 6}
+    assert m["stages"]["video_candidates"]["dropped"] == {"not-in-crawl": 7}
     rows = video_rows(tmp_path / "out")
-    assert len(rows) == 6 and {r["error_message"] for r in rows} == {"not-in-crawl: no record for any source"}
+    assert len(rows) == 7 and {r["error_message"] for r in rows} == {"not-in-crawl: no record for any source"}
     assert m["fetch_status_files"] == [] and not list((tmp_path / "out").glob("fetch_status-*.parquet"))
 
 
@@ -183,13 +193,13 @@ def test_build_all_fetches_images_and_videos_and_every_corpus_reconciles(tmp_pat
     for corpus, m in manifests.items():
         assert m["reconciles"], (corpus, m["reconciliation_errors"])
     s = manifests["m3w"]["stages"]
-    assert s["fetch"]["in"] == 1 and s["video_fetch"]["in"] == 5 and s["video_fetch"]["kept"] == {"ok": 3}
-    for path in list(GOOD) + [CORRUPT[0], JPEG, MISSING, IMAGE]:
+    assert s["fetch"]["in"] == 1 and s["video_fetch"]["in"] == 7 and s["video_fetch"]["kept"] == {"ok": 5}
+    for path in list(GOOD) + [CORRUPT[0], JPEG, MISSING, IMAGE, TRACK]:
         assert server.count(path) == 1, path
     out = tmp_path / "out"
     assert set(status_rows(out / "m3w")) == {IMAGE}  # image rows beside the M3W corpus, video rows beside the videos
-    assert set(status_rows(out / "video")) == set(GOOD) | {CORRUPT[0], JPEG, MISSING}
+    assert set(status_rows(out / "video")) == set(GOOD) | {CORRUPT[0], JPEG, MISSING, TRACK}
     assert manifests["pairs"]["fetch_status_files"] == []
     for corpus in ("m3w", "video"):
         assert manifests[corpus]["fetch_status_files"] == sorted(p.name for p in (out / corpus).glob("fetch_status-*.parquet")) != []
-    assert manifests["video"]["totals"]["samples"] == 3
+    assert manifests["video"]["totals"]["samples"] == 4
