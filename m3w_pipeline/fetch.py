@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from urllib.parse import quote, urljoin, urlsplit
 
 from m3w_pipeline.config import FetchConfig
-from m3w_pipeline.media import is_webvtt, sniff_image_type
+from m3w_pipeline.media import is_webvtt, sniff_image_type, sniff_video_type
 
 OK = "ok"
 # Every URL ends with exactly one of these (stable names: they are counters and table values).
@@ -102,7 +102,7 @@ class FetchResult:
     http_status: Optional[int] = None
     final_url: Optional[str] = None  # after redirects (the last URL requested)
     content_type: Optional[str] = None  # as the server declared it (not trusted)
-    sniffed_type: Optional[str] = None  # from magic bytes: jpeg, png, ..., mp4, mov, webm, mkv, ogg
+    sniffed_type: Optional[str] = None  # from magic bytes: jpeg, png, ..., mp4, mov, webm, mkv, ogv, ..., vtt
     media_kind: Optional[str] = None  # image | video | track (WebVTT)
     bytes: int = 0  # body bytes read (0 when the body was not read)
     # Tries on the network (connection or request): retries, redirect hops and re-sends on a
@@ -153,28 +153,16 @@ def status_table(results: Iterable[FetchResult | dict[str, Any]]):
 def sniff_media_type(data: bytes) -> tuple[Optional[str], Optional[str]]:
     """(media kind, type) from magic bytes; (None, None) for anything that is not media.
 
-    Images via `sniff_image_type`; videos: ISO BMFF `ftyp` (mp4, or mov for the
-    QuickTime brand), EBML `1A45DFA3` (webm by DocType, else mkv) and Ogg `OggS`; WebVTT
-    caption tracks as ("track", "vtt").
+    Images via `sniff_image_type`, videos via `sniff_video_type` (the containers the video
+    corpus knows), WebVTT caption tracks as ("track", "vtt").
     """
     image = sniff_image_type(data)
     if image is not None:
         return "image", image
     if is_webvtt(data):
         return "track", "vtt"
-    video = _sniff_video_type(data[:64])
+    video = sniff_video_type(data)
     return ("video", video) if video else (None, None)
-
-
-def _sniff_video_type(head: bytes) -> Optional[str]:
-    """Video container from its first bytes (after images were ruled out)."""
-    if head[4:8] == b"ftyp":
-        return "mov" if head[8:12] == b"qt  " else "mp4"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "webm" if b"webm" in head else "mkv"
-    if head.startswith(b"OggS"):
-        return "ogg"
-    return None
 
 
 # ----------------------------------------------------------------------------- opt-out

@@ -108,6 +108,35 @@ class _Drop(Exception):
 # --------------------------------------------------------------------------- sniffing
 
 
+_MOV_TOP_BOXES = (b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+_TS_PACKET = 188
+
+
+def sniff_video_type(data: bytes) -> str | None:
+    """Container kind from magic bytes: mp4, mov, webm, mkv, ogv, avi, flv, ts, mpg, or None."""
+    head = data[:64]
+    if head[4:8] == b"ftyp":
+        if sniff_image_type(data) in ("avif", "heic"):
+            return None
+        return "mov" if head[8:12] == b"qt  " else "mp4"
+    if head[4:8] in _MOV_TOP_BOXES and len(data) >= 16:
+        return "mov"
+    if head.startswith(_EBML_MAGIC):
+        return "webm" if b"webm" in data[:64] else "mkv"
+    if head.startswith(b"OggS"):
+        return "ogv"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"FLV\x01"):
+        return "flv"
+    if head[:4] == b"\x00\x00\x01\xba":
+        return "mpg"
+    if len(data) > 2 * _TS_PACKET and data[0] == data[_TS_PACKET] == data[2 * _TS_PACKET] == 0x47:
+        return "ts"
+    return None
+
+
 def is_webvtt(data: bytes) -> bool:
     """A WebVTT caption track (the `<track>` files of `<video>`)."""
     return data.lstrip(b"\xef\xbb\xbf")[:6] == b"WEBVTT"

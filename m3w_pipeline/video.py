@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from m3w_pipeline.config import ImageConfig, VideoConfig
-from m3w_pipeline.media import _encode, _fit_size, _flatten_alpha, _resize, is_webvtt, sniff_image_type
+from m3w_pipeline.media import _encode, _fit_size, _flatten_alpha, _resize, is_webvtt, sniff_image_type, sniff_video_type
 
 VIDEO_OK = "ok"
 VIDEO_DROP_REASONS: tuple[str, ...] = (
@@ -64,9 +64,6 @@ VIDEO_DROP_REASONS: tuple[str, ...] = (
 # Sniffed kind -> FFmpeg demuxer name.
 _DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska", "ogv": "ogg",
              "avi": "avi", "flv": "flv", "ts": "mpegts", "mpg": "mpeg"}
-_MOV_TOP_BOXES = (b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")
-_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
-_TS_PACKET = 188
 # FFmpeg pixel formats with an alpha plane.
 _ALPHA_FORMATS = re.compile(r"^(yuva|rgba|bgra|argb|abgr|gbrap|ya|pal8)")
 # VP8/VP9 alpha lives in Matroska BlockAdditional data that only libvpx decodes.
@@ -137,30 +134,6 @@ class _Drop(Exception):
 
 
 # --------------------------------------------------------------------------- sniffing
-
-
-def sniff_video_type(data: bytes) -> Optional[str]:
-    """Container kind from magic bytes: mp4, mov, webm, mkv, ogv, avi, flv, ts, mpg, or None."""
-    head = data[:64]
-    if head[4:8] == b"ftyp":
-        if sniff_image_type(data) in ("avif", "heic"):
-            return None
-        return "mov" if head[8:12] == b"qt  " else "mp4"
-    if head[4:8] in _MOV_TOP_BOXES and len(data) >= 16:
-        return "mov"
-    if head.startswith(_EBML_MAGIC):
-        return "webm" if b"webm" in data[:64] else "mkv"
-    if head.startswith(b"OggS"):
-        return "ogv"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return "avi"
-    if head.startswith(b"FLV\x01"):
-        return "flv"
-    if head[:4] == b"\x00\x00\x01\xba":
-        return "mpg"
-    if len(data) > 2 * _TS_PACKET and data[0] == data[_TS_PACKET] == data[2 * _TS_PACKET] == 0x47:
-        return "ts"
-    return None
 
 
 def media_kind(content_type: str, data: bytes) -> str:

@@ -119,7 +119,9 @@ def test_sniff_media_type_images_and_videos():
     assert sniff_media_type(make_video("mp4")) == ("video", "mp4")
     assert sniff_media_type(make_video("webm")) == ("video", "webm")
     assert sniff_media_type(b"\x1a\x45\xdf\xa3\x93\x42\x82\x88matroska" + b"\0" * 40) == ("video", "mkv")
-    assert sniff_media_type(b"OggS\x00\x02" + b"\0" * 40) == ("video", "ogg")
+    assert sniff_media_type(b"OggS\x00\x02" + b"\0" * 40) == ("video", "ogv")  # the video corpus's names
+    assert sniff_media_type(b"RIFF\x00\x00\x00\x00AVI LIST" + b"\0" * 40) == ("video", "avi")
+    assert sniff_media_type(b"\xef\xbb\xbfWEBVTT\n\n00:00.000 --> 00:01.000\nhi\n") == ("track", "vtt")
     assert sniff_media_type(b"\x00\x00\x00\x14ftypqt  \x00\x00\x02\x00qt  ") == ("video", "mov")
     assert sniff_media_type(b"<!doctype html><html>") == (None, None)
     assert sniff_media_type(b"") == (None, None)
