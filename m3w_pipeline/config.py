@@ -221,6 +221,9 @@ class FetchConfig:
     ca_file: str = ""
     # Resolved addresses are reused this long (getaddrinfo gives no TTL).
     dns_cache_s: float = 300.0
+    # A name lookup that has not answered by then fails as dns (retryable): getaddrinfo has no
+    # timeout of its own, and a hung resolver must not hold a fetch thread for the OS's minute.
+    dns_timeout_s: float = 10.0
     # Idle keep-alive connections are kept this long per (host, address).
     idle_connection_s: float = 30.0
 

@@ -41,6 +41,7 @@ import time
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -57,7 +58,7 @@ FETCH_STATUSES: tuple[str, ...] = (
     "ok",  # a complete body whose magic bytes are an image or a video
     "bad-url",  # unparsable, not http(s), no host, bad port; also a redirect to such a URL
     "blocked-address",  # resolves to a private/loopback/link-local/multicast/reserved address
-    "dns",  # the host name does not resolve
+    "dns",  # the host name does not resolve (or gives no answer within dns_timeout_s)
     "connect",  # connection refused or network unreachable
     "timeout",  # connect, read or whole-request timeout (after retries)
     "tls",  # certificate or TLS handshake failure
@@ -542,6 +543,8 @@ class Fetcher:
         self._pool = _ConnectionPool(config.per_host_concurrency, config.idle_connection_s)
         self._executor: Optional[ThreadPoolExecutor] = None
         self._executor_lock = threading.Lock()
+        # Lookups run here so a fetch can stop waiting for one (a hung lookup keeps only its thread).
+        self._dns_executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="m3w-dns")
 
     # -- lifecycle
 
@@ -557,6 +560,7 @@ class Fetcher:
             if self._executor is not None:
                 self._executor.shutdown(wait=True, cancel_futures=True)
                 self._executor = None
+        self._dns_executor.shutdown(wait=False, cancel_futures=True)  # a hung lookup may still be running
         self._pool.close()
 
     def _pool_executor(self) -> ThreadPoolExecutor:
@@ -762,8 +766,12 @@ class Fetcher:
             cached = self._dns.get((host, port))
         if cached is not None and now - cached[0] <= self.config.dns_cache_s:
             return cached[1]
+        lookup = self._dns_executor.submit(self._resolve, host, port)
         try:
-            addresses = list(self._resolve(host, port))
+            addresses = list(lookup.result(timeout=self.config.dns_timeout_s))
+        except FutureTimeout:
+            lookup.cancel()
+            raise _Failure("dns", f"{host}: no answer within dns_timeout_s {self.config.dns_timeout_s}s", retryable=True) from None
         except socket.gaierror as err:
             retryable = err.errno == socket.EAI_AGAIN
             raise _Failure("dns", f"{host}: {err.strerror or err}", retryable=retryable) from None

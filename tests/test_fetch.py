@@ -8,6 +8,7 @@ only where the address policy must refuse them before a socket is opened.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -111,6 +112,25 @@ def test_status_taxonomy_is_fixed_and_complete():
 )
 def test_is_public_address(ip, public):
     assert is_public_address(ip) is public
+
+
+def test_a_hung_name_lookup_fails_as_dns_without_holding_the_fetch(server):
+    """getaddrinfo has no timeout: a resolver that never answers must not hold the fetch."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hung(host, port):
+        entered.set()
+        release.wait(30)  # far beyond dns_timeout_s; released at the end of the test
+        return ["127.0.0.1"]
+
+    try:
+        result = fetch(server, f"http://slow.test:{server.port}/img/hung-dns.png", resolver=hung, host_overrides={},
+                       allow_private_addresses=True, dns_timeout_s=0.2, max_retries=0)
+        assert entered.is_set() and not release.is_set()  # the lookup was still hanging when the fetch ended
+        assert result.status == "dns" and "no answer within dns_timeout_s 0.2s" in result.error
+        assert result.attempts == 0 and server.count("/img/hung-dns.png") == 0  # nothing was sent
+    finally:
+        release.set()
 
 
 def test_sniff_media_type_images_and_videos():
