@@ -214,6 +214,10 @@ class FetchConfig:
     allow_private_addresses: bool = False
     # X-Robots-Tag noai / noimageai and TDMRep tdm-reservation: 1 make a URL opt-out.
     honour_opt_out: bool = True
+    # Fetch each origin's robots.txt (RFC 9309) and skip paths it disallows for our user-agent
+    # token (status robots); kept this long per origin (the RFC's 24 hours).
+    honour_robots_txt: bool = True
+    robots_cache_s: float = 86_400.0
     # Also honour noai/noimageai scoped to another crawler ("X-Robots-Tag: CCBot: noai"):
     # they state a wish about AI use of the content, and CCBot is where our pages come from.
     opt_out_any_agent: bool = True

@@ -6,7 +6,8 @@ exactly one status from `FETCH_STATUSES` (never an exception), so the job can
 count outcomes per status and write them as a status table (`status_table`).
 
 One request, in order:
-  parse URL (http/https only) -> resolve the host ourselves (or take a host_overrides
+  parse URL (http/https only) -> the origin's robots.txt allows the path for our agent token
+  (fetched once per origin and `robots_cache_s`, through the same checks) -> resolve the host ourselves (or take a host_overrides
   address) -> refuse the name if any address is non-public -> take a per-host slot
   (concurrency limit + politeness delay) -> connect to exactly the checked IPs (no second
   DNS lookup, so DNS rebinding cannot swap them) -> send GET with our User-Agent -> read the head
@@ -48,6 +49,7 @@ from email.utils import parsedate_to_datetime
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from urllib.parse import quote, urljoin, urlsplit
+from urllib.robotparser import RobotFileParser
 
 from m3w_pipeline.config import FetchConfig
 from m3w_pipeline.media import is_webvtt, sniff_image_type, sniff_video_type
@@ -71,6 +73,7 @@ FETCH_STATUSES: tuple[str, ...] = (
     "too-large",  # Content-Length or the streamed body exceeds max_bytes
     "not-media",  # magic bytes of no image, video or WebVTT track (whatever Content-Type says), or not the kind the URL needs
     "opt-out",  # X-Robots-Tag noai/noimageai or tdm-reservation: 1 (body not read)
+    "robots",  # the origin's robots.txt disallows the path for our user-agent token (nothing requested)
     "error",  # protocol violation or anything unexpected; the detail says what
 )
 MEDIA_KINDS = ("image", "video")
@@ -83,6 +86,7 @@ _VALUED_ROBOTS_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-
 _SNIFF_BYTES = 4096  # enough for every magic we know (SVG looks this far for <svg)
 _READ_CHUNK = 65536
 _DNS_CACHE_MAX = 100_000
+_ROBOTS_MAX_REDIRECTS = 5  # RFC 9309: follow at least five
 _GATES_PRUNE_AT = 10_000
 _MAX_IDLE_CONNECTIONS = 256
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -543,6 +547,9 @@ class Fetcher:
         self._pool = _ConnectionPool(config.per_host_concurrency, config.idle_connection_s)
         self._executor: Optional[ThreadPoolExecutor] = None
         self._executor_lock = threading.Lock()
+        self._robots: dict[str, tuple[float, RobotFileParser]] = {}  # origin -> (fetched at, rules)
+        self._robots_locks: dict[str, threading.Lock] = {}  # one robots.txt fetch per origin at a time
+        self._robots_lock = threading.Lock()
         # Lookups run here so a fetch can stop waiting for one (a hung lookup keeps only its thread).
         self._dns_executor = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="m3w-dns")
 
@@ -644,6 +651,7 @@ class Fetcher:
             result.final_url = current
             result.http_status = result.content_type = result.address = None  # this hop's, once known
             target = _parse_target(current)
+            self._check_robots(target)
             response = self._request_with_retries(target, result)
             result.http_status = response.http_status
             result.content_type = response.content_type
@@ -659,11 +667,11 @@ class Fetcher:
                 raise _Failure("too-many-redirects", f"more than {self.config.max_redirects} redirects, next {response.location[:200]}", http_status=response.http_status)
             current = urljoin(current, response.location)
 
-    def _request_with_retries(self, target: _Target, result: FetchResult) -> _Response:
+    def _request_with_retries(self, target: _Target, result: FetchResult, media: bool = True) -> _Response:
         """One hop: attempt, and on a retryable failure back off and try again."""
         for retry in range(self.config.max_retries + 1):
             try:
-                return self._attempt(target, result)
+                return self._attempt(target, result, media)
             except _Failure as failure:
                 wait = self._retry_wait(failure, retry, target)
                 if wait is None:
@@ -692,7 +700,7 @@ class Fetcher:
         result.bytes = failure.bytes_read
         result.data = None
 
-    def _attempt(self, target: _Target, result: FetchResult) -> _Response:
+    def _attempt(self, target: _Target, result: FetchResult, media: bool = True) -> _Response:
         """One request: check the address, wait for a host slot, exchange, read the body."""
         ips, port = self._checked_addresses(target)
         result.attempts += 1  # from here on we touch the network
@@ -713,7 +721,7 @@ class Fetcher:
                     resp, sock = self._send(conn, target)
                 address = self._peer_address(target, sock, ips, port)
                 result.http_status, result.content_type, result.address = resp.status, resp.getheader("Content-Type"), address
-                outcome, keep = self._read_response(resp, sock, address, deadline)
+                outcome, keep = self._read_response(resp, sock, address, deadline, media)
                 return outcome
             except _Failure:
                 raise
@@ -785,6 +793,55 @@ class Fetcher:
             self._dns[(host, port)] = (now, addresses)
         return addresses
 
+    # -- robots.txt (RFC 9309)
+
+    def _check_robots(self, target: _Target) -> None:
+        """Raise robots when the origin's robots.txt disallows the path for our agent token."""
+        if not self.config.honour_robots_txt or target.path == "/robots.txt":
+            return
+        if not self._robots_rules(target).can_fetch(self._agent_token, target.url):
+            raise _Failure("robots", f"robots.txt of {target.scheme}://{target.authority} disallows {target.path[:200]} "
+                                     f"for {self._agent_token!r}")
+
+    def _robots_rules(self, target: _Target) -> RobotFileParser:
+        """The origin's rules, fetched once per `robots_cache_s` (concurrent fetches of one origin wait
+        for the first)."""
+        origin = f"{target.scheme}://{target.authority}"
+        with self._robots_lock:
+            if len(self._robots) >= _DNS_CACHE_MAX:
+                self._robots.clear()
+                self._robots_locks.clear()
+            lock = self._robots_locks.setdefault(origin, threading.Lock())
+        with lock:
+            cached = self._robots.get(origin)
+            if cached is not None and time.monotonic() - cached[0] <= self.config.robots_cache_s:
+                return cached[1]
+            rules = self._fetch_robots(origin)
+            with self._robots_lock:
+                self._robots[origin] = (time.monotonic(), rules)
+            return rules
+
+    def _fetch_robots(self, origin: str) -> RobotFileParser:
+        """robots.txt as RFC 9309 reads it: 2xx -> its rules; 4xx, or no answer at all (the media
+        request then fails with its own status) -> everything allowed; 5xx or too many redirects ->
+        everything disallowed (the server is there but cannot say)."""
+        rules = RobotFileParser()
+        current, scratch = origin + "/robots.txt", FetchResult(url=origin + "/robots.txt", status="error")
+        try:
+            for _ in range(_ROBOTS_MAX_REDIRECTS + 1):
+                response = self._request_with_retries(_parse_target(current), scratch, media=False)
+                if response.location is None:
+                    rules.parse(response.body.decode("utf-8", "replace").splitlines())
+                    for entry in rules.entries + ([rules.default_entry] if rules.default_entry else []):
+                        # RFC 9309: the longest matching rule wins, allow on a tie (the parser takes the first)
+                        entry.rulelines.sort(key=lambda rule: (-len(rule.path), not rule.allowance))
+                    return rules
+                current = urljoin(current, response.location)
+            rules.parse(["User-agent: *", "Disallow: /"])
+        except _Failure as failure:
+            rules.parse(["User-agent: *", "Disallow: /"] if failure.status == "http-5xx" else [])
+        return rules
+
     def _gate(self, host: str) -> _HostGate:
         with self._gates_lock:
             gate = self._gates.get(host)
@@ -825,8 +882,10 @@ class Fetcher:
         sock = conn.sock  # kept: getresponse() drops conn.sock when the server will close
         return conn.getresponse(), sock
 
-    def _read_response(self, resp: http.client.HTTPResponse, sock: socket.socket, address: str, deadline: float) -> tuple[_Response, bool]:
-        """Head -> redirect, failure or body; returns (response, connection reusable)."""
+    def _read_response(self, resp: http.client.HTTPResponse, sock: socket.socket, address: str, deadline: float,
+                       media: bool = True) -> tuple[_Response, bool]:
+        """Head -> redirect, failure or body; returns (response, connection reusable). `media`
+        False (robots.txt): no opt-out check and no sniffing."""
         code = resp.status
         content_type = resp.getheader("Content-Type")
         if code in _REDIRECT_CODES:
@@ -836,12 +895,12 @@ class Fetcher:
             return _Response(code, content_type, address, location=location.strip()), False
         if not 200 <= code < 300:
             raise _http_failure(code, resp.getheader("Retry-After"))
-        if self.config.honour_opt_out:
+        if media and self.config.honour_opt_out:
             reason = opt_out_reason(resp.msg, self._agent_token, self.config.opt_out_any_agent)
             if reason:
                 raise _Failure("opt-out", reason, http_status=code)
         self._check_declared_length(resp, code)
-        body, sniffed = self._read_body(resp, sock, code, deadline)
+        body, sniffed = self._read_body(resp, sock, code, deadline, media)
         return _Response(code, content_type, address, body=body, sniffed=sniffed), not resp.will_close
 
     def _check_declared_length(self, resp: http.client.HTTPResponse, code: int) -> None:
@@ -849,7 +908,8 @@ class Fetcher:
         if declared and declared.strip().isdigit() and int(declared) > self.config.max_bytes:
             raise _Failure("too-large", f"Content-Length {int(declared)} > max_bytes {self.config.max_bytes}", http_status=code)
 
-    def _read_body(self, resp: http.client.HTTPResponse, sock: socket.socket, code: int, deadline: float) -> tuple[bytes, tuple[Optional[str], Optional[str]]]:
+    def _read_body(self, resp: http.client.HTTPResponse, sock: socket.socket, code: int, deadline: float,
+                   media: bool = True) -> tuple[bytes, tuple[Optional[str], Optional[str]]]:
         """Stream the body under the byte cap and the deadline; sniff as soon as we can."""
         cap = self.config.max_bytes
         decoder = _content_decoder(resp.getheader("Content-Encoding"), code)
@@ -869,7 +929,7 @@ class Fetcher:
             if size > cap:
                 raise _Failure("too-large", f"body over max_bytes {cap}", http_status=code, bytes_read=size)
             done = not raw or (not resp.chunked and resp.length == 0)
-            if sniffed is None and (size >= _SNIFF_BYTES or done):
+            if media and sniffed is None and (size >= _SNIFF_BYTES or done):
                 sniffed = sniff_media_type(b"".join(chunks)[:_SNIFF_BYTES])
                 if sniffed[0] is None:
                     head = b"".join(chunks)[:16]
@@ -879,8 +939,8 @@ class Fetcher:
         if not resp.chunked and resp.length:
             raise _Failure("truncated", f"body ended {resp.length} bytes before its Content-Length", retryable=True, http_status=code, bytes_read=size)
         resp.close()
-        assert sniffed is not None
-        return b"".join(chunks), sniffed
+        assert sniffed is not None or not media
+        return b"".join(chunks), sniffed or (None, None)
 
 
 def _join_address(ip: str, port: int) -> str:

@@ -19,6 +19,7 @@ Routes of `MediaServer` (any route takes `?ct=TYPE` to override Content-Type and
     /redirect/N/REST                            N relative redirects, then REST
     /redirect-to?url=URL                        302 to URL
     /files/...                                  whatever `add_file` registered (benchmarks)
+    /robots.txt                                 `robots` = (status, text) when set
     anything else                               404, or a generated 400x300 JPEG with catch_all_images=True
 """
 from __future__ import annotations
@@ -169,6 +170,7 @@ class MediaServer:
         # Answer any path no route knows with a generated JPEG (stands in for the real web).
         self.catch_all_images = catch_all_images
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.robots: Optional[tuple[int, str]] = None  # /robots.txt (status, text); None: the routes below
         self.in_flight = 0  # requests being answered right now
         self.max_in_flight = 0  # the most at once since start (or reset_in_flight)
         self._flight_lock = threading.Lock()
@@ -250,6 +252,9 @@ class MediaServer:
         if path in self.files:
             data, content_type = self.files[path]
             return Reply(body=data, content_type=content_type)
+        if path == "/robots.txt" and self.robots is not None:
+            status, text = self.robots
+            return Reply(status=status, body=text.encode(), content_type="text/plain")
         if head == "img" and len(parts) == 2:
             return self._image_reply(parts[1], query)
         if head == "video" and len(parts) == 2:

@@ -119,6 +119,9 @@ def test_real_common_crawl_pages_get_their_images_fetched_in_page_order(tmp_path
     by_path = Counter()
     for url, r in rows.items():
         by_path[(urlsplit(url).hostname, urlsplit(url).path + (f"?{urlsplit(url).query}" if urlsplit(url).query else ""))] += r["attempts"]
+    robots = Counter({k: n for k, n in requested.items() if k[1] == "/robots.txt"})
+    assert robots == Counter({(h, "/robots.txt"): len(s) for h, s in schemes_by_host.items()})  # once per origin
+    requested -= robots
     assert requested == by_path, {k: (v, by_path[k]) for k, v in requested.items() if v != by_path[k]}
     assert m["fetch_status_files"] == sorted(p.name for p in (tmp_path / "out").glob("fetch_status-*.parquet"))
 
@@ -135,6 +138,7 @@ FAULTS = {
     # loopback, but not the overridden host: blocked before connecting (and harmless if it were not)
     "private-redirect": ("/redirect-to?url=http://127.0.0.2/img/x.png", "blocked-address"),
     "noai": ("/img/noai.png?hdr=X-Robots-Tag:noai", "opt-out"),
+    "robots": ("/img/private/robots.png", "robots"),  # the server's robots.txt disallows /img/private/
 }
 
 
@@ -149,6 +153,7 @@ def fault_crawl(tmp_path: Path, base: str) -> Path:
 def test_planted_faults_end_with_the_right_status_and_shared_urls_are_fetched_once(tmp_path):
     """Pages name media.test; the override points it at the local server (trusted), nothing else is."""
     with MediaServer() as server:
+        server.robots = (200, "User-agent: *\nDisallow: /img/private/\n")
         base = f"http://media.test:{server.port}"
         crawl = fault_crawl(tmp_path, base)
         config = write_config(tmp_path / "config.json", {"host_overrides": {"media.test": "127.0.0.1"}})
@@ -165,9 +170,11 @@ def test_planted_faults_end_with_the_right_status_and_shared_urls_are_fetched_on
     assert counts["/status/404"] == 1  # a 404 is not retried
     assert counts["/redirect-to?url=http://127.0.0.2/img/x.png"] == 1  # the private hop was never requested
     assert counts["/img/noai.png?hdr=X-Robots-Tag:noai"] == 1
+    assert counts["/img/private/robots.png"] == 0 and server.count("/robots.txt") == 1  # read once, obeyed
     s = m["stages"]
     assert s["fetch"]["in"] == len(FAULTS) + 1 and s["fetch"]["kept"]["ok"] == 4
     assert s["image_refs"]["dropped"]["fetch-opt-out"] == 1 and s["image_refs"]["dropped"]["fetch-timeout"] == 1
+    assert s["image_refs"]["dropped"]["fetch-robots"] == 1 and s["fetch"]["dropped"]["robots"] == 1
     assert s["documents"]["kept"]["kept"] == len(FAULTS) and m["reconciles"]  # the shared image keeps every page
 
 

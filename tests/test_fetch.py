@@ -78,6 +78,7 @@ def config(server: MediaServer, **overrides) -> FetchConfig:
         backoff_max_s=0.05,
         per_host_delay_s=0.0,
         host_overrides={"media.test": f"127.0.0.1:{server.port}"},
+        honour_robots_txt=False,  # tested on its own below (the build tests run with it on)
     )
     values.update(overrides)
     return FetchConfig(**values)
@@ -131,6 +132,45 @@ def test_a_hung_name_lookup_fails_as_dns_without_holding_the_fetch(server):
         assert result.attempts == 0 and server.count("/img/hung-dns.png") == 0  # nothing was sent
     finally:
         release.set()
+
+
+ROBOTS = """# a comment
+User-agent: m3w-bot
+Allow: /img/
+Disallow: /img/private/
+
+User-agent: *
+Disallow: /
+"""
+
+
+def test_robots_txt_is_read_once_per_origin_and_disallowed_paths_are_not_requested():
+    with MediaServer() as srv:
+        srv.robots = (200, ROBOTS)
+        urls = [f"http://media.test/img/p{i}.png" for i in range(4)] + ["http://media.test/img/private/x.png"]
+        with Fetcher(config(srv, honour_robots_txt=True, user_agent="m3w-bot/0.1 (+https://example.org/bot)"),
+                     resolve=numeric_resolver()) as fetcher:
+            results = {r.url: r for r in fetcher.fetch_many(urls)}
+        blocked = results["http://media.test/img/private/x.png"]  # the longer rule wins, though listed second
+        assert blocked.status == "robots" and "disallows /img/private/x.png for 'm3w-bot'" in blocked.error
+        assert blocked.attempts == 0 and srv.count("/img/private/x.png") == 0  # never requested
+        assert all(results[u].status == "ok" for u in urls[:4])
+        assert srv.count("/robots.txt") == 1  # once for the origin, though five URLs raced for it
+        # another agent token falls under "*": everything disallowed
+        with Fetcher(config(srv, honour_robots_txt=True, user_agent="otherbot/1.0"), resolve=numeric_resolver()) as f:
+            assert f.fetch("http://media.test/img/p0.png").status == "robots"
+        with Fetcher(config(srv, user_agent="otherbot/1.0"), resolve=numeric_resolver()) as f:  # honour_robots_txt off
+            assert f.fetch("http://media.test/img/p0.png").status == "ok"
+
+
+@pytest.mark.parametrize("robots, status", [((404, "gone"), "ok"), ((503, "down"), "robots"), ((200, ""), "ok")])
+def test_robots_txt_errors_as_rfc_9309_reads_them(robots, status):
+    """4xx: no rules, everything allowed; 5xx: the server cannot say, everything disallowed."""
+    with MediaServer() as srv:
+        srv.robots = robots
+        with Fetcher(config(srv, honour_robots_txt=True, max_retries=0), resolve=numeric_resolver()) as fetcher:
+            assert fetcher.fetch("http://media.test/img/a.png").status == status
+        assert srv.count("/img/a.png") == (status == "ok")
 
 
 def test_sniff_media_type_images_and_videos():
