@@ -822,9 +822,9 @@ class Fetcher:
             return rules
 
     def _fetch_robots(self, origin: str) -> RobotFileParser:
-        """robots.txt as RFC 9309 reads it: 2xx -> its rules; 4xx, or no answer at all (the media
-        request then fails with its own status) -> everything allowed; 5xx or too many redirects ->
-        everything disallowed (the server is there but cannot say)."""
+        """robots.txt as RFC 9309 reads it: 2xx -> its rules; 4xx or more than five redirects
+        ("unavailable"), or no answer at all (the media request then fails with its own status)
+        -> everything allowed; 5xx -> everything disallowed (the server is there but cannot say)."""
         rules = RobotFileParser()
         current, scratch = origin + "/robots.txt", FetchResult(url=origin + "/robots.txt", status="error")
         try:
@@ -837,7 +837,7 @@ class Fetcher:
                         entry.rulelines.sort(key=lambda rule: (-len(rule.path), not rule.allowance))
                     return rules
                 current = urljoin(current, response.location)
-            rules.parse(["User-agent: *", "Disallow: /"])
+            rules.parse([])
         except _Failure as failure:
             rules.parse(["User-agent: *", "Disallow: /"] if failure.status == "http-5xx" else [])
         return rules
