@@ -87,6 +87,7 @@ _SNIFF_BYTES = 4096  # enough for every magic we know (SVG looks this far for <s
 _READ_CHUNK = 65536
 _DNS_CACHE_MAX = 100_000
 _ROBOTS_MAX_REDIRECTS = 5  # RFC 9309: follow at least five
+_ROBOTS_CACHE_MAX = 100_000  # origins whose rules are kept; past it the cache starts over
 _GATES_PRUNE_AT = 10_000
 _MAX_IDLE_CONNECTIONS = 256
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -808,7 +809,7 @@ class Fetcher:
         for the first)."""
         origin = f"{target.scheme}://{target.authority}"
         with self._robots_lock:
-            if len(self._robots) >= _DNS_CACHE_MAX:
+            if len(self._robots) >= _ROBOTS_CACHE_MAX:
                 self._robots.clear()
                 self._robots_locks.clear()
             lock = self._robots_locks.setdefault(origin, threading.Lock())
