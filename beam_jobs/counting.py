@@ -8,7 +8,7 @@ from __future__ import annotations
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from m3w_pipeline.accounting import Count
+from m3w_pipeline.core.accounting import Count
 
 COUNTS = "counts"  # the output tag every DoFn emits its Count events under
 

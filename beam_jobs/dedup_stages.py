@@ -40,11 +40,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsList, TaggedOutput
 
 from beam_jobs.counting import COUNTS, count
-from m3w_pipeline import dedup as dd
-from m3w_pipeline.accounting import IN
-from m3w_pipeline.config import DedupConfig
-from m3w_pipeline.document import Document
-from m3w_pipeline.filters import KEPT, Reject
+from m3w_pipeline.core.accounting import IN
+from m3w_pipeline.core.config import DedupConfig
+from m3w_pipeline.core.document import Document
+from m3w_pipeline.filter import dedup as dd
+from m3w_pipeline.filter.filters import KEPT, Reject
 
 REJECTS = "rejects"
 
@@ -305,7 +305,7 @@ class _NearDrops(beam.PTransform):
 
 
 class DedupNearText(beam.PTransform):
-    """Near-duplicate text by MinHash LSH (parameters and S-curve: `m3w_pipeline.dedup`):
+    """Near-duplicate text by MinHash LSH (parameters and S-curve: `m3w_pipeline.filter.dedup`):
 
     signatures -> (band key, rank) -> GroupByKey per bucket -> (member, preferred member)
     pairs -> Distinct -> verified against the signatures (two joins by key, so only

@@ -21,9 +21,9 @@ import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.counting import COUNTS, count
-from m3w_pipeline.config import FetchConfig, ImageConfig
-from m3w_pipeline.fetch import FetchResult, Fetcher
-from m3w_pipeline.media import ImageResult, process_image
+from m3w_pipeline.core.config import FetchConfig, ImageConfig
+from m3w_pipeline.media.fetch import Fetcher, FetchResult
+from m3w_pipeline.media.images import ImageResult, process_image
 
 FETCH_STATUS = "fetch_status"
 FETCH_STAGE = "fetch"

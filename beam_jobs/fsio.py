@@ -7,7 +7,7 @@ from typing import BinaryIO, Callable
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from m3w_pipeline import warc
+from m3w_pipeline.read import warc
 
 
 def open_input(path: str) -> BinaryIO:
@@ -42,7 +42,7 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
         write(out)
     try:
         FileSystems.rename([tmp], [path])
-    except Exception:  # some filesystems refuse to rename over an existing file
+    except Exception:  # noqa: BLE001 - some filesystems refuse to rename over an existing file
         if FileSystems.exists(path):
             FileSystems.delete([path])
         FileSystems.rename([tmp], [path])
@@ -69,7 +69,7 @@ def mkdirs(path: str) -> None:
     if not FileSystems.exists(path):
         try:
             FileSystems.mkdirs(path)
-        except Exception:  # object stores have no directories
+        except Exception:  # noqa: BLE001 - object stores have no directories
             pass
 
 

@@ -20,22 +20,21 @@ from typing import Any, Iterable, Iterator, Optional
 import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 
-from m3w_pipeline import warc as warc_lib
-from m3w_pipeline.config import BuildConfig, ExtractConfig, FilterConfig, ImageConfig, ShardConfig, WarcConfig
-from m3w_pipeline.document import assemble_document, document_key
-from m3w_pipeline.extract import extract_page
-from m3w_pipeline.filters import Reject, document_filters, filter_nodes, first_failure
-from m3w_pipeline.media import ImageResult, process_image
-from m3w_pipeline.optout import page_opt_out
-from m3w_pipeline.quality import ScoreCache
-from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
-from m3w_pipeline.accounting import IN, build_manifest
-
 from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, count
 from beam_jobs.dedup_stages import Dedup, SampleRejects
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchMediaFn, fetch_batches
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
+from m3w_pipeline.core.accounting import IN, build_manifest
+from m3w_pipeline.core.config import BuildConfig, ExtractConfig, FilterConfig, ImageConfig, ShardConfig, WarcConfig
+from m3w_pipeline.core.document import assemble_document, document_key
+from m3w_pipeline.extract.optout import page_opt_out
+from m3w_pipeline.extract.page import extract_page
+from m3w_pipeline.filter.filters import Reject, document_filters, filter_nodes, first_failure
+from m3w_pipeline.filter.quality import ScoreCache
+from m3w_pipeline.media.images import ImageResult, process_image
+from m3w_pipeline.read import warc as warc_lib
+from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
 
 MEDIA = "media"
 BROKEN = "broken"
@@ -53,7 +52,7 @@ class ReadWarcFn(beam.DoFn):
     def process(self, path: str) -> Iterator[Any]:
         try:
             stream = fsio.open_input(path)
-        except Exception as err:  # missing, forbidden, network: the file is reported, the job goes on
+        except Exception as err:  # noqa: BLE001 - missing, forbidden, network: the file is reported, the job goes on
             yield TaggedOutput(BROKEN, dataclasses.asdict(warc_lib.BrokenFile(path, "unreadable", f"{type(err).__name__}: {err}", 0)))
             return
         with stream:
@@ -82,7 +81,7 @@ class ExtractFn(beam.DoFn):
         yield count("pages", IN)
         try:
             extracted = extract_page(page.html, page.url, self.config)
-        except Exception:  # the extractor is meant never to raise; if it does, the page is counted, not lost
+        except Exception:  # noqa: BLE001 - the extractor is meant never to raise; if it does, the page is counted, not lost
             yield count("pages", "extract-error")
             return
         opt_out = page_opt_out(page.headers, extracted)
@@ -271,7 +270,7 @@ class WriteStatusTableFn(beam.DoFn):
     def process(self, element: tuple[int, Iterable[dict[str, Any]]]) -> Iterator[str]:
         import pyarrow as pa
 
-        from m3w_pipeline.shards import load_arrow_schema
+        from m3w_pipeline.write.shards import load_arrow_schema
 
         bucket, rows = element
         table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["url"]), schema=load_arrow_schema(self.schema))

@@ -1,6 +1,6 @@
 """Beam stages for the image-text (ALIGN, LTIP) and video-text (VTP) corpora.
 
-Thin wiring over `m3w_pipeline.pairs`, `.video` and `.pair_shards`, fed by the same read
+Thin wiring over `m3w_pipeline.write.pairs`, `.video` and `.pair_shards`, fed by the same read
 and the same extraction as the M3W build:
 
     read[MEDIA] -> split_media -> image records -> (M3W image join, unchanged)
@@ -17,7 +17,7 @@ and the same extraction as the M3W build:
                    -> FetchVideosFn (fetch once per URL; probe + sample a video, parse a track) -> results by key
 
 Every DoFn counts what it consumes per (stage, outcome) with `m3w_job.count`; the
-stage table (kept outcomes, links between stages) is in `m3w_pipeline.accounting`.
+stage table (kept outcomes, links between stages) is in `m3w_pipeline.core.accounting`.
 Shards: samples go to shard int(key[:15], 16) % n, n from the kept count per shard set, so
 identical pairs (same key) meet in one shard, where `dedup_samples` keeps one; the
 writer counts <set>_samples: in / written / duplicate.
@@ -34,13 +34,14 @@ from apache_beam.pvalue import AsDict, TaggedOutput
 from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, count
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batches
-from m3w_pipeline import warc as warc_lib
-from m3w_pipeline.accounting import IN
-from m3w_pipeline.config import BuildConfig, FetchConfig, ImageConfig, PairConfig, VideoConfig
-from m3w_pipeline.fetch import FetchResult
-from m3w_pipeline.media import ImageResult
-from m3w_pipeline.pair_shards import write_pair_shard, write_video_shard
-from m3w_pipeline.pairs import (
+from m3w_pipeline.core.accounting import IN
+from m3w_pipeline.core.config import BuildConfig, FetchConfig, ImageConfig, PairConfig, VideoConfig
+from m3w_pipeline.media.fetch import FetchResult
+from m3w_pipeline.media.images import ImageResult
+from m3w_pipeline.media.video import VideoResult, media_kind, process_video, webvtt_text
+from m3w_pipeline.read import warc as warc_lib
+from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
+from m3w_pipeline.write.pairs import (
     VIDEO_CANDIDATE,
     Pair,
     PairInput,
@@ -52,8 +53,7 @@ from m3w_pipeline.pairs import (
     unfetchable_sample,
     video_candidates,
 )
-from m3w_pipeline.shards import parquet_bytes, sha256_bytes, shard_name
-from m3w_pipeline.video import VideoResult, media_kind, process_video, webvtt_text
+from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, shard_name
 
 VIDEO_MEDIA = "video_media"
 VIDEO_REFS = "video_refs"
@@ -61,7 +61,7 @@ VIDEO_ROWS = "video_rows"
 SOURCE, TRACK = "source", "track"
 VIDEO_FETCH_STAGE = "video_fetch"
 
-# The stages these DoFns count, their kept outcomes and how they link: m3w_pipeline.accounting.
+# The stages these DoFns count, their kept outcomes and how they link: m3w_pipeline.core.accounting.
 
 
 # ----------------------------------------------------------------------------- media split

@@ -8,10 +8,9 @@ from typing import Any, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from m3w_pipeline.config import BuildConfig
-
 from beam_jobs import fsio
 from beam_jobs.m3w_job import MANIFEST_NAME, build_pipeline, corpus_dirs
+from m3w_pipeline.core.config import BuildConfig
 
 # The embedded runner the DirectRunner itself would choose for a batch job. Naming it
 # skips the DirectRunner's attempt to download the Prism runner, which fails offline.

@@ -1,6 +1,6 @@
 """Corpus statistics as a Beam job, for corpora too large for one machine.
 
-    shard refs -> Reshuffle -> shard_stats (per shard, m3w_pipeline.stats) -> CombineGlobally(merge)
+    shard refs -> Reshuffle -> shard_stats (per shard, m3w_pipeline.inspect.stats) -> CombineGlobally(merge)
                -> one CorpusStats, written as JSON
 
 The per-shard function and the merge are the library's own, so the numbers equal
@@ -18,10 +18,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-from m3w_pipeline.stats import Corpus, CorpusStats, ShardRef, StatsConfig, shard_stats
-
 from beam_jobs import fsio
 from beam_jobs.runner import pipeline_options
+from m3w_pipeline.inspect.stats import Corpus, CorpusStats, ShardRef, StatsConfig, shard_stats
 
 RESULT_NAME = "m3w-stats.json"
 

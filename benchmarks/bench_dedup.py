@@ -9,7 +9,7 @@ pipeline on the embedded runner (single process, in-memory) over the same docume
 generated inside the pipeline from their index; an identity pipeline (generate -> count) is
 measured too, and "net" subtracts it (the
 cost of moving the documents through the runner, which the job pays anyway). The pure
-column runs the `m3w_pipeline.dedup` function over the same list in one process: the
+column runs the `m3w_pipeline.filter.dedup` function over the same list in one process: the
 algorithmic cost without Beam. Prints a table and writes the section "## Dedup (issue 3)"
 of benchmarks/RESULTS.md (other sections untouched).
 """
@@ -28,16 +28,16 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import apache_beam as beam  # noqa: E402
-from apache_beam.metrics import Metrics, MetricsFilter  # noqa: E402
+import apache_beam as beam
+from apache_beam.metrics import Metrics, MetricsFilter
 
-from beam_jobs import dedup_stages as ds  # noqa: E402
-from m3w_pipeline import dedup as dd  # noqa: E402
-from m3w_pipeline.config import DedupConfig  # noqa: E402
-from m3w_pipeline.document import DocImage, Document  # noqa: E402
-from m3w_pipeline.media import ProcessedImage  # noqa: E402
-from m3w_pipeline.nodes import ImageRef  # noqa: E402
-from m3w_pipeline.warc import Provenance  # noqa: E402
+from beam_jobs import dedup_stages as ds
+from m3w_pipeline.core.config import DedupConfig
+from m3w_pipeline.core.document import DocImage, Document
+from m3w_pipeline.core.nodes import ImageRef
+from m3w_pipeline.filter import dedup as dd
+from m3w_pipeline.media.images import ProcessedImage
+from m3w_pipeline.read.warc import Provenance
 
 SECTION = "## Dedup (issue 3)"
 CONFIG = DedupConfig()
@@ -200,7 +200,7 @@ def write_section(n: int, repeats: int, table: str) -> None:
         "200-400 words and 2-3 images, with planted URL re-captures (5%), exact copies (8%), near copies\n"
         "(8%, Jaccard ~0.9), a logo on 20% of pages and repeated image sets (3%). Each stage is its own\n"
         "pipeline over all documents, generated inside it from their index; \"net\" subtracts the identity\n"
-        "pipeline (generating the documents, pipeline start-up). \"pure\" runs the m3w_pipeline.dedup functions\n"
+        "pipeline (generating the documents, pipeline start-up). \"pure\" runs the m3w_pipeline.filter.dedup functions\n"
         f"on a list in one process. MinHash: {CONFIG.num_perm} permutations, {CONFIG.bands} bands x {CONFIG.rows} rows, "
         f"{CONFIG.shingle_size}-word shingles, {CONFIG.cc_rounds} label-propagation rounds.\n\n"
         f"{table}\n"

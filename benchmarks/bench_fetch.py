@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from m3w_pipeline.config import FetchConfig, ImageConfig  # noqa: E402
-from m3w_pipeline.fetch import Fetcher  # noqa: E402
-from m3w_pipeline.media import process_image  # noqa: E402
+from m3w_pipeline.core.config import FetchConfig, ImageConfig
+from m3w_pipeline.media.fetch import Fetcher
+from m3w_pipeline.media.images import process_image
 
 IMG2DATASET_PER_CORE = 100.0  # img2dataset's published download+resize throughput, images/s per core
 SECTION = "## Media fetching (issue 3)"
@@ -52,7 +52,7 @@ SECTION = "## Media fetching (issue 3)"
 
 def bench_image(index: int) -> bytes:
     """A distinct JPEG, 256-1024 px on its long side, tuned to land in 30-100 KB."""
-    from media_server import make_image
+    from helpers.media_server import make_image
 
     rng = random.Random(index)
     width = rng.randint(256, 1024)
@@ -70,7 +70,7 @@ def bench_image(index: int) -> bytes:
 
 def serve(n_images: int, pool: int, ready: multiprocessing.Queue) -> None:
     """Child process: preload the images, start the server, report (port, sizes), serve until killed."""
-    from media_server import MediaServer
+    from helpers.media_server import MediaServer
 
     images = [bench_image(i) for i in range(pool)]
     server = MediaServer()

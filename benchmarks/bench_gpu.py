@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.config import FlamingoConfig  # noqa: E402
-from model.data import Sample, collate  # noqa: E402
-from model.factory import build_flamingo  # noqa: E402
-from model.flamingo import Flamingo  # noqa: E402
-from model.train import Runtime, enable_activation_checkpointing, forward_loss_sum, param_groups  # noqa: E402
+from model.config import FlamingoConfig
+from model.factory import build_flamingo
+from model.flamingo import Flamingo
+from model.train.data import Sample, collate
+from model.train.loop import Runtime, enable_activation_checkpointing, forward_loss_sum, param_groups
 
 SIZES: dict[str, dict[str, Any]] = {
     "large": {

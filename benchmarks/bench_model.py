@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import BuiltinLMConfig, BuiltinViTConfig, FlamingoConfig, ResamplerConfig, XAttnConfig  # noqa: E402
-from model.factory import build_flamingo  # noqa: E402
-from model.flamingo import Flamingo, MaskedCrossAttention, MediaContext, media_table, route_tokens, text_labels  # noqa: E402
+from model.config import BuiltinLMConfig, BuiltinViTConfig, FlamingoConfig, ResamplerConfig, XAttnConfig
+from model.factory import build_flamingo
+from model.flamingo import Flamingo, MaskedCrossAttention, MediaContext, media_table, route_tokens, text_labels
 
 BATCH, SEQ_LEN, IMAGE = 8, 256, 32
 IMAGES_PER_SEQ = (1, 2, 4, 8)

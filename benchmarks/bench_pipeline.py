@@ -20,12 +20,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import trafilatura  # noqa: E402
-from warcio.archiveiterator import ArchiveIterator  # noqa: E402
+import trafilatura
+from warcio.archiveiterator import ArchiveIterator
 
-from m3w_pipeline import warc  # noqa: E402
-from m3w_pipeline.extract import extract_page  # noqa: E402
-from m3w_pipeline.sample import write_sample_crawl  # noqa: E402
+from m3w_pipeline.extract.page import extract_page
+from m3w_pipeline.read import warc
+from m3w_pipeline.sample.crawl import write_sample_crawl
 
 
 def baseline_warcio_trafilatura(files: list[Path]) -> int:
@@ -42,7 +42,7 @@ def baseline_warcio_trafilatura(files: list[Path]) -> int:
                     html = record.content_stream().read()
                     trafilatura.extract(html, url=record.rec_headers.get_header("WARC-Target-URI"), include_images=True)
                     pages += 1
-            except Exception:  # the planted broken record at the end of the crawl
+            except Exception:  # noqa: BLE001 - the planted broken record at the end of the crawl
                 pass
     return pages
 
@@ -60,7 +60,7 @@ def ours_extraction(files: list[Path]) -> int:
 
 def ours_images(files: list[Path]) -> int:
     """process_image over every image record: the per-image work inside the job."""
-    from m3w_pipeline.media import process_image
+    from m3w_pipeline.media.images import process_image
 
     n = 0
     for path in files:

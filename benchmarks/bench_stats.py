@@ -22,14 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from m3w_pipeline.accounting import build_manifest  # noqa: E402
-from m3w_pipeline.document import DocImage, Document, document_key  # noqa: E402
-from m3w_pipeline.media import process_image  # noqa: E402
-from m3w_pipeline.nodes import ImageRef  # noqa: E402
-from m3w_pipeline.shards import parquet_bytes, sha256_bytes, write_m3w_shard  # noqa: E402
-from m3w_pipeline.warc import Provenance, url_domain  # noqa: E402
+from m3w_pipeline.core.accounting import build_manifest
+from m3w_pipeline.core.document import DocImage, Document, document_key
+from m3w_pipeline.core.nodes import ImageRef
+from m3w_pipeline.media.images import process_image
+from m3w_pipeline.read.warc import Provenance, url_domain
+from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, write_m3w_shard
 
 WORDS = "the a river bridge garden mural lamp old quiet city harbour painted framed restored gallery".split()
 
@@ -94,9 +94,9 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=20)
     args = parser.parse_args()
 
-    from m3w_pipeline.export import export_mmc4, export_parquet
-    from m3w_pipeline.stats import StatsConfig, compute_stats, open_corpus
-    from m3w_pipeline.validate import ValidateConfig, validate_corpus
+    from m3w_pipeline.inspect.export import export_mmc4, export_parquet
+    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats, open_corpus
+    from m3w_pipeline.inspect.validate import ValidateConfig, validate_corpus
 
     work = ROOT / "benchmarks" / "_work" / "stats"
     shutil.rmtree(work, ignore_errors=True)

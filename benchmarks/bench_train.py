@@ -35,10 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.data import ImageSpec, SourceLoader  # noqa: E402
-from model.demo import demo_config, demo_model, find_shards  # noqa: E402
-from model.tokenizer import ByteTokenizer  # noqa: E402
-from model.train_config import SourceConfig, TrainConfig  # noqa: E402
+from model.tokenizer import ByteTokenizer
+from model.train.config import SourceConfig, TrainConfig
+from model.train.data import ImageSpec, SourceLoader
+from model.train.demo import demo_config, demo_model, find_shards
 
 WORK = ROOT / "benchmarks" / "_work" / "train"
 SPEC = ImageSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -126,9 +126,8 @@ def padding_table(shards: dict[str, list[str]]) -> list[str]:
 
 
 def train_table(shards: dict[str, list[str]], steps: int) -> list[str]:
-    from model.train import (Runtime, accumulate_gradients, build_model, lr_lambda, optimizer_step,
-                             param_groups)
-    from model.mixing import Mixer
+    from model.train.loop import Runtime, accumulate_gradients, build_model, lr_lambda, optimizer_step, param_groups
+    from model.train.mixing import Mixer
 
     rows = ["| mode | sources per step | step | steps/s | tokens/s | images/s |", "|---|---:|---:|---:|---:|---:|"]
     for mode in ("accumulate", "sample"):

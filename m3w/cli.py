@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 
 def _cmd_sample_crawl(args: argparse.Namespace) -> int:
-    from m3w_pipeline.sample import write_sample_crawl
+    from m3w_pipeline.sample.crawl import write_sample_crawl
 
     crawl = write_sample_crawl(args.out_dir, pages=args.pages, seed=args.seed)
     for path in crawl.warc_paths:
@@ -23,7 +23,7 @@ def _cmd_sample_crawl(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from m3w_pipeline.extract import extract_page, page_to_json
+    from m3w_pipeline.extract.page import extract_page, page_to_json
 
     data = Path(args.page).read_bytes()
     if args.page.endswith(".gz"):
@@ -36,17 +36,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _build_config(args: argparse.Namespace) -> Any:
-    from m3w_pipeline.config import BuildConfig
+    from m3w_pipeline.core.config import BuildConfig
+    from m3w_pipeline.core.typed_config import read_config_file
 
-    data: dict[str, Any] = {}
-    if args.config:
-        text = Path(args.config).read_text("utf-8")
-        if args.config.endswith(".toml"):
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
+    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
     overrides = {
         ("filters", "min_words_per_document"): args.min_words,
         ("filters", "min_images_per_document"): args.min_images,
@@ -69,7 +62,7 @@ def _build_config(args: argparse.Namespace) -> Any:
 def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beam_jobs.fsio import expand_inputs
     from beam_jobs.runner import run_build
-    from m3w_pipeline.accounting import summary_lines
+    from m3w_pipeline.core.accounting import summary_lines
 
     config = _build_config(args)
     inputs = expand_inputs(args.input, args.listing_base_url)
@@ -118,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-page-bytes", type=int)
     p.add_argument("--fetch-media", action="store_true", help="fetch referenced images and videos the crawl does not hold (needed for real CC WARCs)")
     p.add_argument("--allow-private-addresses", action="store_true", help="let the fetcher reach private/loopback addresses (tests, intranets)")
-    p.add_argument("--resolve", action="append", metavar="HOST=ADDR[:PORT]", help="point HOST at ADDR when fetching, like curl --resolve (repeatable)")
+    p.add_argument(
+        "--resolve", action="append", metavar="HOST=ADDR[:PORT]",
+        help="point HOST at ADDR when fetching, like curl --resolve (repeatable)",
+    )
     p.add_argument("--user-agent", help="User-Agent for media fetching")
     p.add_argument("--proxy", help="HTTP proxy for media fetching, http://host:port")
 
@@ -136,13 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
 
     try:
-        from model.cli import add_generate_arguments
+        from m3w.model_cli import add_generate_arguments
     except ImportError:  # the model package is optional at run time
         add_generate_arguments = None
     if add_generate_arguments is not None:
         p = sub.add_parser("generate", help="few-shot generation with a trained checkpoint")
         add_generate_arguments(p)
-        from model.cli import add_demo_arguments, add_train_arguments
+        from m3w.model_cli import add_demo_arguments, add_train_arguments
 
         p = sub.add_parser("train", help="train Flamingo on a weighted mix of shards (--config TOML/YAML; torchrun for DDP)")
         add_train_arguments(p)
@@ -169,11 +165,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.beam_args = rest
         return {"stats": inspect_cli.run_stats, "validate": inspect_cli.run_validate, "export": inspect_cli.run_export}[args.command](args)
     if args.command == "generate":
-        from model.cli import run_generate
+        from m3w.model_cli import run_generate
 
         return run_generate(args)
     if args.command in ("train", "demo"):
-        from model.cli import run_demo, run_train
+        from m3w.model_cli import run_demo, run_train
 
         return run_train(args) if args.command == "train" else run_demo(args)
     parser.error(f"unknown command {args.command}")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
+
+from m3w_pipeline.core.typed_config import from_dict
 
 BackboneDType = Literal["float32", "bfloat16", "float16"]
 XAttnImplementation = Literal["routed", "dense"]
@@ -96,24 +98,7 @@ class FlamingoConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FlamingoConfig:
         """Inverse of `to_dict`; unknown keys are an error (a typo must not be silently ignored)."""
-        return _from_dict(cls, data)
-
-
-_T = TypeVar("_T")
-
-
-def _from_dict(cls: type[_T], data: dict[str, Any]) -> _T:
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        default = fields[name].default_factory  # type: ignore[misc]
-        if isinstance(value, dict) and default is not dataclasses.MISSING:
-            value = _from_dict(type(default()), value)
-        kwargs[name] = value
-    return cls(**kwargs)
+        return from_dict(cls, data)
 
 
 def tiny_config(**overrides: Any) -> FlamingoConfig:

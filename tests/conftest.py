@@ -37,7 +37,7 @@ def corpus_build(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_crawl(tmp_path_factory):
-    from m3w_pipeline.sample import write_sample_crawl
+    from m3w_pipeline.sample.crawl import write_sample_crawl
 
     return write_sample_crawl(tmp_path_factory.mktemp("sample_crawl"), pages=120, seed=7)
 

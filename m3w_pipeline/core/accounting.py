@@ -1,0 +1,172 @@
+"""Accounting: per-stage counts that must reconcile, and the manifest written next to the shards.
+
+Each stage has one input counter (`in`) and outcomes. Every outcome is either
+kept (flows to the next stage) or a named drop. A stage reconciles when
+in == sum(outcomes); consecutive stages must also agree (what one keeps, the
+next one reads). A manifest that does not reconcile is a bug, and the job says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+# stage -> outcomes that are not drops. Any other outcome of the stage is a drop reason.
+KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "records": ("page", "media"),
+    "pages": ("extracted",),
+    "image_refs": ("resolved", "missing"),
+    "media_records": ("used",),
+    "documents": ("kept",),
+    "fetch": ("ok",),
+    # node filters, dedup (m3w_pipeline.filter.filters, m3w_pipeline.filter.dedup)
+    "text_nodes": ("kept",),
+    "image_nodes": ("kept",),
+    "images_in_document": ("kept",),
+    "dedup_url": ("kept",),
+    "dedup_text_exact": ("kept",),
+    "dedup_text_near": ("kept",),
+    "images_hot": ("kept",),
+    "dedup_image_sets": ("kept",),
+    "post_dedup": ("kept",),
+    # pairs and video (m3w_pipeline.write.pairs, beam_jobs.pairs_video_stages)
+    "media_kind": ("image", "video"),
+    "pair_documents": ("with-candidates", "no-candidates"),
+    "pair_candidates": ("kept-align", "kept-ltip"),
+    "align_samples": ("written",),
+    "ltip_samples": ("written",),
+    "video_refs": ("candidate",),
+    "video_media_records": ("used",),
+    "video_unresolved": ("to-fetch",),  # video and track URLs no record holds (--fetch-media)
+    "video_fetch": ("ok",),
+    "video_candidates": ("kept",),
+    "video_samples": ("written",),
+}
+
+# (stage, kept outcome) -> the stage whose `in` it must equal, when that stage ran in this build.
+STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
+    ("records", "page", "pages"),
+    ("pages", "extracted", "documents"),
+    ("documents", "kept", "dedup_url"),
+    ("dedup_url", "kept", "dedup_text_exact"),
+    ("dedup_text_exact", "kept", "dedup_text_near"),
+    ("dedup_text_near", "kept", "dedup_image_sets"),
+    ("dedup_image_sets", "kept", "post_dedup"),
+    ("pages", "extracted", "pair_documents"),
+    ("media_kind", "image", "media_records"),
+    ("media_kind", "video", "video_media_records"),
+    ("pair_candidates", "kept-align", "align_samples"),
+    ("pair_candidates", "kept-ltip", "ltip_samples"),
+    ("video_refs", "candidate", "video_candidates"),
+    ("video_unresolved", "to-fetch", "video_fetch"),
+    ("video_candidates", "kept", "video_samples"),
+)
+
+# corpus -> (stage.outcome that must equal the samples in its shards, shard name prefix or "" for all)
+SAMPLE_CHECKS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "m3w": (("post_dedup", "kept", ""),),
+    "pairs": (("align_samples", "written", "align"), ("ltip_samples", "written", "ltip")),
+    "video": (("video_samples", "written", ""),),
+}
+
+IN = "in"
+
+# Stages every M3W build reports, even at zero; optional ones (fetch, pairs, video) appear when used.
+CORE_STAGES = ("records", "pages", "image_refs", "media_records", "documents")
+
+
+@dataclass(frozen=True)
+class Count:
+    """One event for the accounting; Beam sums them per (stage, outcome)."""
+
+    stage: str
+    outcome: str
+    n: int = 1
+
+
+def counts_to_stages(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, Any]]:
+    """{(stage, outcome): n} -> {stage: {in, kept: {...}, dropped: {...}, reconciles}}."""
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in sorted({s for s, _ in counts} | set(CORE_STAGES)):
+        outcomes = {o: n for (s, o), n in counts.items() if s == stage and o != IN}
+        n_in = counts.get((stage, IN), 0)
+        kept_names = KEPT_OUTCOMES.get(stage, ())
+        kept = {o: outcomes.get(o, 0) for o in kept_names}
+        dropped = {o: n for o, n in sorted(outcomes.items()) if o not in kept_names}
+        stages[stage] = {
+            "in": n_in,
+            "kept": kept,
+            "dropped": dropped,
+            "reconciles": n_in == sum(outcomes.values()),
+        }
+    return stages
+
+
+def reconciliation_errors(stages: Mapping[str, Mapping[str, Any]], shards: list[Mapping[str, Any]], corpus: str = "m3w") -> list[str]:
+    errors = []
+    for stage, s in stages.items():
+        total = sum(s["kept"].values()) + sum(s["dropped"].values())
+        if s["in"] != total:
+            errors.append(f"{stage}: in={s['in']} but kept+dropped={total}")
+    links = list(STAGE_LINKS)
+    # Without the media split, every media record goes to the image join.
+    links.append(("records", "media", "media_kind" if "media_kind" in stages else "media_records"))
+    if "dedup_url" not in stages:  # dedup off: the kept documents go straight to the final check
+        links.append(("documents", "kept", "post_dedup"))
+    for stage, outcome, next_stage in links:
+        if next_stage not in stages or stage not in stages:
+            continue
+        a = stages[stage]["kept"].get(outcome, 0)
+        b = stages[next_stage]["in"]
+        if a != b:
+            errors.append(f"{stage}.{outcome}={a} but {next_stage}.in={b}")
+    for stage, outcome, prefix in SAMPLE_CHECKS.get(corpus, ()):
+        expected = stages.get(stage, {}).get("kept", {}).get(outcome, 0)
+        written = sum(s["samples"] for s in shards if s["name"].startswith(prefix))
+        if expected != written:
+            errors.append(f"{stage}.{outcome}={expected} but {prefix or corpus} shards hold {written} samples")
+    return errors
+
+
+def build_manifest(
+    counts: Mapping[tuple[str, str], int],
+    shards: Iterable[Mapping[str, Any]],
+    broken_files: Iterable[Mapping[str, Any]],
+    inputs: Iterable[str],
+    config: Mapping[str, Any],
+    corpus: str = "m3w",
+) -> dict[str, Any]:
+    """The manifest: deterministic (no timestamps), so equal builds give equal manifests."""
+    shard_list = sorted((dict(s) for s in shards), key=lambda s: s["name"])
+    stages = counts_to_stages(counts)
+    samples = sum(s["samples"] for s in shard_list)
+    errors = reconciliation_errors(stages, shard_list, corpus)
+    return {
+        "corpus": corpus,
+        "inputs": sorted(inputs),
+        "config": dict(config),
+        "stages": stages,
+        "reconciles": not errors,
+        "reconciliation_errors": errors,
+        "broken_files": sorted((dict(b) for b in broken_files), key=lambda b: (b["warc_file"], b["reason"])),
+        "shards": shard_list,
+        "totals": {
+            "shards": len(shard_list),
+            "samples": samples,
+            "images": stages.get("image_refs", {}).get("kept", {}).get("resolved", 0),
+        },
+    }
+
+
+def summary_lines(manifest: Mapping[str, Any], with_stages: bool = True) -> list[str]:
+    """A short human summary of a manifest, for the CLI."""
+    lines = [f"corpus {manifest['corpus']}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shards"]
+    if not with_stages:
+        return lines + ["  reconciles: " + ("yes" if manifest["reconciles"] else "NO: " + "; ".join(manifest["reconciliation_errors"]))]
+    for stage, s in manifest["stages"].items():
+        kept = ", ".join(f"{k}={v}" for k, v in s["kept"].items())
+        dropped = ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "-"
+        lines.append(f"  {stage:<14} in={s['in']:<7} kept: {kept}; dropped: {dropped}")
+    for b in manifest["broken_files"]:
+        lines.append(f"  broken file {b['warc_file']}: {b['reason']} after {b['records_read']} records ({b['detail'][:80]})")
+    lines.append("  reconciles: " + ("yes" if manifest["reconciles"] else "NO: " + "; ".join(manifest["reconciliation_errors"])))
+    return lines

@@ -1,0 +1,1 @@
+"""From a decoded page to ordered nodes: main content with its media references, opt-out signals and language."""

@@ -1,0 +1,1 @@
+"""Reading written corpora back: stats, the HTML report, validation and export to other formats."""

@@ -1,0 +1,1 @@
+"""Media bytes: image and video decoding, validation and resizing, and fetching what the crawl does not hold."""

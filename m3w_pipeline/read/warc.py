@@ -1,0 +1,366 @@
+"""Streaming WARC reading: every record ends as a page, a media record, or a named drop.
+
+The reader never raises on bad input. A file that breaks part-way yields the
+records before the break, then a `BrokenFile` naming the file and the reason, so
+a job over thousands of files loses only what is really unreadable.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator, Optional, Union
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+from warcio.archiveiterator import ArchiveIterator
+from warcio.exceptions import ArchiveLoadFailed
+
+from m3w_pipeline.core.config import WarcConfig
+
+# Record types we never turn into documents, each counted under its own reason.
+SKIPPED_RECORD_TYPES = ("request", "metadata", "warcinfo", "revisit", "conversion", "continuation")
+
+# Every reason a record can be dropped for (counters are pre-declared from this).
+RECORD_DROP_REASONS = (
+    "request",
+    "metadata",
+    "warcinfo",
+    "revisit",
+    "conversion",
+    "continuation",
+    "other-record-type",
+    "http-status",
+    "not-html-or-media",
+    "too-large",
+    "corrupt-record",
+)
+
+COMMON_CRAWL_BASE_URL = "https://data.commoncrawl.org/"
+
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_MEDIA_PREFIXES = ("image/", "video/")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a record came from, precise enough to fetch it again with a range request."""
+
+    warc_file: str
+    offset: int
+    length: int
+    record_id: str
+    capture_date: str
+
+
+@dataclass
+class Page:
+    url: str
+    html: str
+    provenance: Provenance
+    http_status: Optional[int]
+    content_type: str
+    headers: dict[str, str]  # selected HTTP headers (lower-case names) later steps need
+
+
+@dataclass
+class MediaRecord:
+    url: str
+    data: bytes
+    content_type: str
+    provenance: Provenance
+
+
+def capture_order(record: MediaRecord) -> tuple[str, str, int]:
+    """Sort key putting captures of one URL oldest first (ties broken by file and offset)."""
+    p = record.provenance
+    return p.capture_date, p.warc_file, p.offset
+
+
+@dataclass
+class DroppedRecord:
+    reason: str  # one of RECORD_DROP_REASONS
+    url: Optional[str]
+    warc_file: str
+    offset: int
+    detail: str = ""
+
+
+@dataclass
+class BrokenFile:
+    """A file that could not be read to its end (or at all); what came before is kept."""
+
+    warc_file: str
+    reason: str  # unreadable | not-per-record-gzip | invalid-record | record-cut-short | content-encoding
+    detail: str
+    records_read: int
+
+
+WarcItem = Union[Page, MediaRecord, DroppedRecord, BrokenFile]
+
+# HTTP headers worth carrying with a page (opt-out and language signals for later filters).
+_KEPT_HEADERS = ("content-type", "content-language", "x-robots-tag", "tdm-reservation", "tdm-policy", "last-modified")
+
+
+def iter_warc(stream: BinaryIO, name: str, config: WarcConfig = WarcConfig()) -> Iterator[WarcItem]:
+    """Yield one item per record in `stream`, then at most one BrokenFile."""
+    records_read = 0
+    problem: Optional[BrokenFile] = None
+    try:
+        iterator = ArchiveIterator(stream, arc2warc=True)
+        for record in iterator:
+            declared = record.rec_headers.get_header("Content-Length") or ""
+            if not declared.strip().isdigit():  # warcio parses garbage lines as ARC headers
+                yield BrokenFile(name, "invalid-record", f"record header without a numeric length: {declared[:40]!r}", records_read)
+                return
+            records_read += 1
+            item = _classify(record, iterator, name, config)
+            # Offsets are only final once the record has been consumed.
+            if isinstance(item, DroppedRecord) and item.reason == "corrupt-record" and problem is None:
+                problem = BrokenFile(name, _problem_reason(item.detail), item.detail, records_read)
+            yield item
+    except ArchiveLoadFailed as err:
+        text = " ".join(str(err).split())
+        reason = "not-per-record-gzip" if "non-chunked gzip" in text else "invalid-record"
+        yield BrokenFile(name, reason, text[:300], records_read)
+        return
+    except (OSError, EOFError, zlib.error, ValueError) as err:
+        yield BrokenFile(name, "unreadable", f"{type(err).__name__}: {err}"[:300], records_read)
+        return
+    if problem is not None:
+        yield problem
+
+
+def _problem_reason(detail: str) -> str:
+    return "record-cut-short" if detail.startswith("record cut short") else "content-encoding"
+
+
+def _classify(record, iterator, name: str, config: WarcConfig) -> WarcItem:
+    rec_type = record.rec_type
+    url = _target_uri(record)
+    if rec_type not in ("response", "resource"):
+        _drain(record)
+        reason = rec_type if rec_type in SKIPPED_RECORD_TYPES else "other-record-type"
+        return DroppedRecord(reason, url, name, iterator.get_record_offset())
+
+    raw = record.raw_stream.read(max(config.max_page_bytes, config.max_media_bytes) + 1)
+    too_large_stream = len(raw) > max(config.max_page_bytes, config.max_media_bytes)
+    if too_large_stream:
+        _drain(record)
+    cut_short = getattr(record.raw_stream, "limit", 0) > 0 and not too_large_stream
+    iterator.read_to_end(record)
+    prov = Provenance(
+        warc_file=name,
+        offset=iterator.get_record_offset(),
+        length=iterator.get_record_length(),
+        record_id=record.rec_headers.get_header("WARC-Record-ID") or "",
+        capture_date=record.rec_headers.get_header("WARC-Date") or "",
+    )
+
+    def drop(reason: str, detail: str = "") -> DroppedRecord:
+        return DroppedRecord(reason, url, name, prov.offset, detail)
+
+    if cut_short:
+        return drop("corrupt-record", f"record cut short: {len(raw)} of its declared bytes read")
+
+    http = record.http_headers if rec_type == "response" else None
+    status = None
+    headers: dict[str, str] = {}
+    if http is not None:
+        try:
+            status = int(http.get_statuscode() or 0)
+        except ValueError:
+            status = 0
+        headers = {h: v for h in _KEPT_HEADERS if (v := http.get_header(h)) is not None}
+        if status != 200:
+            return drop("http-status", str(status))
+        content_type = headers.get("content-type", "")
+    else:
+        content_type = record.rec_headers.get_header("Content-Type") or ""
+    if too_large_stream:
+        return drop("too-large", "larger than max_media_bytes and max_page_bytes")
+
+    try:
+        payload = decode_http_body(raw, http)
+    except ValueError as err:
+        return drop("corrupt-record", str(err))
+
+    kind = classify_payload(content_type, payload)
+    if kind == "html":
+        if len(payload) > config.max_page_bytes:
+            return drop("too-large", f"{len(payload)} bytes > max_page_bytes")
+        charset = _charset_from_content_type(content_type)
+        return Page(url, decode_html(payload, charset), prov, status, content_type, headers)
+    if kind == "media":
+        if len(payload) > config.max_media_bytes:
+            return drop("too-large", f"{len(payload)} bytes > max_media_bytes")
+        return MediaRecord(url, payload, content_type, prov)
+    return drop("not-html-or-media", content_type.split(";")[0].strip() or "no content type")
+
+
+def _target_uri(record) -> Optional[str]:
+    uri = record.rec_headers.get_header("WARC-Target-URI")
+    if uri and uri.startswith("<") and uri.endswith(">"):  # WARC/0.17-era brackets
+        uri = uri[1:-1]
+    return uri
+
+
+def _drain(record) -> None:
+    while record.raw_stream.read(1 << 16):
+        pass
+
+
+def decode_http_body(raw: bytes, http_headers) -> bytes:
+    """Undo Transfer-Encoding: chunked and Content-Encoding: gzip/deflate/br; raise ValueError if cut short."""
+    if http_headers is None:
+        return raw
+    if "chunked" in (http_headers.get_header("Transfer-Encoding") or "").lower():
+        raw = _dechunk(raw)
+    encoding = (http_headers.get_header("Content-Encoding") or "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(raw, 16 + zlib.MAX_WBITS, "gzip")
+    if encoding == "deflate":
+        try:
+            return _inflate(raw, zlib.MAX_WBITS, "deflate")
+        except ValueError:
+            return _inflate(raw, -zlib.MAX_WBITS, "deflate")  # raw deflate, as some servers send
+    if encoding == "br":
+        import brotli
+
+        try:
+            return brotli.decompress(raw)
+        except brotli.error as err:
+            raise ValueError(f"br content-encoding: {err}") from err
+    return raw
+
+
+def _inflate(raw: bytes, wbits: int, label: str) -> bytes:
+    # Crawlers sometimes store the body already decoded while keeping the header.
+    if label == "gzip" and not raw.startswith(b"\x1f\x8b"):
+        return raw
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(raw) + d.flush()
+    except zlib.error as err:
+        raise ValueError(f"{label} content-encoding: {err}") from err
+    if not d.eof:
+        raise ValueError(f"{label} content-encoding ends early ({len(raw)} compressed bytes)")
+    return out
+
+
+def _dechunk(raw: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n", pos)
+        if end < 0:
+            break
+        size_text = raw[pos:end].split(b";")[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return raw  # not really chunked: the header lied (or warcio already de-chunked)
+        if size == 0:
+            break
+        out += raw[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+    return bytes(out)
+
+
+def classify_payload(content_type: str, payload: bytes) -> str:
+    """'html', 'media' or 'other', by Content-Type and, when it is missing or lies, by sniffing."""
+    from m3w_pipeline.media.images import sniff_image_type
+
+    ctype = content_type.split(";")[0].strip().lower()
+    if sniff_image_type(payload[:64]) not in (None, "svg"):
+        return "media"
+    if ctype.startswith(_MEDIA_PREFIXES):
+        return "media"
+    if ctype in _HTML_TYPES:
+        return "html"
+    if ctype in ("", "application/octet-stream", "text/plain") and _looks_like_html(payload):
+        return "html"
+    return "other"
+
+
+def _looks_like_html(payload: bytes) -> bool:
+    head = payload[:1024].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head[:512]
+
+
+def _charset_from_content_type(content_type: str) -> Optional[str]:
+    m = re.search(r"charset\s*=\s*[\"']?([^\s;\"']+)", content_type, re.I)
+    return m.group(1) if m else None
+
+
+def decode_html(payload: bytes, header_charset: Optional[str] = None) -> str:
+    """The HTTP header's charset when Python knows it; otherwise the page's own rules
+    (BOM, <meta>, UTF-8, detection) as `extract.decode_html` applies them. Never raises."""
+    from m3w_pipeline.extract.page import decode_html as decode_page_bytes
+
+    if header_charset:
+        try:
+            return payload.decode(_normalise_charset(header_charset))
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return decode_page_bytes(payload)
+
+
+def _normalise_charset(name: str) -> str:
+    name = name.strip().lower()
+    # Browsers treat these labels as windows-1252 (WHATWG encoding standard); Python is strict.
+    return {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "ascii": "cp1252", "us-ascii": "cp1252"}.get(name, name)
+
+
+def normalize_url(url: str) -> str:
+    """Join key for media: lower-case scheme/host, no fragment, default port dropped, path quoted once."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return url.strip()
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port if parts.port not in (None, 80 if scheme == "http" else 443 if scheme == "https" else None) else None
+    netloc = host + (f":{port}" if port else "")
+    path = quote(unquote(parts.path or "/"), safe="/%:@!$&'()*+,;=-._~")
+    query = quote(unquote(parts.query), safe="=&%:@!$'()*+,;/?-._~")
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def url_domain(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def expand_listing(lines: Iterable[str], base_url: str = COMMON_CRAWL_BASE_URL) -> list[str]:
+    """A Common Crawl `warc.paths.gz` listing -> full URLs (or paths under any base)."""
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    return [urljoin(base, line.strip().lstrip("/")) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def read_listing(stream: BinaryIO, name: str) -> list[str]:
+    data = stream.read()
+    if name.endswith(".gz") or data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return data.decode("utf-8").splitlines()
+
+
+def is_listing(path: str) -> bool:
+    return path.endswith((".paths.gz", ".paths", ".paths.txt"))
+
+
+def open_http(url: str, timeout: float = 60.0) -> BinaryIO:
+    """Stream a WARC over HTTP(S); the body is read as it is parsed, never held whole."""
+    request = urllib.request.Request(url, headers={"User-Agent": "m3w-pipeline (+https://github.com/m3w)"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def open_local(path: str) -> BinaryIO:
+    return io.open(path, "rb")

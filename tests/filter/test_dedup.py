@@ -1,0 +1,331 @@
+"""Dedup: planted duplicates found exactly, by the pure functions and by the Beam stages.
+
+Near duplicates are planted at known shingle Jaccard: a base of N distinct-ish words and
+copies whose last m words are replaced by new ones. With shingle size k, T = N - k + 1
+shingles per text and m of them changed, J = (T - m) / (T + m); T = 741 gives
+J = 0.95 (m = 19), 0.9 (m = 39) and 0.5 (m = 247) exactly (checked below).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import replace
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.util import assert_that
+
+from beam_jobs import dedup_stages as ds
+from m3w_pipeline.core.config import DedupConfig
+from m3w_pipeline.core.document import DocImage, Document, DocVideo
+from m3w_pipeline.core.nodes import ImageRef, VideoRef
+from m3w_pipeline.filter import dedup as dd
+from m3w_pipeline.media.images import ProcessedImage
+from m3w_pipeline.read.warc import Provenance
+
+CONFIG = DedupConfig()
+K = CONFIG.shingle_size
+T = 741
+N_WORDS = T + K - 1
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def image(url: str, sha: Optional[str] = None, phash: Optional[str] = None, side: int = 200) -> DocImage:
+    """A resolved image (or a missing one without sha); distinct sha256s get unrelated phashes."""
+    ref = ImageRef(url)
+    if sha is None:
+        return DocImage(ref, "missing")
+    phash = phash or hashlib.blake2b(sha.encode(), digest_size=8).hexdigest()
+    processed = ProcessedImage(b"x", "jpg", side, side, side, side, "JPEG", 1, sha, phash)
+    return DocImage(ref, "ok", processed)
+
+
+def make_doc(key: str, text: str, url: Optional[str] = None, date: str = "2024-01-01T00:00:00Z", images: tuple = ()) -> Document:
+    url = url or f"https://site.example/{key}"
+    doc = Document(key, url, "site.example", None, "en", Provenance("f.warc.gz", 0, 0, f"<urn:{key}>", date))
+    doc.texts.append(text)
+    doc.images.append(None)
+    for im in images:
+        doc.texts.append(None)
+        doc.images.append(im)
+    return doc
+
+
+def random_words(rng: random.Random, n: int, prefix: str) -> list[str]:
+    return [f"{prefix}{rng.randrange(10**6):06d}" for _ in range(n)]
+
+
+def edited(base: list[str], m: int, rng: random.Random, prefix: str) -> list[str]:
+    return base[: len(base) - m] + random_words(rng, m, prefix)
+
+
+def planted_corpus() -> tuple[list[Document], dict[str, float]]:
+    """Family A: base + copies at J 0.95, 0.9, 0.5. Family B: an exact copy (case and
+    punctuation differ). 30 unrelated documents. Dates make the newest member known."""
+    rng = random.Random(3)
+    base = random_words(rng, N_WORDS, "a")
+    docs = [
+        make_doc("a-base", " ".join(base), date="2024-03-01T00:00:00Z"),
+        make_doc("a-095", " ".join(edited(base, 19, rng, "e")), date="2024-05-01T00:00:00Z"),  # newest of A
+        make_doc("a-090", " ".join(edited(base, 39, rng, "f")), date="2024-02-01T00:00:00Z"),
+        make_doc("a-050", " ".join(edited(base, 247, rng, "g")), date="2024-06-01T00:00:00Z"),
+    ]
+    b_words = random_words(rng, 300, "b")
+    docs.append(make_doc("b-one", " ".join(b_words), date="2024-01-01T00:00:00Z"))
+    docs.append(make_doc("b-two", ", ".join(w.upper() for w in b_words) + ".", date="2024-01-01T00:00:00Z"))  # tie: smallest key kept
+    for i in range(30):
+        docs.append(make_doc(f"u-{i:02d}", " ".join(random_words(rng, 200 + i, "u"))))
+    texts = {d.key: d.texts[0] for d in docs}
+    hasher = dd.MinHasher(CONFIG)
+    jaccard = {k: dd.shingle_jaccard(texts["a-base"], texts[k], hasher) for k in ("a-095", "a-090", "a-050")}
+    return docs, jaccard
+
+
+EXPECTED_NEAR_CLUSTERS = [["a-095", "a-base", "a-090"], ["b-one", "b-two"]]
+
+
+def url_corpus() -> list[Document]:
+    rng = random.Random(5)
+    mk = lambda key, url, date: make_doc(key, " ".join(random_words(rng, 50, "w")), url=url, date=date)  # noqa: E731
+    return [
+        mk("p-old", "https://News.example.com/story?id=1#top", "2023-01-01T00:00:00Z"),
+        mk("p-new", "https://news.example.com:443/story?id=1", "2024-07-01T12:00:00Z"),
+        mk("p-mid", "https://news.example.com/story?id=1", "2024-07-01T11:59:59.5Z"),
+        mk("q-z", "https://other.example.org/a", "2024-01-01T00:00:00Z"),
+        mk("q-a", "https://other.example.org/a", "2024-01-01T00:00:00Z"),  # same date: smallest key kept
+        mk("r-only", "https://other.example.org/b", "2020-01-01T00:00:00Z"),
+    ]
+
+
+LOGO = "https://cdn.example.com/static/brand.png"  # not on the URL blocklist: hot-key removal must find it
+
+
+def image_corpus() -> list[Document]:
+    """15 pages share one logo (by URL); 12 share a banner re-hosted under different URLs (same
+    sha256); 3 pages share a photo (below the limit); two pages have the same image set."""
+    rng = random.Random(9)
+    docs = []
+    for i in range(15):
+        ims = [image(LOGO, "logo-sha"), image(f"https://img.example.com/p{i}.jpg", f"photo-{i}")]
+        if i < 12:
+            ims.append(image(f"https://mirror{i}.example.net/banner.jpg", "banner-sha"))
+        if i < 3:
+            ims.append(image("https://img.example.com/shared.jpg", "shared-sha"))
+        docs.append(make_doc(f"img-{i:02d}", " ".join(random_words(rng, 40, "i")), images=tuple(ims)))
+    set_a = (image("https://x.example/1.jpg", "s1"), image("https://x.example/2.jpg", "s2"))
+    set_b = (image("https://y.example/2.jpg", "s2"), image("https://y.example/1.jpg", "s1"))  # same sha256 set, other URLs and order
+    docs.append(make_doc("set-old", "one text here", images=set_a, date="2022-01-01T00:00:00Z"))
+    docs.append(make_doc("set-new", "another text", images=set_b, date="2023-01-01T00:00:00Z"))
+    docs.append(make_doc("set-sub", "third text", images=set_a[:1], date="2024-01-01T00:00:00Z"))  # a subset: not a duplicate
+    return docs
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_capture_time_sorts_like_the_instant():
+    dates = ["", "20080430204825", "2023-12-31T23:59:59Z", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.5Z"]
+    assert [dd.capture_time(d) for d in dates] == sorted(dd.capture_time(d) for d in dates)
+    assert dd.capture_time("") == 0 and len({dd.capture_time(d) for d in dates}) == len(dates)
+
+
+def test_planted_copies_have_the_intended_jaccard_and_minhash_estimates_it():
+    docs, jaccard = planted_corpus()
+    assert jaccard == pytest.approx({"a-095": 0.95, "a-090": 0.9, "a-050": 0.5}, abs=1e-9)
+    hasher = dd.MinHasher(CONFIG)
+    sig = {d.key: dd.doc_signature(d, hasher) for d in docs}
+    for key, j in jaccard.items():
+        # std of the estimate: sqrt(J (1 - J) / num_perm) <= 0.045
+        assert abs(dd.estimated_jaccard(sig["a-base"], sig[key]) - j) < 0.12
+    assert sig["a-base"].dtype == np.uint32 and sig["a-base"].shape == (CONFIG.num_perm,)
+    # Same seed, same signature; another seed, another one.
+    assert np.array_equal(dd.doc_signature(docs[0], dd.MinHasher(CONFIG)), sig["a-base"])
+    assert not np.array_equal(dd.doc_signature(docs[0], dd.MinHasher(replace(CONFIG, seed=2))), sig["a-base"])
+
+
+def test_lsh_s_curve_is_documented():
+    b, r = CONFIG.bands, CONFIG.rows
+    p = lambda s: 1 - (1 - s**r) ** b  # noqa: E731
+    print(f"\nLSH {b} bands x {r} rows: midpoint {(1 / b) ** (1 / r):.3f}; "
+          f"P(candidate) s=0.5 {p(0.5):.3f}, 0.8 {p(0.8):.3f}, 0.9 {p(0.9):.4f}, 0.95 {p(0.95):.5f}")
+    assert p(0.9) > 0.999 and p(0.5) < 0.1 and CONFIG.min_jaccard == 0.8
+
+
+def test_near_duplicate_clusters_are_exactly_the_planted_ones():
+    docs, _ = planted_corpus()
+    assert dd.near_duplicate_clusters(docs, CONFIG) == EXPECTED_NEAR_CLUSTERS
+    kept, drops = dd.dedup_near_text(docs, CONFIG)
+    assert drops == {"a-base": "a-095", "a-090": "a-095", "b-two": "b-one"}
+    assert [d.key for d in kept] == [d.key for d in docs if d.key not in drops]
+
+
+def test_near_dedup_without_verification_or_with_a_stricter_threshold_changes_the_clusters():
+    """The test can fail: a stricter min_jaccard splits family A."""
+    docs, _ = planted_corpus()
+    strict = dd.near_duplicate_clusters(docs, replace(CONFIG, min_jaccard=0.97))
+    assert strict == [["b-one", "b-two"]]
+
+
+def test_exact_text_dedup_ignores_case_punctuation_and_whitespace_only():
+    docs, _ = planted_corpus()
+    kept, drops = dd.dedup_exact_text(docs)
+    assert drops == {"b-two": "b-one"}
+    assert len(kept) == len(docs) - 1
+
+
+def test_url_dedup_keeps_the_most_recent_capture_then_the_smallest_key():
+    kept, drops = dd.dedup_urls(url_corpus())
+    assert drops == {"p-old": "p-new", "p-mid": "p-new", "q-z": "q-a"}
+    assert [d.key for d in kept] == ["p-new", "q-a", "r-only"]
+
+
+def test_images_in_a_document_later_exact_and_perceptual_repeats_dropped_and_videos_stay_in_place():
+    doc = make_doc(
+        "d",
+        "intro",
+        images=(
+            image("https://a/1.jpg", "s1", "ffff000000000000"),
+            image("https://a/2.jpg", "s1", "0000ffff00000000"),  # same bytes as 1
+            image("https://a/3.jpg", "s3", "ffff000000000007"),  # phash 3 bits from 1
+            image("https://a/4.jpg", "s4", "ffff0000000000ff"),  # 8 bits from 1: kept
+            image("https://a/5.jpg"),  # missing: not compared
+        ),
+    )
+    doc.texts.append("outro")
+    doc.images.append(None)
+    doc.videos.append(DocVideo(6, VideoRef(["https://a/v.mp4"])))  # before "outro"
+    edit = dd.dedup_images_in_document(doc, CONFIG.max_phash_distance)
+    assert [im.ref.url for im in edit.doc.images if im] == ["https://a/1.jpg", "https://a/4.jpg", "https://a/5.jpg"]
+    assert edit.counts == {
+        ("images_in_document", "in"): 4,
+        ("images_in_document", "kept"): 2,
+        ("images_in_document", "duplicate-sha256"): 1,
+        ("images_in_document", "duplicate-phash"): 1,
+    }
+    assert len(edit.doc.texts) == len(edit.doc.images) == 5  # 7 positions, 2 images gone
+    assert all((t is None) != (i is None) for t, i in zip(edit.doc.texts, edit.doc.images))
+    assert edit.doc.texts[edit.doc.videos[0].position] == "outro"
+    assert [r.reason for r in edit.rejects] == ["duplicate-sha256", "duplicate-phash"]
+
+
+def test_a_logo_on_many_pages_is_removed_from_all_of_them():
+    docs = image_corpus()
+    hot = dd.hot_image_keys(docs, CONFIG.max_docs_per_image)
+    assert hot == {f"url:{LOGO}", "sha256:logo-sha", "sha256:banner-sha"}
+    edited_docs = [dd.remove_hot_images(d, hot) for d in docs]
+    urls = [im.ref.url for e in edited_docs for im in e.doc.images if im]
+    assert LOGO not in urls and not any("banner" in u for u in urls)
+    assert urls.count("https://img.example.com/shared.jpg") == 3
+    total: dict = {}
+    for e in edited_docs:
+        for k, n in e.counts.items():
+            total[k] = total.get(k, 0) + n
+    assert total[("images_hot", "hot-url")] == 15 and total[("images_hot", "hot-sha256")] == 12
+    assert total[("images_hot", "in")] == total[("images_hot", "kept")] + 27
+
+
+def test_documents_with_the_same_image_set_keep_the_most_recent():
+    kept, drops = dd.dedup_image_sets(image_corpus())
+    assert drops == {"set-old": "set-new"}
+
+
+# ----------------------------------------------------------------------------- Beam
+
+
+def _check(expected):
+    def matcher(actual):
+        assert sorted(actual) == sorted(expected), (sorted(actual), sorted(expected))
+
+    return matcher
+
+
+def _counts_by_outcome(counts):
+    out = {}
+    for c in counts:
+        out[(c.stage, c.outcome)] = out.get((c.stage, c.outcome), 0) + c.n
+    return out
+
+
+def _check_counts(stage, expected):
+    def matcher(counts):
+        got = {k[1]: v for k, v in _counts_by_outcome(counts).items() if k[0] == stage}
+        assert got == expected, (stage, got, expected)
+
+    return matcher
+
+
+def test_beam_stages_find_the_same_duplicates_as_the_pure_functions():
+    near_docs, _ = planted_corpus()
+    url_docs, image_docs = url_corpus(), image_corpus()
+    small = replace(CONFIG, reject_sample_size=2)
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        near_in = p | "NearDocs" >> beam.Create(near_docs)
+        url_in = p | "UrlDocs" >> beam.Create(url_docs)
+        img_in = p | "ImageDocs" >> beam.Create(image_docs)
+
+        near = near_in | "Near" >> ds.DedupNearText(small)
+        assert_that(near["docs"] | "NearKeys" >> beam.Map(lambda d: d.key),
+                    _check([d.key for d in dd.dedup_near_text(near_docs, CONFIG)[0]]), label="NearKept")
+        assert_that(near["counts"], _check_counts("dedup_text_near", {"in": 36, "kept": 33, "near-duplicate-text": 3}), label="NearCounts")
+        assert_that(near["rejects"] | "NearRej" >> beam.Map(lambda r: (r.key, r.detail)),
+                    _check([("a-090", "a-095"), ("a-base", "a-095")]), label="NearRejects")  # 2 smallest keys of 3
+
+        exact = near_in | "Exact" >> ds.DedupExactText(small)
+        assert_that(exact["counts"], _check_counts("dedup_text_exact", {"in": 36, "kept": 35, "duplicate-text": 1}), label="ExactCounts")
+
+        urls = url_in | "Urls" >> ds.DedupUrls(small)
+        assert_that(urls["docs"] | "UrlKeys" >> beam.Map(lambda d: d.key), _check(["p-new", "q-a", "r-only"]), label="UrlKept")
+        # Sample of 2 per reason: the smallest keys.
+        assert_that(urls["rejects"] | "UrlRej" >> beam.Map(lambda r: r.key), _check(["p-mid", "p-old"]), label="UrlRejects")
+
+        hot = img_in | "Hot" >> ds.RemoveHotImages(small)
+        assert_that(hot["docs"] | "HotUrls" >> beam.FlatMap(lambda d: [i.ref.url for i in d.images if i and ("brand" in i.ref.url or "banner" in i.ref.url)]),
+                    _check([]), label="LogoGone")
+        assert_that(hot["counts"], _check_counts("images_hot", {"in": 50, "kept": 23, "hot-url": 15, "hot-sha256": 12}), label="HotCounts")
+
+        sets = img_in | "Sets" >> ds.DedupImageSets(small)
+        assert_that(sets["rejects"] | "SetRej" >> beam.Map(lambda r: (r.key, r.detail)), _check([("set-old", "set-new")]), label="SetRejects")
+
+        everything = (near_in, url_in, img_in) | "AllDocs" >> beam.Flatten()
+        full = everything | "Dedup" >> ds.Dedup(small)
+        pure = list(near_docs) + url_docs + image_docs
+        pure = dd.dedup_urls(pure)[0]
+        pure = dd.dedup_exact_text(pure)[0]
+        pure = dd.dedup_near_text(pure, CONFIG)[0]
+        assert_that(full["docs"] | "FullKeys" >> beam.Map(lambda d: d.key), _check([d.key for d in pure if d.key != "set-old"]), label="FullKept")
+        assert_that(full["counts"], _check_chain, label="FullCounts")
+
+
+def _check_chain(counts):
+    """Each stage reads what the previous one kept, and in = kept + drops."""
+    got = _counts_by_outcome(counts)
+    expected = {
+        ("dedup_url", "in"): 60, ("dedup_url", "kept"): 57, ("dedup_url", "duplicate-url"): 3,
+        ("dedup_text_exact", "in"): 57, ("dedup_text_exact", "kept"): 56, ("dedup_text_exact", "duplicate-text"): 1,
+        ("dedup_text_near", "in"): 56, ("dedup_text_near", "kept"): 54, ("dedup_text_near", "near-duplicate-text"): 2,
+        ("dedup_image_sets", "in"): 54, ("dedup_image_sets", "kept"): 53, ("dedup_image_sets", "duplicate-image-set"): 1,
+        ("images_in_document", "in"): 50, ("images_in_document", "kept"): 50,
+        ("images_hot", "in"): 48, ("images_hot", "kept"): 21, ("images_hot", "hot-url"): 15, ("images_hot", "hot-sha256"): 12,
+    }
+    assert got == expected, sorted(set(got.items()) ^ set(expected.items()))
+
+
+def test_connected_components_in_beam_follow_chains_and_never_drop_a_whole_component():
+    """Path a - z1 - z2 - z3 - b (a < b < z*): b reaches a in 4 hops. The initial label takes
+    one hop and each round one more, so 3 rounds converge; 1 round leaves b a local minimum
+    (an extra kept document), and a, the component's minimum, is never relabelled."""
+    names = ["a", "z1", "z2", "z3", "b"]
+    chain = [((0, names[i]), (0, names[i + 1])) for i in range(4)] + [((0, "x1"), (0, "x0"))]
+    roots = lambda kv: kv[0] == kv[1]  # noqa: E731
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        edges = p | beam.Create(chain)
+        full = edges | "Enough" >> ds.ConnectedComponents(rounds=3)
+        assert_that(full | "L1" >> beam.Map(lambda kv: (kv[0][1], kv[1][1])),
+                    _check([(n, "a") for n in names] + [("x0", "x0"), ("x1", "x0")]), label="Converged")
+        short = edges | "TooFew" >> ds.ConnectedComponents(rounds=1)
+        assert_that(short | "R2" >> beam.Filter(roots) | "K2" >> beam.Map(lambda kv: kv[0][1]),
+                    _check(["a", "b", "x0"]), label="LocalMinimumKept")
