@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
+class UsageError(Exception):
+    """A mistake in how m3w was called (a path, a flag, a config value): one line and exit 2, no traceback."""
+
+
 def _cmd_sample_crawl(args: argparse.Namespace) -> int:
     from m3w_pipeline.sample.crawl import write_sample_crawl
 
@@ -25,6 +29,8 @@ def _cmd_sample_crawl(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from m3w_pipeline.extract.page import extract_page, page_to_json
 
+    if not Path(args.page).is_file():
+        raise UsageError(f"{args.page}: no such file")
     data = Path(args.page).read_bytes()
     if args.page.endswith(".gz"):
         import gzip
@@ -39,7 +45,12 @@ def _build_config(args: argparse.Namespace) -> Any:
     from m3w_pipeline.core.config import BuildConfig
     from m3w_pipeline.core.typed_config import read_config_file
 
-    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    try:
+        data: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    except (OSError, ValueError) as err:  # missing file, bad suffix, TOML/JSON syntax
+        raise UsageError(f"--config {args.config}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - YAML's parser errors have no common base with the others
+        raise UsageError(f"--config {args.config}: {type(err).__name__}: {err}") from None
     overrides = {
         ("filters", "min_words_per_document"): args.min_words,
         ("filters", "min_images_per_document"): args.min_images,
@@ -51,12 +62,47 @@ def _build_config(args: argparse.Namespace) -> Any:
         ("fetch", "allow_private_addresses"): True if args.allow_private_addresses else None,
         ("fetch", "user_agent"): args.user_agent,
         ("fetch", "proxy"): args.proxy,
-        ("fetch", "host_overrides"): dict(r.split("=", 1) for r in args.resolve) if args.resolve else None,
+        ("fetch", "host_overrides"): dict(_resolve_entry(r) for r in args.resolve) if args.resolve else None,
     }
     for (section, name), value in overrides.items():
         if value is not None:
-            data.setdefault(section, {})[name] = value
-    return BuildConfig.from_dict(data)
+            if not isinstance(data.setdefault(section, {}), dict):
+                raise UsageError(f"config section {section!r} must be a table")
+            data[section][name] = value
+    try:
+        return BuildConfig.from_dict(data)
+    except ValueError as err:  # unknown keys, wrong types, out-of-range values: each names its key
+        raise UsageError(f"config: {err}") from None
+
+
+def _resolve_entry(entry: str) -> tuple[str, str]:
+    """HOST=ADDR[:PORT] (ADDR an IPv4 address or a bracketed IPv6 one), as curl's --resolve takes it."""
+    import ipaddress
+
+    host, sep, address = entry.partition("=")
+    if address.startswith("["):
+        ip, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif address.count(":") > 1:  # a bare IPv6 address: no port
+        ip, port = address, ""
+    else:
+        ip, _, port = address.partition(":")
+    try:
+        ipaddress.ip_address(ip)
+        ok = bool(sep and host) and (not port or 1 <= int(port) <= 65535)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"--resolve {entry!r}: expected HOST=ADDR[:PORT] with ADDR an IP address (IPv6 in brackets)")
+    return host, address
+
+
+def _check_beam_flags(command: str, beam_args: Sequence[str]) -> None:
+    from beam_jobs.options import unknown_pipeline_flags
+
+    unknown = unknown_pipeline_flags(beam_args)
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither `m3w {command}` nor Beam's pipeline options know them)")
 
 
 def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
@@ -65,7 +111,11 @@ def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from m3w_pipeline.core.accounting import summary_lines
 
     config = _build_config(args)
-    inputs = expand_inputs(args.input, args.listing_base_url)
+    _check_beam_flags("build", beam_args)
+    try:
+        inputs = expand_inputs(args.input, args.listing_base_url)
+    except (OSError, ValueError) as err:  # a glob matching nothing, an unreadable listing
+        raise UsageError(str(err)) from None
     print(f"m3w build {args.corpus}: {len(inputs)} input files -> {args.output}", file=sys.stderr)
     manifests = run_build(args.corpus, inputs, args.output, config, beam_args, force=args.force)
     if all(m.get("skipped") for m in manifests.values()):
@@ -153,7 +203,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if rest and args.command not in ("build", "stats"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(parser, args, rest)
+    except UsageError as err:
+        print(f"m3w {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, even for YAML's errors
+        return 2
+
+
+def _local_source_missing(path: str) -> bool:
+    local = path.removeprefix("file://")
+    return "://" not in local and not Path(local).exists()
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: Sequence[str]) -> int:
     if args.command == "sample-crawl":
+        if args.pages < 1:
+            raise UsageError(f"--pages must be >= 1, got {args.pages}")
         return _cmd_sample_crawl(args)
     if args.command == "extract":
         return _cmd_extract(args)
@@ -162,6 +227,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command in ("stats", "validate", "export"):
         from m3w import inspect_cli
 
+        source = args.src if args.command == "export" else args.path
+        if _local_source_missing(source):
+            raise UsageError(f"{source}: no such corpus directory")
+        if rest and getattr(args, "runner", None):
+            _check_beam_flags(args.command, rest)
         args.beam_args = rest
         return {"stats": inspect_cli.run_stats, "validate": inspect_cli.run_validate, "export": inspect_cli.run_export}[args.command](args)
     if args.command == "generate":

@@ -65,3 +65,16 @@ def loopback_only(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", guarded)
     return attempts
+
+
+# `make test-fast` runs `-m "not slow"`: the Beam builds (tests/jobs, and tests that use a built
+# corpus) and the training runs are slow; everything else is a unit test of the library.
+_BUILD_FIXTURES = {"corpus_build", "sample_build"}
+_TRAINING_RUNS = {"test_train_trainer.py", "test_train_resume.py", "test_train_ddp.py", "test_train_demo.py",
+                  "test_train_learns.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "jobs" in item.path.parts or _BUILD_FIXTURES & set(item.fixturenames) or item.path.name in _TRAINING_RUNS:
+            item.add_marker(pytest.mark.slow)

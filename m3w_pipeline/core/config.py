@@ -6,7 +6,7 @@ section can be pickled to Beam workers on its own.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from m3w_pipeline.core.typed_config import from_dict
@@ -350,6 +350,11 @@ class BuildConfig:
     pairs: PairConfig = field(default_factory=PairConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
 
+    def __post_init__(self) -> None:
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -357,3 +362,54 @@ class BuildConfig:
     def from_dict(cls, data: dict[str, Any]) -> "BuildConfig":
         """Build from a (possibly partial) nested dict; unknown keys and wrong types are errors naming the key."""
         return from_dict(cls, data)
+
+
+# Range rules, checked when a BuildConfig is made, so a bad value stops the build before any work
+# (not as a ZeroDivisionError on a worker an hour in). Rules go by field name, so a new threshold
+# is covered by the naming convention it follows.
+_AT_LEAST_ONE = {
+    "samples_per_shard", "max_page_bytes", "max_media_bytes", "max_bytes", "max_video_bytes", "max_track_bytes",
+    "max_side", "jpeg_quality", "max_image_pixels", "max_frame_pixels", "max_decoded_frames", "num_frames",
+    "decode_threads", "shingle_size", "num_perm", "bands", "rows", "workers", "per_host_concurrency",
+    "char_repetition_n", "word_repetition_n", "lang_id_max_chars", "max_caption_chars", "cc_rounds",
+}
+_ORDERED_PAIRS = (  # (section, smaller, larger)
+    ("filters", "min_words_per_document", "max_words_per_document"),
+    ("filters", "min_images_per_document", "max_images_per_document"),
+    ("filters", "min_words_per_text_node", "max_words_per_text_node"),
+    ("video", "min_duration_s", "max_duration_s"),
+    ("pairs", "align_min_words", "align_max_words"),
+    ("pairs", "ltip_min_words", "ltip_max_words"),
+    ("video", "caption_min_words", "caption_max_words"),
+)
+
+
+def config_problems(config: BuildConfig) -> list[str]:
+    """Every out-of-range value of `config`, each naming its key (empty when all is well)."""
+    problems = []
+    for section in fields(config):
+        values = getattr(config, section.name)
+        for f in fields(values):
+            value, key, words = getattr(values, f.name), f"{section.name}.{f.name}", f.name.split("_")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if value < 0:
+                problems.append(f"{key} must be >= 0, got {value}")
+            elif f.name in _AT_LEAST_ONE and value < 1:
+                problems.append(f"{key} must be >= 1, got {value}")
+            elif f.name.endswith("_timeout_s") and value <= 0:
+                problems.append(f"{key} must be > 0, got {value}")
+            elif "aspect" in words and value < 1:
+                problems.append(f"{key} must be >= 1 (long side over short side), got {value}")
+            elif ({"fraction", "ratio", "jaccard"} & set(words)) and "aspect" not in words and value > 1:
+                problems.append(f"{key} is a fraction: it must be <= 1, got {value}")
+    if config.image.jpeg_quality > 100:
+        problems.append(f"image.jpeg_quality must be <= 100, got {config.image.jpeg_quality}")
+    if config.dedup.bands * config.dedup.rows > config.dedup.num_perm:
+        problems.append(f"dedup.bands x dedup.rows ({config.dedup.bands * config.dedup.rows}) must be <= dedup.num_perm ({config.dedup.num_perm})")
+    for section, low, high in _ORDERED_PAIRS:
+        values = getattr(config, section)
+        if hasattr(values, low) and hasattr(values, high) and getattr(values, low) > getattr(values, high):
+            problems.append(f"{section}.{low} ({getattr(values, low)}) must be <= {section}.{high} ({getattr(values, high)})")
+    return problems
+

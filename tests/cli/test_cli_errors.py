@@ -1,0 +1,85 @@
+"""A user's mistake at the command line is one clear line and exit 2, never a traceback or a silent no-op."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from m3w.cli import main
+
+
+@pytest.fixture
+def crawl(tmp_path):
+    """A one-record WARC, enough for the build to get past argument checks if one were missed."""
+    from helpers.warc_builder import article, response, write_warc
+
+    path = tmp_path / "one.warc.gz"
+    write_warc(path, [response("https://example.org/a", article("A page", ["Some words."], []))])
+    return path
+
+
+def _config(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BUILD = ["build", "m3w", "--output", "{tmp}/out", "--input", "{warc}"]
+CASES = {
+    "glob matching nothing": (["build", "m3w", "--output", "{tmp}/out", "--input", "{tmp}/nothing-*.warc.gz"], "no input matches"),
+    "missing config": ([*BUILD, "--config", "{tmp}/missing.toml"], "--config"),
+    "malformed TOML config": ([*BUILD, "--config", "{bad_toml}"], "--config"),
+    "malformed YAML config": ([*BUILD, "--config", "{bad_yaml}"], "--config"),
+    "config with a bad suffix": ([*BUILD, "--config", "{ini}"], "must be .toml"),
+    "unknown config key": ([*BUILD, "--config", "{unknown_key}"], "filters: unknown keys ['min_wrods']"),
+    "unknown config section": ([*BUILD, "--config", "{unknown_section}"], "unknown keys ['filterz']"),
+    "wrong-typed config value": ([*BUILD, "--config", "{wrong_type}"],
+                                 "filters.min_words_per_document: expected int"),
+    "zero samples per shard": ([*BUILD, "--samples-per-shard", "0"], "shards.samples_per_shard must be >= 1"),
+    "fraction above one": ([*BUILD, "--config", "{fraction}"], "max_dup_line_fraction is a fraction"),
+    "resolve without an address": ([*BUILD, "--resolve", "notanaddress"], "--resolve"),
+    "resolve to a host name": ([*BUILD, "--resolve", "a.test=b.test:80"], "--resolve"),
+    "resolve with a bad port": ([*BUILD, "--resolve", "a.test=127.0.0.1:99999"], "--resolve"),
+    "flag typo": ([*BUILD, "--min-wrods", "5"], "unrecognized arguments: --min-wrods"),
+    "extract on a missing page": (["extract", "{tmp}/missing.html"], "no such file"),
+    "stats on a missing corpus": (["stats", "{tmp}/missing"], "no such corpus directory"),
+    "validate on a missing corpus": (["validate", "{tmp}/missing"], "no such corpus directory"),
+    "export on a missing corpus": (["export", "parquet", "{tmp}/missing", "{tmp}/out"], "no such corpus directory"),
+    "stats beam flag typo": (["stats", "{tmp}", "--runner", "FnApiRunner", "--direct_num_wrokers", "2"], "--direct_num_wrokers"),
+    "no pages": (["sample-crawl", "{tmp}/s", "--pages", "0"], "--pages"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_user_errors_are_one_line_and_exit_2(name, tmp_path, crawl, capsys):
+    argv, expected = CASES[name]
+    values = {
+        "tmp": str(tmp_path), "warc": str(crawl),
+        "bad_toml": _config(tmp_path, "bad.toml", "[filters\nmin_words = 3"),
+        "bad_yaml": _config(tmp_path, "bad.yaml", "filters: [unclosed"),
+        "ini": _config(tmp_path, "c.ini", "[filters]"),
+        "unknown_key": _config(tmp_path, "k.toml", "[filters]\nmin_wrods = 5\n"),
+        "unknown_section": _config(tmp_path, "s.toml", "[filterz]\nmin_words_per_document = 5\n"),
+        "wrong_type": _config(tmp_path, "t.json", '{"filters": {"min_words_per_document": "5"}}'),
+        "fraction": _config(tmp_path, "f.toml", "[filters]\nmax_dup_line_fraction = 3.0\n"),
+    }
+    rc = main([a.format(**values) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and err[0].startswith(f"m3w {argv[0]}: error: "), err
+    assert expected in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_valid_resolve_and_ipv6_resolve_pass_the_check(tmp_path, crawl, capsys):
+    out = tmp_path / "out"
+    rc = main(["build", "m3w", "--input", str(crawl), "--output", str(out), "--resolve", "a.test=127.0.0.1:8080",
+               "--resolve", "b.test=[::1]:8080", "--min-images", "0"])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "manifest.json").exists()
+
+
+def test_gzip_config_is_not_silently_read(tmp_path, crawl, capsys):
+    path = tmp_path / "c.toml.gz"
+    path.write_bytes(gzip.compress(b"[filters]\n"))
+    assert main(["build", "m3w", "--input", str(crawl), "--output", str(tmp_path / "o"), "--config", str(path)]) == 2
