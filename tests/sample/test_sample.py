@@ -22,14 +22,9 @@ import pytest
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
-from m3w_pipeline.sample.crawl import (
-    BACKGROUNDS,
-    COLOURS,
-    SHAPES,
-    TRUTH_FILENAME,
-    SampleCrawl,
-    write_sample_crawl,
-)
+from m3w_pipeline.sample.crawl import SampleCrawl, write_sample_crawl
+from m3w_pipeline.sample.shapes import BACKGROUNDS, COLOURS, SHAPES
+from m3w_pipeline.sample.truth import TRUTH_FILENAME
 
 PAGES = 120
 PAGES_PER_FILE = 50  # -> 3 files, so cross-file image joins occur
@@ -327,7 +322,7 @@ def test_crawled_videos_decode_to_what_the_truth_and_caption_say(truth: list[dic
 
 
 def test_video_rendering_is_deterministic() -> None:
-    from m3w_pipeline.sample.crawl import ShapeSpec, render_shape_video
+    from m3w_pipeline.sample.shapes import ShapeSpec, render_shape_video
 
     spec = ShapeSpec("star", "red", 3, "white")
     a, b = render_shape_video(spec, "k", 10, 2.0), render_shape_video(spec, "k", 10, 2.0)
