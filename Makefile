@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PAGES  ?= 300
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run demo corpus test test-fast lint bench clean
+.PHONY: run demo corpus test test-fast lint fuzz bench clean
 
 # Everything for the README's two commands: the pipeline, the trainer, HF backbones and the test tools,
 # at the exact versions in constraints.txt (the wheel itself declares ranges).
@@ -39,6 +39,13 @@ test: lint
 # Everything but the Beam builds and training runs (marked slow): under 3 minutes on 2 cores.
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Bounded fuzz campaigns (FUZZ_SECONDS per target) on WARC reading, page extraction, image
+# processing, video probing and WebVTT parsing; findings are saved as recipes in tests/fuzz/reproducers/
+# and replayed by `make test`. Not part of `make test` (a seconds-long smoke run is).
+FUZZ_SECONDS ?= 120
+fuzz: $(STAMP)
+	cd tests && ../$(BIN)/python -m helpers.fuzzing run --target all --seconds $(FUZZ_SECONDS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
