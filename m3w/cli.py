@@ -202,12 +202,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("build", "stats"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(args.verbose)
     try:
         return _run(parser, args, rest)
     except UsageError as err:
         print(f"m3w {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, even for YAML's errors
         return 2
+
+
+class _QuietBeam(logging.Filter):
+    """Without -v, Beam's import-time and per-stage chatter is not shown; our own warnings and every error are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        if "apitools not found" in record.getMessage():  # printed by `import apache_beam` on every run
+            return False
+        return not record.name.startswith("apache_beam")
+
+
+def _configure_logging(verbose: bool) -> None:
+    # Set up before Beam is imported: its import-time warning otherwise configures the root logger itself.
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietBeam())
 
 
 def _local_source_missing(path: str) -> bool:
