@@ -105,6 +105,14 @@ def _check_beam_flags(command: str, beam_args: Sequence[str]) -> None:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither `m3w {command}` nor Beam's pipeline options know them)")
 
 
+def _config_sections() -> str:
+    from dataclasses import fields
+
+    from m3w_pipeline.core.config import BuildConfig
+
+    return ", ".join(f.name for f in fields(BuildConfig))
+
+
 def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beam_jobs.fsio import expand_inputs
     from beam_jobs.runner import run_build
@@ -133,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample-crawl", help="write a generated sample crawl (WARC.gz) to OUT_DIR")
-    p.add_argument("out_dir")
-    p.add_argument("--pages", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", help="folder for the WARC.gz files and the truth file (created)")
+    p.add_argument("--pages", type=int, default=200, help="pages to generate (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same bytes")
 
     p = sub.add_parser("extract", help="print the ordered document extracted from one HTML page")
     p.add_argument("page", help="an .html or .html.gz file")
@@ -149,16 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("corpus", choices=["m3w", "pairs", "video", "all"], help="all: the three corpora from one read, in OUTPUT/{m3w,pairs,video}")
     p.add_argument("--input", nargs="+", required=True, help="WARC paths, globs, URLs or a CC warc.paths.gz listing")
-    p.add_argument("--output", required=True)
-    p.add_argument("--config", help="BuildConfig as JSON or TOML (sections warc, extract, image, filters, shards)")
-    p.add_argument("--listing-base-url", default="https://data.commoncrawl.org/")
+    p.add_argument("--output", required=True, help="output folder (local, gs://, s3://); `all` writes OUTPUT/{m3w,pairs,video}")
+    p.add_argument("--config", help=f"BuildConfig as TOML, YAML or JSON, sections {_config_sections()}; unknown keys are errors")
+    p.add_argument("--listing-base-url", default="https://data.commoncrawl.org/", help="prefix for the paths of a CC warc.paths.gz listing")
     p.add_argument("--force", action="store_true", help="rebuild even when OUTPUT already holds this build")
-    p.add_argument("--min-words", type=int)
-    p.add_argument("--min-images", type=int)
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--max-image-side", type=int)
-    p.add_argument("--samples-per-shard", type=int)
-    p.add_argument("--max-page-bytes", type=int)
+    p.add_argument("--min-words", type=int, help="filters.min_words_per_document: fewer words drop the document")
+    p.add_argument("--min-images", type=int, help="filters.min_images_per_document: fewer images drop the document")
+    p.add_argument("--max-images", type=int, help="filters.max_images_per_document: more images drop the document")
+    p.add_argument("--max-image-side", type=int, help="image.max_side: stored images are resized to this long side")
+    p.add_argument("--samples-per-shard", type=int, help="shards.samples_per_shard: documents per tar shard")
+    p.add_argument("--max-page-bytes", type=int, help="warc.max_page_bytes: larger pages are dropped as too-large")
     p.add_argument("--fetch-media", action="store_true", help="fetch referenced images and videos the crawl does not hold (needed for real CC WARCs)")
     p.add_argument("--allow-private-addresses", action="store_true", help="let the fetcher reach private/loopback addresses (tests, intranets)")
     p.add_argument(
