@@ -52,6 +52,9 @@ class ExtractConfig:
     # walk the declared region instead. Overlap is the share of trafilatura's words found there.
     declared_main_fallback: bool = True
     declared_main_max_overlap: float = 0.8
+    # Time budget per page: extraction runs in a child process that is killed (and restarted)
+    # when a page takes longer; the page is counted as extract-timeout. 0 runs in-process, unbounded.
+    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
