@@ -187,17 +187,13 @@ def _resolved(test: Callable[[Any], bool]) -> Callable[[DocImage], bool]:
 
 
 def image_node_filters(config: FilterConfig) -> list[Check]:
-    """Image checks: URL blocklist on every image; size, aspect and format on resolved ones (original sizes)."""
+    """Image checks: URL blocklist on every image; largest side and format on resolved ones (original
+    sizes). The minimum side and the aspect ratio were checked once, before decoding (ImageConfig)."""
     checks = []
     if config.use_image_url_blocklist:
         checks.append(Check("image-url-blocklist", lambda image: blocked_image_url(image.ref.url) is None))
-    low, high, aspect = config.min_image_side, config.max_image_side, config.max_image_aspect_ratio
-    checks += [
-        Check("image-too-small", _resolved(lambda im: min(im.original_width, im.original_height) >= low)),
-        Check("image-too-large", _resolved(lambda im: max(im.original_width, im.original_height) <= high)),
-        Check("image-bad-aspect", _resolved(lambda im: min(im.original_width, im.original_height) > 0
-                                            and max(im.original_width, im.original_height) / min(im.original_width, im.original_height) <= aspect)),
-    ]
+    high = config.max_image_side
+    checks.append(Check("image-too-large", _resolved(lambda im: max(im.original_width, im.original_height) <= high)))
     if config.allowed_image_formats:
         allowed = frozenset(f.upper() for f in config.allowed_image_formats)
         checks.append(Check("image-format", _resolved(lambda im: im.original_format.upper() in allowed)))

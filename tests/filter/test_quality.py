@@ -1,14 +1,16 @@
 """Quality scores on hand-built texts whose ratios are known, and the filters built on them."""
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from m3w_pipeline.core.accounting import Tally
-from m3w_pipeline.core.config import FilterConfig
+from m3w_pipeline.core.config import BuildConfig, FilterConfig, ImageConfig
 from m3w_pipeline.core.document import DocImage, Document, DocVideo, words
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
 from m3w_pipeline.filter import quality as q
@@ -17,10 +19,11 @@ from m3w_pipeline.filter.filters import (
     document_filters,
     filter_nodes,
     first_failure,
+    image_node_filters,
     quality_filters,
     url_host_path,
 )
-from m3w_pipeline.media.images import ProcessedImage
+from m3w_pipeline.media.images import ProcessedImage, process_image
 from m3w_pipeline.read.warc import Provenance
 
 CONFIG = FilterConfig()
@@ -184,8 +187,8 @@ def test_node_filters_remove_bad_text_nodes_and_images_and_keep_the_document_ali
         "•••• ★★★★ ••••",  # no words
         ok_image("https://www.site.example/static/images/site-logo.png"),  # blocklisted
         ok_image("https://i.example/photo.jpg"),
-        ok_image("https://i.example/strip.jpg", w=1200, h=100),  # aspect 12
-        ok_image("https://i.example/tiny.jpg", w=40, h=40),
+        ok_image("https://i.example/strip.jpg", w=1200, h=100),  # aspect 12: ImageConfig's check, before decoding
+        ok_image("https://i.example/huge.jpg", w=30_000, h=12_000),  # larger than max_image_side
         ok_image("https://i.example/scan.jpg", fmt="PCX"),
         DocImage(ImageRef("https://i.example/not-yet.jpg"), "missing"),
         "Thanks for reading.",
@@ -193,24 +196,45 @@ def test_node_filters_remove_bad_text_nodes_and_images_and_keep_the_document_ali
     doc.videos.append(DocVideo(8, VideoRef(["https://v.example/v.mp4"])))  # before "Thanks for reading."
     tally = Tally()
     out = filter_nodes(doc, CONFIG, tally)
-    assert out.texts == [ENGLISH, None, None, "Thanks for reading."]
-    assert [im.ref.url for im in out.images if im] == ["https://i.example/photo.jpg", "https://i.example/not-yet.jpg"]
+    assert out.texts == [ENGLISH, None, None, None, "Thanks for reading."]
+    assert [im.ref.url for im in out.images if im] == [
+        "https://i.example/photo.jpg", "https://i.example/strip.jpg", "https://i.example/not-yet.jpg"
+    ]
     assert out.texts[out.videos[0].position] == "Thanks for reading."
     assert tally.counts == {
         ("text_nodes", "in"): 3,
         ("text_nodes", "kept"): 2,
         ("text_nodes", "text-node-word-count"): 1,
         ("image_nodes", "in"): 6,
-        ("image_nodes", "kept"): 2,
+        ("image_nodes", "kept"): 3,
         ("image_nodes", "image-url-blocklist"): 1,
-        ("image_nodes", "image-bad-aspect"): 1,
-        ("image_nodes", "image-too-small"): 1,
+        ("image_nodes", "image-too-large"): 1,
         ("image_nodes", "image-format"): 1,
     }
-    assert [r.reason for r in tally.rejects] == [
-        "text-node-word-count", "image-url-blocklist", "image-bad-aspect", "image-too-small", "image-format"
-    ]
+    assert [r.reason for r in tally.rejects] == ["text-node-word-count", "image-url-blocklist", "image-too-large", "image-format"]
     assert doc.n_images == 5  # the input is not modified
+
+
+def jpeg(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 80, 40)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_image_size_and_aspect_are_one_check_with_one_setting():
+    """ImageConfig.min_side / max_aspect_ratio decide, once, before decoding; loosening them lets
+    the image through (there is no second, filter-level copy that would still drop it)."""
+    tiny, strip = jpeg(40, 40), jpeg(1200, 100)
+    assert process_image(tiny).reason == "too-small" and process_image(strip).reason == "bad-aspect"
+    loose = ImageConfig(min_side=32, max_aspect_ratio=12.0)
+    for data in (tiny, strip):
+        result = process_image(data, loose)
+        assert result.reason == "ok" and result.image is not None
+        image = DocImage(ImageRef("https://i.example/x.jpg"), "ok", result.image)
+        assert first_failure(image_node_filters(CONFIG), image) is None
+    for old in ("min_image_side", "max_image_aspect_ratio"):  # the former filter keys name themselves
+        with pytest.raises(ValueError, match=old):
+            BuildConfig.from_dict({"filters": {old: 32}})
 
 
 @pytest.mark.parametrize(
