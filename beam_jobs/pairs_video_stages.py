@@ -16,8 +16,8 @@ and the same extraction as the M3W build:
                  with --fetch-media: refs of URLs no record holds                 |   -> WriteSampleShards (video-*)
                    -> FetchVideosFn (fetch once per URL; probe + sample a video, parse a track) -> results by key
 
-Every DoFn counts what it consumes per (stage, outcome) with `m3w_job.count`; the
-stage table (kept outcomes, links between stages) is in `m3w_pipeline.core.accounting`.
+Every step records what it consumes per (stage, outcome) in a Tally (`beam_jobs.counting`);
+the stage table (kept outcomes, links between stages) is in `m3w_pipeline.core.accounting`.
 Shards: samples go to shard int(key[:15], 16) % n, n from the kept count per shard set, so
 identical pairs (same key) meet in one shard, where `dedup_samples` keeps one; the
 writer counts <set>_samples: in / written / duplicate.
@@ -25,17 +25,17 @@ writer counts <set>_samples: in / written / duplicate.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.pvalue import AsDict, TaggedOutput
 
-from beam_jobs import fsio
-from beam_jobs.counting import COUNTS, count
+from beam_jobs.counting import COUNTS, CountedSteps, CountingFn, counting
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batches
-from m3w_pipeline.core.accounting import IN
+from beam_jobs.outputs import Corpus, n_shards, shard_of, write_shard_files
+from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import BuildConfig, FetchConfig, ImageConfig, PairConfig, VideoConfig
+from m3w_pipeline.core.document import choose_record
 from m3w_pipeline.media.fetch import FetchResult
 from m3w_pipeline.media.images import ImageResult
 from m3w_pipeline.media.video import VideoResult, media_kind, process_video, webvtt_text
@@ -53,7 +53,7 @@ from m3w_pipeline.write.pairs import (
     unfetchable_sample,
     video_candidates,
 )
-from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, shard_name
+from m3w_pipeline.write.shards import shard_name
 
 VIDEO_MEDIA = "video_media"
 VIDEO_REFS = "video_refs"
@@ -67,12 +67,12 @@ VIDEO_FETCH_STAGE = "video_fetch"
 # ----------------------------------------------------------------------------- media split
 
 
-def split_media(element: tuple[str, warc_lib.MediaRecord]) -> Iterator[Any]:
+@counting
+def split_media(element: tuple[str, warc_lib.MediaRecord], tally: Tally) -> Iterator[Any]:
     """(url, media record) -> main (images, as before) or VIDEO_MEDIA (video containers, WebVTT)."""
     _, record = element
-    yield count("media_kind", IN)
     kind = media_kind(record.content_type, record.data)
-    yield count("media_kind", kind)
+    tally.add("media_kind", kind)
     yield element if kind == "image" else TaggedOutput(VIDEO_MEDIA, element)
 
 
@@ -97,45 +97,40 @@ def _as_input(item: Any) -> PairInput:
     return item if isinstance(item, PairInput) else PairInput(item)
 
 
-class ExtractPairsFn(beam.DoFn):
-    """PairInput (or Document) -> Pair (successes and failed rows); counts documents and candidates."""
+class ExtractPairsFn(CountingFn):
+    """PairInput (or Document) -> Pair (successes and failed rows); stages pair_documents, pair_candidates."""
 
     def __init__(self, config: PairConfig):
         self.config = config
 
-    def process(self, item: Any) -> Iterator[Any]:
+    def step(self, item: Any, tally: Tally) -> Iterator[Any]:
         pin = _as_input(item)
-        yield count("pair_documents", IN)
         if pin.opted_out:  # noimageai: none of the page's images may be used
-            yield count("pair_documents", pin.opted_out)
+            tally.add("pair_documents", pin.opted_out)
             return
         pairs, outcomes = extract_pairs(pin.doc, self.config, pin.failed_images)
-        yield count("pair_documents", "with-candidates" if outcomes else "no-candidates")
-        if outcomes:
-            yield count("pair_candidates", IN, sum(outcomes.values()))
-        for outcome, n in sorted(outcomes.items()):
-            yield count("pair_candidates", outcome, n)
+        tally.add("pair_documents", "with-candidates" if outcomes else "no-candidates")
+        tally.add_all("pair_candidates", outcomes)
         yield from pairs
 
 
 # ----------------------------------------------------------------------------- videos
 
 
-class VideoCandidatesFn(beam.DoFn):
-    """PairInput (or Document) -> candidates (main, by key), URL refs and unfetchable rows."""
+class VideoCandidatesFn(CountingFn):
+    """PairInput (or Document) -> candidates (main, by key), URL refs and unfetchable rows; stage video_refs."""
 
     def __init__(self, config: VideoConfig, captions: PairConfig):
         self.config = config
         self.captions = captions
 
-    def process(self, item: Any) -> Iterator[Any]:
+    def step(self, item: Any, tally: Tally) -> Iterator[Any]:
         pin = _as_input(item)
         for cand in video_candidates(pin.doc, self.config, self.captions):
-            yield count("video_refs", IN)
             if pin.opted_out:  # noimageai covers video frames too: counted, no row
-                yield count("video_refs", pin.opted_out)
+                tally.add("video_refs", pin.opted_out)
                 continue
-            yield count("video_refs", cand.reason)
+            tally.add("video_refs", cand.reason)
             if cand.reason != VIDEO_CANDIDATE:
                 yield TaggedOutput(VIDEO_ROWS, unfetchable_sample(cand, self.config))
                 continue
@@ -163,7 +158,7 @@ def track_results(refs: Iterable[tuple], data: bytes, config: VideoConfig, capti
             yield (cand_key, (TRACK, rank, url, text))
 
 
-class ResolveVideosFn(beam.DoFn):
+class ResolveVideosFn(CountingFn):
     """Per URL: choose one record (latest capture), probe + sample it ONCE, hand the result to
     every candidate that lists it; tracks are parsed as WebVTT. Counts video_media_records.
 
@@ -178,24 +173,17 @@ class ResolveVideosFn(beam.DoFn):
         self.captions = captions
         self.fetch = fetch
 
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+    def step(self, element: tuple[str, dict[str, Iterable[Any]]], tally: Tally) -> Iterator[Any]:
         url, grouped = element
         refs = list(grouped["refs"])
         records = sorted(grouped["media"], key=warc_lib.capture_order)
         if records:
-            yield from self._count_records(records, refs)
-        if records and refs:
-            yield from self._resolve(records[-1], refs)
+            record = choose_record(records, bool(refs), "video_media_records", tally)
+            if refs:
+                yield from self._resolve(record, refs)
         elif refs and self.fetch:
-            yield count("video_unresolved", IN)
-            yield count("video_unresolved", "to-fetch")
+            tally.add("video_unresolved", "to-fetch")
             yield TaggedOutput(UNRESOLVED, (url, sorted(refs)))
-
-    def _count_records(self, records: list, refs: list) -> Iterator[Any]:
-        yield count("video_media_records", IN, len(records))
-        if len(records) > 1:  # the most recent capture wins
-            yield count("video_media_records", "duplicate-url", len(records) - 1)
-        yield count("video_media_records", "used" if refs else "unreferenced")
 
     def _resolve(self, record: warc_lib.MediaRecord, refs: list) -> Iterator[Any]:
         if any(role == SOURCE for _, _, role, _ in refs):
@@ -236,21 +224,20 @@ class FetchVideosFn(FetchFn):
             yield from track_results(refs, body, self.config, self.captions)
 
 
-class BuildVideoSamplesFn(beam.DoFn):
-    """(candidate key, {candidate, resolved}) -> VideoSample (success or failed row); counts video_candidates."""
+class BuildVideoSamplesFn(CountingFn):
+    """(candidate key, {candidate, resolved}) -> VideoSample (success or failed row); stage video_candidates."""
 
     def __init__(self, config: VideoConfig):
         self.config = config
 
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+    def step(self, element: tuple[str, dict[str, Iterable[Any]]], tally: Tally) -> Iterator[Any]:
         _, grouped = element
         resolved = list(grouped["resolved"])
         results = [(rank, url, r) for role, rank, url, r in resolved if role == SOURCE]
         tracks = [(rank, text) for role, rank, _, text in resolved if role == TRACK]
         for candidate in list(grouped["candidate"])[:1]:  # results only exist for candidates
-            yield count("video_candidates", IN)
             sample, outcome = build_video_sample(candidate, results, tracks, self.config)
-            yield count("video_candidates", outcome)
+            tally.add("video_candidates", outcome)
             if sample is not None:
                 yield sample
 
@@ -258,45 +245,24 @@ class BuildVideoSamplesFn(beam.DoFn):
 # ----------------------------------------------------------------------------- shards
 
 
-def _n_shards(n: int, per_shard: int) -> int:
-    return max(1, math.ceil(n / per_shard))
-
-
-def _key_shard(key: str, n: int) -> int:
-    return int(key[:15], 16) % n
-
-
-class WriteShardGroupFn(beam.DoFn):
-    """((prefix, index), samples) -> PREFIX-NNNNN.tar + .parquet (temp, then renamed); dedups, counts."""
+class WriteShardGroupFn(CountingFn):
+    """((prefix, index), samples) -> PREFIX-NNNNN.tar + .parquet; dedups, stage <set>_samples (in, written, duplicate)."""
 
     def __init__(self, output_dir: str, writer: Callable, stages: dict[str, str]):
         self.output_dir = output_dir
         self.writer = writer
         self.stages = stages  # prefix -> accounting stage
 
-    def process(self, element: tuple[tuple[str, int], Iterable[Any]]) -> Iterator[Any]:
+    def step(self, element: tuple[tuple[str, int], Iterable[Any]], tally: Tally) -> Iterator[Any]:
         (prefix, index), samples = element
         samples = list(samples)
         unique, duplicates = dedup_samples(samples)
         stage = self.stages[prefix]
-        n_in = sum(1 for s in samples if s.ok)
-        if n_in:
-            yield count(stage, IN, n_in)
-            yield count(stage, "written", n_in - duplicates)
-        if duplicates:
-            yield count(stage, "duplicate", duplicates)
+        tally.add(stage, "written", sum(1 for s in samples if s.ok) - duplicates)
+        tally.add(stage, "duplicate", duplicates)
         name = shard_name(prefix, index)
-        holder: dict[str, Any] = {}
-
-        def write_tar(out):
-            holder["info"], holder["table"] = self.writer(unique, name, out)
-
-        fsio.write_atomic(fsio.join(self.output_dir, f"{name}.tar"), write_tar)
-        index_bytes = parquet_bytes(holder["table"])
-        fsio.write_bytes_atomic(fsio.join(self.output_dir, f"{name}.parquet"), index_bytes)
-        info = holder["info"]
-        info.parquet_bytes, info.parquet_sha256 = len(index_bytes), sha256_bytes(index_bytes)
-        yield dict(dataclasses.asdict(info), rows=holder["table"].num_rows)
+        info, table = write_shard_files(self.output_dir, name, lambda out: self.writer(unique, name, out))
+        yield dict(dataclasses.asdict(info), rows=table.num_rows)
 
 
 class WriteSampleShards(beam.PTransform):
@@ -321,7 +287,7 @@ class WriteSampleShards(beam.PTransform):
 
         def assign(sample: Any, counts: dict[str, int]) -> tuple[tuple[str, int], Any]:
             prefix = prefix_of(sample)
-            return (prefix, _key_shard(sample.key, _n_shards(counts.get(prefix, 0), per_shard))), sample
+            return (prefix, shard_of(sample.key, n_shards(counts.get(prefix, 0), per_shard))), sample
 
         return (
             samples
@@ -334,12 +300,6 @@ class WriteSampleShards(beam.PTransform):
 # ----------------------------------------------------------------------------- corpora
 
 
-class Corpus(NamedTuple):
-    shards: beam.PCollection  # one dict per shard: ShardInfo fields + rows (index rows incl. failed)
-    counts: list  # PCollections of accounting.Count, to flatten into the manifest's counts
-    fetch_status: Optional[beam.PCollection] = None  # fetch status rows of the media this corpus fetched
-
-
 def pair_prefix(config: PairConfig) -> Callable[[Pair], str]:
     prefixes = {"align": config.align_prefix, "ltip": config.ltip_prefix}
     return lambda pair: prefixes[pair.kind]
@@ -347,40 +307,34 @@ def pair_prefix(config: PairConfig) -> Callable[[Pair], str]:
 
 def add_pair_corpus(pair_inputs: beam.PCollection, output_dir: str, config: BuildConfig) -> Corpus:
     """ALIGN + LTIP shards (PREFIX-NNNNN.tar/.parquet in output_dir) from PairInputs or Documents."""
-    pc = config.pairs
-    pairs = pair_inputs | "ExtractPairs" >> beam.ParDo(ExtractPairsFn(pc)).with_outputs(COUNTS, main="pairs")
+    pc, steps = config.pairs, CountedSteps()
+    pairs = steps(pair_inputs, "ExtractPairs", ExtractPairsFn(pc), main="pairs")
     stages = {pc.align_prefix: "align_samples", pc.ltip_prefix: "ltip_samples"}
     shards = pairs.pairs | "PairShards" >> WriteSampleShards(output_dir, pair_prefix(pc), stages, pc.samples_per_shard, write_pair_shard)
-    return Corpus(shards.shards, [pairs[COUNTS], shards[COUNTS]])
+    steps.add(shards[COUNTS])
+    return Corpus((pc.align_prefix, pc.ltip_prefix), shards.shards, steps.counts)
 
 
 def add_video_corpus(
     pair_inputs: beam.PCollection, video_media: beam.PCollection, output_dir: str, config: BuildConfig
 ) -> Corpus:
     """Video shards (PREFIX-NNNNN.tar/.parquet) from PairInputs/Documents and (url, MediaRecord) video records."""
-    vc = config.video
-    cands = pair_inputs | "VideoCandidates" >> beam.ParDo(VideoCandidatesFn(vc, config.pairs)).with_outputs(
-        VIDEO_REFS, VIDEO_ROWS, COUNTS, main="candidates")
+    vc, steps = config.video, CountedSteps()
+    cands = steps(pair_inputs, "VideoCandidates", VideoCandidatesFn(vc, config.pairs), VIDEO_REFS, VIDEO_ROWS, main="candidates")
+    joined = {"refs": cands[VIDEO_REFS], "media": video_media} | "JoinVideoMediaByUrl" >> beam.CoGroupByKey()
     fetch = config.fetch.enabled
-    resolved = (
-        {"refs": cands[VIDEO_REFS], "media": video_media}
-        | "JoinVideoMediaByUrl" >> beam.CoGroupByKey()
-        | "ResolveVideos" >> beam.ParDo(ResolveVideosFn(vc, config.image, config.pairs, fetch)).with_outputs(
-            COUNTS, UNRESOLVED, main="results")
-    )
-    results, counts, fetch_status = resolved.results, [cands[COUNTS], resolved[COUNTS]], None
+    resolved = steps(joined, "ResolveVideos", ResolveVideosFn(vc, config.image, config.pairs, fetch), UNRESOLVED, main="results")
+    results, status_rows = resolved.results, []
     if fetch:  # batches no larger than the thread pool: at most that many video bodies held at once
         fetched = fetch_batches(resolved[UNRESOLVED], FetchVideosFn(config.fetch, vc, config.image, config.pairs), "FetchVideos",
                                 min_batch_size=1, max_batch_size=max(1, config.fetch.workers), main="results")
         results = (results, fetched.results) | "AllVideoResults" >> beam.Flatten()
-        counts.append(fetched[COUNTS])
-        fetch_status = fetched[FETCH_STATUS]
-    built = (
-        {"candidate": cands.candidates, "resolved": results}
-        | "JoinVideoCandidates" >> beam.CoGroupByKey()
-        | "BuildVideoSamples" >> beam.ParDo(BuildVideoSamplesFn(vc)).with_outputs(COUNTS, main="samples")
-    )
+        steps.add(fetched[COUNTS])
+        status_rows.append(fetched[FETCH_STATUS])
+    joined = {"candidate": cands.candidates, "resolved": results} | "JoinVideoCandidates" >> beam.CoGroupByKey()
+    built = steps(joined, "BuildVideoSamples", BuildVideoSamplesFn(vc), main="samples")
     samples = (built.samples, cands[VIDEO_ROWS]) | "VideoSamplesAndRows" >> beam.Flatten()
     shards = samples | "VideoShards" >> WriteSampleShards(output_dir, lambda s: vc.prefix, {vc.prefix: "video_samples"},
                                                           vc.samples_per_shard, write_video_shard)
-    return Corpus(shards.shards, counts + [built[COUNTS], shards[COUNTS]], fetch_status)
+    steps.add(shards[COUNTS])
+    return Corpus((vc.prefix,), shards.shards, steps.counts, status_rows)

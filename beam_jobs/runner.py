@@ -9,7 +9,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from beam_jobs import fsio
-from beam_jobs.m3w_job import MANIFEST_NAME, build_pipeline, corpus_dirs
+from beam_jobs.m3w_job import build_pipeline, corpus_dirs
+from beam_jobs.outputs import MANIFEST_NAME
 from m3w_pipeline.core.config import BuildConfig
 
 # The embedded runner the DirectRunner itself would choose for a batch job. Naming it

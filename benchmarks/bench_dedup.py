@@ -1,17 +1,18 @@
-"""Cost of the dedup stages per 10,000 documents: Beam PTransforms on FnApiRunner vs the pure functions.
+"""Cost of the dedup stage per 10,000 documents: the Beam `Dedup` composite on FnApiRunner, and
+the per-document work of its pure functions in one process.
 
     python benchmarks/bench_dedup.py [--docs 10000] [--no-write]
 
 Synthetic documents (~300 words, 2-3 images each) with planted duplicates: 5% re-captures
 of a URL, 8% exact text copies, 8% near copies (last 5% of the words replaced: Jaccard
-~0.9), a logo on 20% of the pages, 3% identical image sets. Each stage runs as its own
-pipeline on the embedded runner (single process, in-memory) over the same documents,
-generated inside the pipeline from their index; an identity pipeline (generate -> count) is
-measured too, and "net" subtracts it (the
-cost of moving the documents through the runner, which the job pays anyway). The pure
-column runs the `m3w_pipeline.filter.dedup` function over the same list in one process: the
-algorithmic cost without Beam. Prints a table and writes the section "## Dedup (issue 3)"
-of benchmarks/RESULTS.md (other sections untouched).
+~0.9), a logo on 20% of the pages, 3% identical image sets. `Dedup` runs as its own pipeline
+on the embedded runner (single process, in-memory) over the documents, generated inside the
+pipeline from their index; an identity pipeline (generate -> count) is measured too, and "net"
+subtracts it (the cost of moving the documents through the runner, which the job pays anyway).
+The pure row runs the per-document functions of `m3w_pipeline.filter.dedup` (words, keys, MinHash
+signature, images in a document) over the same list in one process: the algorithmic floor of the
+per-document work, without the grouping and joins. Prints a table and writes the section
+"## Dedup (issue 3)" of benchmarks/RESULTS.md (other sections untouched).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics, MetricsFilter
 
 from beam_jobs import dedup_stages as ds
+from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import DedupConfig
 from m3w_pipeline.core.document import DocImage, Document
 from m3w_pipeline.core.nodes import ImageRef
@@ -94,16 +96,15 @@ def make_docs(n: int) -> list[Document]:
     return [make_doc(i) for i in range(n)]
 
 
-STAGES: list[tuple[str, Callable[[], beam.PTransform], Callable[[list[Document]], object]]] = [
-    ("URL", lambda: ds.DedupUrls(CONFIG), dd.dedup_urls),
-    ("exact text", lambda: ds.DedupExactText(CONFIG), dd.dedup_exact_text),
-    ("near text (MinHash LSH)", lambda: ds.DedupNearText(CONFIG), lambda docs: dd.dedup_near_text(docs, CONFIG)),
-    ("images in document", lambda: ds.DedupImagesInDocument(CONFIG),
-     lambda docs: [dd.dedup_images_in_document(d, CONFIG.max_phash_distance) for d in docs]),
-    ("hot images", lambda: ds.RemoveHotImages(CONFIG),
-     lambda docs: [dd.remove_hot_images(d, h) for h in [dd.hot_image_keys(docs, CONFIG.max_docs_per_image)] for d in docs]),
-    ("image sets", lambda: ds.DedupImageSets(CONFIG), dd.dedup_image_sets),
-]
+def pure_per_document(docs: list[Document]) -> int:
+    """The per-document functions `Dedup` calls, in one process; returns how many documents had a signature."""
+    hasher, signed = dd.MinHasher(CONFIG), 0
+    for doc in docs:
+        doc = dd.dedup_images_in_document(doc, CONFIG.max_phash_distance, Tally())
+        tokens = dd.document_words(doc)
+        dd.dedup_keys(doc, tokens)
+        signed += hasher.signature(tokens) is not None
+    return signed
 
 
 def run_beam(n: int, make: Callable[[], beam.PTransform]) -> tuple[float, int]:
@@ -124,32 +125,6 @@ def run_beam(n: int, make: Callable[[], beam.PTransform]) -> tuple[float, int]:
     return seconds, sum(c.committed for c in counters)
 
 
-class Chained(beam.PTransform):
-    """The six single transforms one after another (a document shuffle per document-level stage)."""
-
-    def expand(self, docs):
-        for name, make in (("InDoc", ds.DedupImagesInDocument), ("Url", ds.DedupUrls), ("Exact", ds.DedupExactText),
-                           ("Near", ds.DedupNearText), ("Hot", ds.RemoveHotImages), ("Sets", ds.DedupImageSets)):
-            docs = (docs | name >> make(CONFIG))["docs"]
-        return docs
-
-
-def pure_all(docs: list[Document]) -> list[Document]:
-    docs = [dd.dedup_images_in_document(d, CONFIG.max_phash_distance).doc for d in docs]
-    docs = dd.dedup_urls(docs)[0]
-    docs = dd.dedup_exact_text(docs)[0]
-    docs = dd.dedup_near_text(docs, CONFIG)[0]
-    hot = dd.hot_image_keys(docs, CONFIG.max_docs_per_image)
-    docs = [dd.remove_hot_images(d, hot).doc for d in docs]
-    return dd.dedup_image_sets(docs)[0]
-
-
-STAGES += [
-    ("all six, chained transforms", Chained, pure_all),
-    ("all six, `Dedup` (one document join)", lambda: ds.Dedup(CONFIG), pure_all),
-]
-
-
 class Identity(beam.PTransform):
     def expand(self, pcoll):
         return pcoll | beam.Map(lambda d: d)
@@ -165,25 +140,22 @@ def main() -> None:
     per10k = 10_000 / n
     t0 = time.perf_counter()
     docs = make_docs(n)
-    gen = time.perf_counter() - t0
-    print(f"{n} synthetic documents generated in {gen:.1f} s", flush=True)
+    print(f"{n} synthetic documents generated in {time.perf_counter() - t0:.1f} s", flush=True)
     base = min(run_beam(n, Identity)[0] for _ in range(args.repeats))
-    rows = []
-    for name, make, pure in STAGES:
-        pure_s = float("inf")
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            result = pure(docs)
-            pure_s = min(pure_s, time.perf_counter() - t0)
-        runs = [run_beam(n, make) for _ in range(args.repeats)]
-        beam_s, kept = min(runs)
-        pure_kept = len(result[0]) if isinstance(result, tuple) else len(result)  # type: ignore[arg-type]
-        rows.append((name, beam_s * per10k, max(0.0, beam_s - base) * per10k, pure_s * per10k, kept, pure_kept))
-        print(f"  {name:<26} beam {beam_s:7.2f} s  pure {pure_s:6.2f} s  kept {kept} (pure {pure_kept})", flush=True)
-    header = "| stage | Beam s / 10k docs | net of identity pipeline | pure function s / 10k docs | kept (Beam / pure) |"
-    lines = [header, "|---|---|---|---|---|", f"| identity pipeline (generate -> count) | {base * per10k:.2f} | - | - | {n} |"]
-    for name, b, net, p, kept, pure_kept in rows:
-        lines.append(f"| {name} | {b:.2f} | {net:.2f} | {p:.2f} | {kept} / {pure_kept} |")
+    beam_s, kept = min(run_beam(n, lambda: ds.Dedup(CONFIG)) for _ in range(args.repeats))
+    pure_s = float("inf")
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        pure_per_document(docs)
+        pure_s = min(pure_s, time.perf_counter() - t0)
+    print(f"  Dedup: beam {beam_s:7.2f} s, kept {kept}; per-document functions {pure_s:6.2f} s", flush=True)
+    lines = [
+        "| measurement | s / 10k docs | net of identity pipeline | documents kept |",
+        "|---|---|---|---|",
+        f"| identity pipeline (generate -> count) | {base * per10k:.2f} | - | {n} |",
+        f"| `Dedup` (all six stages, one document join) | {beam_s * per10k:.2f} | {max(0.0, beam_s - base) * per10k:.2f} | {kept} |",
+        f"| per-document functions only (words, keys, signature, images in document), one process | {pure_s * per10k:.2f} | - | - |",
+    ]
     table = "\n".join(lines)
     print()
     print(table)
@@ -198,10 +170,10 @@ def write_section(n: int, repeats: int, table: str) -> None:
         f"`python benchmarks/bench_dedup.py --docs {n} --repeats {repeats}` on the {os.cpu_count()}-core dev VM ({cpu}; Beam's\n"
         f"embedded FnApiRunner, one process; best of {repeats}; other engineers' jobs running, so expect +-30%). Synthetic documents of\n"
         "200-400 words and 2-3 images, with planted URL re-captures (5%), exact copies (8%), near copies\n"
-        "(8%, Jaccard ~0.9), a logo on 20% of pages and repeated image sets (3%). Each stage is its own\n"
+        "(8%, Jaccard ~0.9), a logo on 20% of pages and repeated image sets (3%). `Dedup` runs as its own\n"
         "pipeline over all documents, generated inside it from their index; \"net\" subtracts the identity\n"
-        "pipeline (generating the documents, pipeline start-up). \"pure\" runs the m3w_pipeline.filter.dedup functions\n"
-        f"on a list in one process. MinHash: {CONFIG.num_perm} permutations, {CONFIG.bands} bands x {CONFIG.rows} rows, "
+        "pipeline (generating the documents, pipeline start-up). The last row runs the per-document functions of\n"
+        f"m3w_pipeline.filter.dedup on a list in one process. MinHash: {CONFIG.num_perm} permutations, {CONFIG.bands} bands x {CONFIG.rows} rows, "
         f"{CONFIG.shingle_size}-word shingles, {CONFIG.cc_rounds} label-propagation rounds.\n\n"
         f"{table}\n"
     )

@@ -7,7 +7,7 @@ next one reads). A manifest that does not reconcile is a bug, and the job says s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 # stage -> outcomes that are not drops. Any other outcome of the stage is a drop reason.
@@ -69,6 +69,7 @@ SAMPLE_CHECKS: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 IN = "in"
+KEPT = "kept"
 
 # Stages every M3W build reports, even at zero; optional ones (fetch, pairs, video) appear when used.
 CORE_STAGES = ("records", "pages", "image_refs", "media_records", "documents")
@@ -81,6 +82,45 @@ class Count:
     stage: str
     outcome: str
     n: int = 1
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One rejected document or node, for the sample written beside the output."""
+
+    stage: str
+    reason: str
+    key: str  # document key
+    url: str  # document URL (image URL for image rejects)
+    detail: str = ""  # e.g. the kept duplicate's key, the score, the start of a text node
+
+
+@dataclass
+class Tally:
+    """What a step did with its input: how many items ended under each (stage, outcome), and the rejects.
+
+    Steps record outcomes only; `in` follows from them (every outcome is one more input), so
+    in == sum(outcomes) holds by construction. The Beam wiring (beam_jobs/counting.py) turns a
+    tally into metrics, `Count` elements and reject samples, so no step counts by hand.
+    """
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    rejects: list[Reject] = field(default_factory=list)
+
+    def add(self, stage: str, outcome: str, n: int = 1) -> None:
+        """`n` inputs of `stage` ended as `outcome` (kept or a drop reason)."""
+        if n:
+            for key in ((stage, IN), (stage, outcome)):
+                self.counts[key] = self.counts.get(key, 0) + n
+
+    def add_all(self, stage: str, outcomes: Mapping[str, int]) -> None:
+        for outcome, n in outcomes.items():
+            self.add(stage, outcome, n)
+
+    def drop(self, stage: str, reason: str, key: str, url: str, detail: str = "") -> None:
+        """One input of `stage` dropped for `reason`, kept in the reject sample."""
+        self.add(stage, reason)
+        self.rejects.append(Reject(stage, reason, key, url, detail))
 
 
 def counts_to_stages(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, Any]]:

@@ -61,6 +61,9 @@ class ExtractConfig:
 class ImageConfig:
     # Pillow's decompression-bomb guard: images with more pixels are rejected.
     max_image_pixels: int = 89_478_485
+    # The one image size and aspect setting of a build: checked once per image, from its header
+    # before anything is decoded, for every corpus (image_refs outcomes too-small, bad-aspect).
+    # min(w, h) below this is rejected as too-small.
     min_side: int = 64
     # max(w, h) / min(w, h) above this is rejected as bad-aspect.
     max_aspect_ratio: float = 3.0
@@ -128,9 +131,10 @@ class FilterConfig:
     max_text_node_flagged_word_ratio: float = 0.10
 
     # --- node level: images failing these leave the document (sizes are the original ones).
-    min_image_side: int = 64
+    # Minimum side and aspect ratio are ImageConfig.min_side / max_aspect_ratio, applied before
+    # decoding; the former keys filters.min_image_side / filters.max_image_aspect_ratio (same
+    # defaults, never stricter) are unknown keys now, an error that names them.
     max_image_side: int = 20_000
-    max_image_aspect_ratio: float = 3.0
     # Pillow format names of the source image; empty allows all that decoded.
     allowed_image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF", "MPO")
     # Image URLs whose host+path matches m3w_pipeline/data/image_url_blocklist.txt are removed.

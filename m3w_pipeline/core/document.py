@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Optional, Sequence, TypeVar
 
+from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, VideoRef
 from m3w_pipeline.media.images import ImageResult, ProcessedImage
 from m3w_pipeline.read.warc import Provenance, url_domain
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+# A word is a maximal run of Unicode word characters. Every word count and word list of the
+# pipeline (filters, quality scores, dedup keys and shingles, the shards' n_words) uses it.
+WORD = re.compile(r"\w+", re.UNICODE)
 
 
 @dataclass
@@ -44,8 +48,10 @@ class Document:
     # Quality scores of the kept document (m3w_pipeline.filter.quality.document_scores), for the index.
     scores: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def n_words(self) -> int:
+        """Words in the text nodes (what the shards record); counted once per Document object
+        (`dataclasses.replace`, which node removal uses, makes a new one)."""
         return sum(count_words(t) for t in self.texts if t)
 
     @property
@@ -62,7 +68,29 @@ class Document:
 
 
 def count_words(text: str) -> int:
-    return len(_WORD.findall(text))
+    """Words in `text` as written: the count the shards record and word-count limits apply to."""
+    return len(WORD.findall(text))
+
+
+def words(text: str) -> list[str]:
+    """The words of the lower-cased text: the tokens of the quality scores and of dedup.
+
+    len(words(t)) == count_words(t) except for U+0130 (capital I with dot): lower-casing
+    turns it into "i" + U+0307 (a combining mark, not a word character), which splits a word
+    the original spelling keeps whole ("İstanbul": 1 word as written, "i" + "stanbul" here).
+    Both counts are kept as they were so that outputs stay byte-identical.
+    """
+    return WORD.findall(text.lower())
+
+
+def remove_positions(doc: Document, positions: set[int]) -> Document:
+    """A copy of `doc` without the given positions; texts/images stay aligned and each
+    video keeps its place relative to the nodes that remain."""
+    if not positions:
+        return doc
+    keep = [i for i in range(len(doc.texts)) if i not in positions]
+    videos = [DocVideo(v.position - sum(1 for p in positions if p < v.position), v.ref) for v in doc.videos]
+    return replace(doc, texts=[doc.texts[i] for i in keep], images=[doc.images[i] for i in keep], videos=videos)
 
 
 def document_key(url: str, provenance: Provenance) -> str:
@@ -72,16 +100,34 @@ def document_key(url: str, provenance: Provenance) -> str:
     return digest[:24]
 
 
+Record = TypeVar("Record")
+
+
+def choose_record(records: Sequence[Record], referenced: bool, stage: str, tally: Tally) -> Record:
+    """The one capture of a media URL to use, from its records in capture order: the most recent.
+
+    The others are counted as `duplicate-url`, the chosen one as `used`, or `unreferenced`
+    when no page refers to the URL."""
+    *duplicates, chosen = records
+    tally.add(stage, "duplicate-url", len(duplicates))
+    tally.add(stage, "used" if referenced else "unreferenced")
+    return chosen
+
+
 def assemble_document(
-    key: str, page: ExtractedPage, provenance: Provenance, image_results: dict[int, Optional[ImageResult]]
+    key: str, page: ExtractedPage, provenance: Provenance, image_results: dict[int, Optional[ImageResult]],
+    images_opted_out: Optional[str] = None,
 ) -> tuple[Document, dict[str, int]]:
     """Place resolved images into the page order.
 
     `image_results[node_index]` is the outcome for that image node, or None when
     no bytes were found (the image stays, as missing). Images dropped by media
-    checks leave the document. Returns the document and how many image nodes
-    ended under each outcome, for the accounting.
+    checks leave the document, and so do all images of a page that opted them out
+    (`images_opted_out` names the reason). Returns the document and how many image
+    nodes ended under each outcome, for the accounting.
     """
+    if images_opted_out:
+        image_results = {i: ImageResult(None, images_opted_out) for i, n in enumerate(page.nodes) if n.type == "image"}
     doc = Document(key, page.url, url_domain(page.url), page.title, page.lang, provenance)
     outcomes: dict[str, int] = {}
     for index, node in enumerate(page.nodes):

@@ -1,13 +1,13 @@
-"""Deduplication as pure functions: keys, signatures and decisions the Beam stages reuse.
+"""Deduplication as pure functions: the keys, signatures and decisions of the Beam `Dedup` stage.
 
 Every corpus-level decision keeps one document per group, the *preferred* one: the most
 recent capture (`provenance.capture_date`), ties broken by the smallest document key
-(`preference`). The Beam stages in `beam_jobs/dedup_stages.py` compute exactly what the
-functions here compute on a list, so tests can compare the two.
+(`preference`). `beam_jobs/dedup_stages.py` only groups and joins by key; what is compared
+and who wins is decided here.
 
 Near-duplicate text (MinHash LSH, Broder 1997; Leskovec et al., *Mining of Massive
 Datasets* ch. 3):
-  1. shingles: word `shingle_size`-grams of the normalised text, hashed to 32 bits;
+  1. shingles: word `shingle_size`-grams of the document's words (`document_words`), hashed to 32 bits;
   2. signature: for each of `num_perm` seeded permutations of the 64-bit space,
      pi_i(x) = splitmix64(x XOR seed_i) (a bijection, seeds from numpy's PCG64 with `seed`),
      the minimum over the shingles, top 32 bits kept (numpy, chunked so memory stays
@@ -21,23 +21,23 @@ Datasets* ch. 3):
      documents gives m - 1 pairs, not m^2/2); a pair becomes an edge only if the signature
      estimate of its Jaccard is >= `min_jaccard` (0.8), which removes the S-curve's false
      positives;
-  5. clusters are the connected components of the edges; the preferred document of each
-     cluster is kept, the others are dropped as near-duplicates of it.
+  5. clusters are the connected components of the edges (min-label propagation,
+     `spread_label`); the preferred document of each cluster is kept, the others are
+     dropped as near-duplicates of it (`near_drop`).
 """
 from __future__ import annotations
 
 import hashlib
 import re
 import zlib
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from m3w_pipeline.core.accounting import KEPT, Tally
 from m3w_pipeline.core.config import DedupConfig
-from m3w_pipeline.core.document import Document
-from m3w_pipeline.filter.filters import IN, KEPT, Reject, remove_positions
+from m3w_pipeline.core.document import Document, remove_positions, words
 from m3w_pipeline.read.warc import normalize_url
 
 # Stage names and drop reasons, as counted (stage, outcome) in the manifest.
@@ -49,8 +49,9 @@ IMAGES_IN_DOC_STAGE = "images_in_document"  # outcomes: kept, duplicate-sha256, 
 HOT_IMAGES_STAGE = "images_hot"  # outcomes: kept, hot-url, hot-sha256
 
 Rank = tuple[int, str]  # smaller is preferred: (-capture time, key)
+ImageId = tuple[str, Optional[str]]  # (URL key, sha256 key or None when missing)
+Drop = tuple[str, tuple[str, str]]  # (dropped doc key, (reason, kept doc key))
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 _DIGITS = re.compile(r"\d")
 _CHUNK = 2048  # shingles per block when computing a signature
 
@@ -76,22 +77,18 @@ def preference(doc: Document) -> Rank:
 # ----------------------------------------------------------------------------- group keys
 
 
-def url_key(doc: Document) -> Optional[str]:
-    return normalize_url(doc.url) if doc.url else None
+def document_words(doc: Document) -> list[str]:
+    """The words of the text nodes (lower-cased): exact dedup and shingles ignore whitespace,
+    punctuation and case, nothing else. Computed once per document by `dedup_keys`' caller."""
+    return words("\n".join(t for t in doc.texts if t))
 
 
-def normalized_text(doc: Document) -> str:
-    """Lower-cased words of the text nodes joined by single spaces: exact dedup ignores
-    whitespace, punctuation and case, nothing else."""
-    return " ".join(_WORD.findall("\n".join(t for t in doc.texts if t).lower()))
-
-
-def text_key(doc: Document) -> Optional[str]:
-    text = normalized_text(doc)
+def text_key(tokens: Sequence[str]) -> Optional[str]:
+    text = " ".join(tokens)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest() if text else None
 
 
-def image_ids(doc: Document) -> tuple[tuple[str, Optional[str]], ...]:
+def image_ids(doc: Document) -> tuple[ImageId, ...]:
     """(URL key, sha256 key or None when missing) per image, in page order."""
     return tuple(
         (f"url:{normalize_url(im.ref.url)}", f"sha256:{im.image.sha256}" if im.image is not None else None)
@@ -100,17 +97,23 @@ def image_ids(doc: Document) -> tuple[tuple[str, Optional[str]], ...]:
     )
 
 
-def image_set_key_of(ids: Iterable[tuple[str, Optional[str]]]) -> Optional[str]:
-    """Hash of the set of images (sha256 when resolved, URL when missing); None without images."""
+def image_set_key(ids: Iterable[ImageId]) -> Optional[str]:
+    """Hash of the set of images (sha256 when resolved, URL when missing); None without images:
+    documents without images are not image-set duplicates of each other."""
     tokens = sorted({sha or url for url, sha in ids})
     if not tokens:
         return None
     return hashlib.blake2b("\n".join(tokens).encode("utf-8"), digest_size=16).hexdigest()
 
 
-def image_set_key(doc: Document) -> Optional[str]:
-    """Documents without images are not image-set duplicates of each other (None)."""
-    return image_set_key_of(image_ids(doc))
+def image_keys(ids: Iterable[ImageId]) -> set[str]:
+    """The keys a document's images are counted under across the corpus, each once per document."""
+    return {k for pair in ids for k in pair if k is not None}
+
+
+def without_hot(ids: Iterable[ImageId], hot: set[str] | frozenset[str]) -> list[ImageId]:
+    """The image ids `remove_hot_images` keeps."""
+    return [(url, sha) for url, sha in ids if url not in hot and (sha is None or sha not in hot)]
 
 
 @dataclass(frozen=True)
@@ -122,45 +125,42 @@ class DedupKeys:
     rank: Rank
     url_key: Optional[str]
     text_key: Optional[str]
-    images: tuple[tuple[str, Optional[str]], ...]  # image_ids
+    images: tuple[ImageId, ...]
+
+    def image_set_rank(self, hot: set[str] | frozenset[str]) -> Optional[tuple[str, Rank]]:
+        """(image-set key once the hot images have left, rank), or None without images."""
+        k = image_set_key(without_hot(self.images, hot))
+        return None if k is None else (k, self.rank)
 
 
-def dedup_keys(doc: Document) -> DedupKeys:
-    return DedupKeys(doc.key, doc.url, preference(doc), url_key(doc), text_key(doc), image_ids(doc))
+def dedup_keys(doc: Document, tokens: Sequence[str]) -> DedupKeys:
+    """The keys of `doc`, whose words (`document_words`) are `tokens`."""
+    return DedupKeys(doc.key, doc.url, preference(doc), normalize_url(doc.url) if doc.url else None, text_key(tokens), image_ids(doc))
 
 
-def without_hot(ids: Iterable[tuple[str, Optional[str]]], hot: set[str] | frozenset[str]) -> list[tuple[str, Optional[str]]]:
-    """The image ids `remove_hot_images` keeps."""
-    return [(url, sha) for url, sha in ids if url not in hot and (sha is None or sha not in hot)]
+# ----------------------------------------------------------------------------- decisions
 
 
-def dedup_by_key(docs: Iterable[Document], key_fn: Callable[[Document], Optional[str]]) -> tuple[list[Document], dict[str, str]]:
-    """Keep the preferred document per key_fn value. Returns (kept in input order, {dropped key: kept key})."""
-    docs = list(docs)
-    best: dict[str, Document] = {}
-    for doc in docs:
-        k = key_fn(doc)
-        if k is not None and (k not in best or preference(doc) < preference(best[k])):
-            best[k] = doc
-    drops = {}
-    for doc in docs:
-        k = key_fn(doc)
-        if k is not None and best[k].key != doc.key:
-            drops[doc.key] = best[k].key
-    return [d for d in docs if d.key not in drops], drops
+def group_losers(ranks: Iterable[Rank], reason: str) -> Iterator[Drop]:
+    """A group of documents sharing a key -> a drop for every one but the preferred.
+
+    Two passes over `ranks` (Beam gives a re-iterable), so a huge group is streamed."""
+    best = min(ranks)
+    for rank in ranks:
+        if rank != best:
+            yield rank[1], (reason, best[1])
 
 
-def dedup_urls(docs: Iterable[Document]) -> tuple[list[Document], dict[str, str]]:
-    """One document per normalised URL: the most recent capture."""
-    return dedup_by_key(docs, url_key)
-
-
-def dedup_exact_text(docs: Iterable[Document]) -> tuple[list[Document], dict[str, str]]:
-    return dedup_by_key(docs, text_key)
-
-
-def dedup_image_sets(docs: Iterable[Document]) -> tuple[list[Document], dict[str, str]]:
-    return dedup_by_key(docs, image_set_key)
+def survives(keys: DedupKeys, drops: Iterable[tuple[str, str]], stage: str, tally: Tally) -> bool:
+    """Whether a document survives `stage`, given the (reason, kept key) drops decided for it;
+    recorded in `tally` (a drop names the document kept in its place)."""
+    decided = sorted(drops)
+    if decided:
+        reason, kept_key = decided[0]
+        tally.drop(stage, reason, keys.key, keys.url, kept_key)
+        return False
+    tally.add(stage, KEPT)
+    return True
 
 
 # ----------------------------------------------------------------------------- MinHash
@@ -185,9 +185,8 @@ class MinHasher:
         rng = np.random.default_rng(config.seed)
         self.seeds = rng.integers(0, np.iinfo(np.uint64).max, size=config.num_perm, dtype=np.uint64, endpoint=True)[:, None]
 
-    def shingle_hashes(self, text: str) -> np.ndarray:
+    def shingle_hashes(self, tokens: Sequence[str]) -> np.ndarray:
         """Distinct 32-bit hashes of the word `shingle_size`-grams (the whole text if shorter)."""
-        tokens = _WORD.findall(text.lower())
         if not tokens:
             return np.empty(0, dtype=np.uint64)
         vocab: dict[str, int] = {}
@@ -202,9 +201,9 @@ class MinHasher:
             h = _mix64(h * np.uint64(0x9E3779B97F4A7C15) + word_hashes[j : j + count])
         return np.unique(_mix64(h) >> np.uint64(32))
 
-    def signature(self, text: str) -> Optional[np.ndarray]:
-        """uint32[num_perm] MinHash signature; None for a text without words."""
-        shingles = self.shingle_hashes(text)
+    def signature(self, tokens: Sequence[str]) -> Optional[np.ndarray]:
+        """uint32[num_perm] MinHash signature of a document's words; None without words."""
+        shingles = self.shingle_hashes(tokens)
         if shingles.size == 0:
             return None
         sig = np.full(self.config.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
@@ -223,20 +222,9 @@ class MinHasher:
         ]
 
 
-def doc_signature(doc: Document, hasher: MinHasher) -> Optional[np.ndarray]:
-    """Signature of the document's words (the same tokens as `normalized_text`)."""
-    return hasher.signature("\n".join(t for t in doc.texts if t))
-
-
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Share of equal signature positions: an unbiased estimate of the shingle-set Jaccard."""
     return float(np.mean(a == b))
-
-
-def shingle_jaccard(text_a: str, text_b: str, hasher: MinHasher) -> float:
-    """Exact Jaccard of the two texts' shingle sets (for tests and calibration)."""
-    a, b = set(hasher.shingle_hashes(text_a).tolist()), set(hasher.shingle_hashes(text_b).tolist())
-    return len(a & b) / len(a | b) if a | b else 0.0
 
 
 def bucket_pairs(members: Iterable[Rank]) -> Iterator[tuple[Rank, Rank]]:
@@ -251,56 +239,19 @@ def bucket_pairs(members: Iterable[Rank]) -> Iterator[tuple[Rank, Rank]]:
             yield member, rep
 
 
-def candidate_pairs(signatures: dict[Rank, np.ndarray], hasher: MinHasher) -> set[tuple[Rank, Rank]]:
-    buckets: dict[str, list[Rank]] = defaultdict(list)
-    for rank, sig in signatures.items():
-        for key in hasher.band_keys(sig):
-            buckets[key].append(rank)
-    return {pair for members in buckets.values() if len(members) > 1 for pair in bucket_pairs(members)}
+def spread_label(node: Rank, labels: Iterable[Rank], neighbours: Iterable[Rank]) -> Iterator[tuple[Rank, Rank]]:
+    """One round of min-label propagation: a node sends its label (the smallest it holds, itself
+    at first) to itself and to each neighbour; each node then keeps the smallest it receives."""
+    label = min(labels, default=node)
+    yield node, label
+    for neighbour in neighbours:
+        yield neighbour, label
 
 
-def verified_edges(pairs: Iterable[tuple[Rank, Rank]], signatures: dict[Rank, np.ndarray], min_jaccard: float) -> list[tuple[Rank, Rank]]:
-    return sorted(p for p in pairs if estimated_jaccard(signatures[p[0]], signatures[p[1]]) >= min_jaccard)
-
-
-def connected_components(edges: Iterable[tuple[Rank, Rank]]) -> dict[Rank, Rank]:
-    """Union-find: node -> smallest (preferred) node of its component, for nodes on an edge."""
-    parent: dict[Rank, Rank] = {}
-
-    def find(x: Rank) -> Rank:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for u, v in edges:
-        ru, rv = find(u), find(v)
-        if ru != rv:
-            parent[max(ru, rv)] = min(ru, rv)
-    return {node: find(node) for node in list(parent)}
-
-
-def near_duplicate_clusters(docs: Iterable[Document], config: DedupConfig = DedupConfig()) -> list[list[str]]:
-    """Clusters of near-duplicate documents (2+ members): keys, the kept one first, then by preference."""
-    hasher = MinHasher(config)
-    signatures = {}
-    for doc in docs:
-        sig = doc_signature(doc, hasher)
-        if sig is not None:
-            signatures[preference(doc)] = sig
-    edges = verified_edges(candidate_pairs(signatures, hasher), signatures, config.min_jaccard)
-    groups: dict[Rank, list[Rank]] = defaultdict(list)
-    for node, root in connected_components(edges).items():
-        groups[root].append(node)
-    return sorted([[r[1] for r in sorted(members)] for members in groups.values()])
-
-
-def dedup_near_text(docs: Iterable[Document], config: DedupConfig = DedupConfig()) -> tuple[list[Document], dict[str, str]]:
-    """Keep the preferred document of each near-duplicate cluster. Returns (kept, {dropped key: kept key})."""
-    docs = list(docs)
-    drops = {key: cluster[0] for cluster in near_duplicate_clusters(docs, config) for key in cluster[1:]}
-    return [d for d in docs if d.key not in drops], drops
+def near_drop(node: Rank, label: Rank) -> Iterator[Drop]:
+    """A node whose component label is another document is a near-duplicate of that document."""
+    if label != node:
+        yield node[1], (NEAR_REASON, label[1])
 
 
 # ----------------------------------------------------------------------------- images
@@ -311,29 +262,17 @@ def phash_distance(a: str, b: str) -> int:
     return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
-@dataclass
-class ImageEdit:
-    """A document after an image-level step, with its outcome counts and rejected images."""
-
-    doc: Document
-    counts: dict[tuple[str, str], int]
-    rejects: list[Reject]
-
-
-def _edit(doc: Document, stage: str, decisions: Sequence[tuple[int, Optional[str]]]) -> ImageEdit:
-    counts: dict[tuple[str, str], int] = {}
-    rejects = []
+def _apply(doc: Document, stage: str, decisions: Sequence[tuple[int, Optional[str]]], tally: Tally) -> Document:
+    """`doc` without the images decided against; every decision recorded under `stage`."""
     for position, reason in decisions:
-        for outcome in (IN, reason or KEPT):
-            counts[(stage, outcome)] = counts.get((stage, outcome), 0) + 1
         if reason:
-            image = doc.images[position]
-            rejects.append(Reject(stage, reason, doc.key, image.ref.url if image else doc.url))
-    dropped = {p for p, reason in decisions if reason}
-    return ImageEdit(remove_positions(doc, dropped), counts, rejects)
+            tally.drop(stage, reason, doc.key, doc.images[position].ref.url)  # type: ignore[union-attr]  # decided images exist
+        else:
+            tally.add(stage, KEPT)
+    return remove_positions(doc, {p for p, reason in decisions if reason})
 
 
-def dedup_images_in_document(doc: Document, max_phash_distance: int) -> ImageEdit:
+def dedup_images_in_document(doc: Document, max_phash_distance: int, tally: Tally) -> Document:
     """Drop later repeats of an image in one document: same sha256, or phash within the distance.
 
     Only resolved images have bytes to compare; missing ones are left alone (extraction
@@ -355,28 +294,10 @@ def dedup_images_in_document(doc: Document, max_phash_distance: int) -> ImageEdi
             if image.image.phash:
                 kept_phash.append(image.image.phash)
         decisions.append((position, reason))
-    return _edit(doc, IMAGES_IN_DOC_STAGE, decisions)
+    return _apply(doc, IMAGES_IN_DOC_STAGE, decisions, tally)
 
 
-def image_keys(doc: Document) -> set[str]:
-    """The keys a document's images are counted under across the corpus, each once per document."""
-    return image_keys_of(image_ids(doc))
-
-
-def image_keys_of(ids: Iterable[tuple[str, Optional[str]]]) -> set[str]:
-    return {k for pair in ids for k in pair if k is not None}
-
-
-def hot_image_keys(docs: Iterable[Document], max_docs: int) -> set[str]:
-    """Image URLs / sha256s found in more than `max_docs` documents."""
-    counts: dict[str, int] = defaultdict(int)
-    for doc in docs:
-        for key in image_keys(doc):
-            counts[key] += 1
-    return {key for key, n in counts.items() if n > max_docs}
-
-
-def remove_hot_images(doc: Document, hot: set[str] | frozenset[str]) -> ImageEdit:
+def remove_hot_images(doc: Document, hot: set[str] | frozenset[str], tally: Tally) -> Document:
     """Remove images whose URL (reason hot-url) or sha256 (hot-sha256) is in `hot`."""
     decisions: list[tuple[int, Optional[str]]] = []
     for position, image in enumerate(doc.images):
@@ -388,4 +309,4 @@ def remove_hot_images(doc: Document, hot: set[str] | frozenset[str]) -> ImageEdi
         elif image.image is not None and f"sha256:{image.image.sha256}" in hot:
             reason = "hot-sha256"
         decisions.append((position, reason))
-    return _edit(doc, HOT_IMAGES_STAGE, decisions)
+    return _apply(doc, HOT_IMAGES_STAGE, decisions, tally)

@@ -6,7 +6,7 @@ Definitions follow the papers the thresholds come from:
     repeated word 5..10-grams.
   * BigScience ROOTS / OBELICS: character repetition ratio (top sqrt(#distinct) repeated
     char n-grams), word repetition ratio, special-character, stopword and flagged-word ratios.
-Words are maximal runs of Unicode word characters (`\\w+`), lower-cased; scripts written
+Words are `core.document.words`: maximal runs of Unicode word characters, lower-cased; scripts written
 without spaces (ja, zh, th) give long "words", so word-based ratios are only meaningful
 for languages with a stopword list (the others score None and are not filtered on them).
 
@@ -24,10 +24,9 @@ from importlib import resources
 from typing import Optional, Sequence, Union
 
 from m3w_pipeline.core.config import FilterConfig
-from m3w_pipeline.core.document import Document
+from m3w_pipeline.core.document import Document, words
 from m3w_pipeline.extract.lang import identify_language, primary_subtag
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 _SPACE = re.compile(r"\s+", re.UNICODE)
 
 Score = Union[float, int, str, None]
@@ -81,18 +80,7 @@ def flagged_words(lang: Optional[str]) -> frozenset[str]:
     return _read_list("flagged_words/all.txt") | own
 
 
-@lru_cache(maxsize=None)
-def stopword_languages() -> tuple[str, ...]:
-    folder = resources.files("m3w_pipeline").joinpath("data", "stopwords")
-    return tuple(sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".txt")))
-
-
 # ----------------------------------------------------------------------------- tokens
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased `\\w+` runs."""
-    return _WORD.findall(text.lower())
 
 
 def lines_of(text: str) -> list[str]:
@@ -223,12 +211,6 @@ def _char_classes(text: str) -> tuple[int, int, int]:
     return non_space, punct, special
 
 
-def punctuation_ratio(text: str) -> float:
-    """Unicode punctuation (categories P*) / non-space chars."""
-    non_space, punct, _ = _char_classes(text)
-    return punct / non_space if non_space else 0.0
-
-
 def special_char_ratio(text: str) -> float:
     """Non-letter chars (digits, punctuation, symbols, emoji; not marks) / non-space chars."""
     non_space, _, special = _char_classes(text)
@@ -236,11 +218,6 @@ def special_char_ratio(text: str) -> float:
 
 
 # ----------------------------------------------------------------------------- documents
-
-
-def document_text(doc: Document) -> str:
-    """The text nodes in page order, one paragraph each."""
-    return "\n\n".join(t for t in doc.texts if t)
 
 
 def text_scores(paragraphs: Sequence[str], lang: Optional[str], config: FilterConfig) -> dict[str, Score]:

@@ -253,10 +253,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_index(path_or_stream: Any) -> pa.Table:
-    return pq.read_table(path_or_stream)
-
-
 def validate_document_json(sample: dict[str, Any], validator: Optional[Any] = None) -> list[str]:
     """Schema errors plus the aligned-list invariant the schema cannot express."""
     import jsonschema

@@ -1,4 +1,5 @@
-"""Dedup: planted duplicates found exactly, by the pure functions and by the Beam stages.
+"""Dedup: planted duplicates found exactly by the one implementation, the Beam `Dedup` stage
+over the pure keys, signatures and decisions of m3w_pipeline/filter/dedup.py.
 
 Near duplicates are planted at known shingle Jaccard: a base of N distinct-ish words and
 copies whose last m words are replaced by new ones. With shingle size k, T = N - k + 1
@@ -8,7 +9,9 @@ J = 0.95 (m = 19), 0.9 (m = 39) and 0.5 (m = 247) exactly (checked below).
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
+from collections import Counter
 from dataclasses import replace
 from typing import Optional
 
@@ -18,8 +21,10 @@ import pytest
 from apache_beam.testing.util import assert_that
 
 from beam_jobs import dedup_stages as ds
+from beam_jobs.counting import SampleRejects
+from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import DedupConfig
-from m3w_pipeline.core.document import DocImage, Document, DocVideo
+from m3w_pipeline.core.document import DocImage, Document, DocVideo, words
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
 from m3w_pipeline.filter import dedup as dd
 from m3w_pipeline.media.images import ProcessedImage
@@ -81,11 +86,22 @@ def planted_corpus() -> tuple[list[Document], dict[str, float]]:
         docs.append(make_doc(f"u-{i:02d}", " ".join(random_words(rng, 200 + i, "u"))))
     texts = {d.key: d.texts[0] for d in docs}
     hasher = dd.MinHasher(CONFIG)
-    jaccard = {k: dd.shingle_jaccard(texts["a-base"], texts[k], hasher) for k in ("a-095", "a-090", "a-050")}
+    jaccard = {k: shingle_jaccard(texts["a-base"], texts[k], hasher) for k in ("a-095", "a-090", "a-050")}
     return docs, jaccard
 
 
-EXPECTED_NEAR_CLUSTERS = [["a-095", "a-base", "a-090"], ["b-one", "b-two"]]
+def shingle_jaccard(text_a: str, text_b: str, hasher: dd.MinHasher) -> float:
+    """Exact Jaccard of the two texts' shingle sets: what MinHash estimates."""
+    a, b = set(hasher.shingle_hashes(words(text_a)).tolist()), set(hasher.shingle_hashes(words(text_b)).tolist())
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def signature(doc: Document, hasher: dd.MinHasher) -> np.ndarray:
+    return hasher.signature(dd.document_words(doc))
+
+
+# Each cluster's newest member is kept; the others are dropped as near-duplicates of it.
+NEAR_DROPS = {"a-base": "a-095", "a-090": "a-095", "b-two": "b-one"}
 
 
 def url_corpus() -> list[Document]:
@@ -137,14 +153,14 @@ def test_planted_copies_have_the_intended_jaccard_and_minhash_estimates_it():
     docs, jaccard = planted_corpus()
     assert jaccard == pytest.approx({"a-095": 0.95, "a-090": 0.9, "a-050": 0.5}, abs=1e-9)
     hasher = dd.MinHasher(CONFIG)
-    sig = {d.key: dd.doc_signature(d, hasher) for d in docs}
+    sig = {d.key: signature(d, hasher) for d in docs}
     for key, j in jaccard.items():
         # std of the estimate: sqrt(J (1 - J) / num_perm) <= 0.045
         assert abs(dd.estimated_jaccard(sig["a-base"], sig[key]) - j) < 0.12
     assert sig["a-base"].dtype == np.uint32 and sig["a-base"].shape == (CONFIG.num_perm,)
     # Same seed, same signature; another seed, another one.
-    assert np.array_equal(dd.doc_signature(docs[0], dd.MinHasher(CONFIG)), sig["a-base"])
-    assert not np.array_equal(dd.doc_signature(docs[0], dd.MinHasher(replace(CONFIG, seed=2))), sig["a-base"])
+    assert np.array_equal(signature(docs[0], dd.MinHasher(CONFIG)), sig["a-base"])
+    assert not np.array_equal(signature(docs[0], dd.MinHasher(replace(CONFIG, seed=2))), sig["a-base"])
 
 
 def test_lsh_s_curve_is_documented():
@@ -155,32 +171,17 @@ def test_lsh_s_curve_is_documented():
     assert p(0.9) > 0.999 and p(0.5) < 0.1 and CONFIG.min_jaccard == 0.8
 
 
-def test_near_duplicate_clusters_are_exactly_the_planted_ones():
+def test_exact_text_key_ignores_case_punctuation_and_whitespace_only():
     docs, _ = planted_corpus()
-    assert dd.near_duplicate_clusters(docs, CONFIG) == EXPECTED_NEAR_CLUSTERS
-    kept, drops = dd.dedup_near_text(docs, CONFIG)
-    assert drops == {"a-base": "a-095", "a-090": "a-095", "b-two": "b-one"}
-    assert [d.key for d in kept] == [d.key for d in docs if d.key not in drops]
+    keys = {d.key: dd.dedup_keys(d, dd.document_words(d)).text_key for d in docs}
+    assert keys["b-one"] == keys["b-two"] and len(set(keys.values())) == len(docs) - 1
 
 
-def test_near_dedup_without_verification_or_with_a_stricter_threshold_changes_the_clusters():
-    """The test can fail: a stricter min_jaccard splits family A."""
-    docs, _ = planted_corpus()
-    strict = dd.near_duplicate_clusters(docs, replace(CONFIG, min_jaccard=0.97))
-    assert strict == [["b-one", "b-two"]]
-
-
-def test_exact_text_dedup_ignores_case_punctuation_and_whitespace_only():
-    docs, _ = planted_corpus()
-    kept, drops = dd.dedup_exact_text(docs)
-    assert drops == {"b-two": "b-one"}
-    assert len(kept) == len(docs) - 1
-
-
-def test_url_dedup_keeps_the_most_recent_capture_then_the_smallest_key():
-    kept, drops = dd.dedup_urls(url_corpus())
-    assert drops == {"p-old": "p-new", "p-mid": "p-new", "q-z": "q-a"}
-    assert [d.key for d in kept] == ["p-new", "q-a", "r-only"]
+def test_group_losers_keep_the_most_recent_capture_then_the_smallest_key():
+    ranks = [dd.preference(d) for d in url_corpus()[:3]]  # one URL: old, new, mid-2024
+    assert sorted(dd.group_losers(ranks, "duplicate-url")) == [("p-mid", ("duplicate-url", "p-new")), ("p-old", ("duplicate-url", "p-new"))]
+    tie = [dd.preference(d) for d in url_corpus()[3:5]]  # same date
+    assert list(dd.group_losers(tie, "duplicate-url")) == [("q-z", ("duplicate-url", "q-a"))]
 
 
 def test_images_in_a_document_later_exact_and_perceptual_repeats_dropped_and_videos_stay_in_place():
@@ -198,111 +199,119 @@ def test_images_in_a_document_later_exact_and_perceptual_repeats_dropped_and_vid
     doc.texts.append("outro")
     doc.images.append(None)
     doc.videos.append(DocVideo(6, VideoRef(["https://a/v.mp4"])))  # before "outro"
-    edit = dd.dedup_images_in_document(doc, CONFIG.max_phash_distance)
-    assert [im.ref.url for im in edit.doc.images if im] == ["https://a/1.jpg", "https://a/4.jpg", "https://a/5.jpg"]
-    assert edit.counts == {
+    tally = Tally()
+    out = dd.dedup_images_in_document(doc, CONFIG.max_phash_distance, tally)
+    assert [im.ref.url for im in out.images if im] == ["https://a/1.jpg", "https://a/4.jpg", "https://a/5.jpg"]
+    assert tally.counts == {
         ("images_in_document", "in"): 4,
         ("images_in_document", "kept"): 2,
         ("images_in_document", "duplicate-sha256"): 1,
         ("images_in_document", "duplicate-phash"): 1,
     }
-    assert len(edit.doc.texts) == len(edit.doc.images) == 5  # 7 positions, 2 images gone
-    assert all((t is None) != (i is None) for t, i in zip(edit.doc.texts, edit.doc.images))
-    assert edit.doc.texts[edit.doc.videos[0].position] == "outro"
-    assert [r.reason for r in edit.rejects] == ["duplicate-sha256", "duplicate-phash"]
+    assert len(out.texts) == len(out.images) == 5  # 7 positions, 2 images gone
+    assert all((t is None) != (i is None) for t, i in zip(out.texts, out.images))
+    assert out.texts[out.videos[0].position] == "outro"
+    assert [(r.reason, r.url) for r in tally.rejects] == [("duplicate-sha256", "https://a/2.jpg"), ("duplicate-phash", "https://a/3.jpg")]
 
 
-def test_a_logo_on_many_pages_is_removed_from_all_of_them():
-    docs = image_corpus()
-    hot = dd.hot_image_keys(docs, CONFIG.max_docs_per_image)
-    assert hot == {f"url:{LOGO}", "sha256:logo-sha", "sha256:banner-sha"}
-    edited_docs = [dd.remove_hot_images(d, hot) for d in docs]
-    urls = [im.ref.url for e in edited_docs for im in e.doc.images if im]
+def test_hot_images_are_removed_by_url_first_then_by_sha256():
+    hot = {f"url:{LOGO}", "sha256:logo-sha", "sha256:banner-sha"}
+    tally = Tally()
+    edited_docs = [dd.remove_hot_images(d, hot, tally) for d in image_corpus()]
+    urls = [im.ref.url for d in edited_docs for im in d.images if im]
     assert LOGO not in urls and not any("banner" in u for u in urls)
     assert urls.count("https://img.example.com/shared.jpg") == 3
-    total: dict = {}
-    for e in edited_docs:
-        for k, n in e.counts.items():
-            total[k] = total.get(k, 0) + n
-    assert total[("images_hot", "hot-url")] == 15 and total[("images_hot", "hot-sha256")] == 12
-    assert total[("images_hot", "in")] == total[("images_hot", "kept")] + 27
+    assert tally.counts == {("images_hot", "in"): 50, ("images_hot", "kept"): 23, ("images_hot", "hot-url"): 15, ("images_hot", "hot-sha256"): 12}
 
 
-def test_documents_with_the_same_image_set_keep_the_most_recent():
-    kept, drops = dd.dedup_image_sets(image_corpus())
-    assert drops == {"set-old": "set-new"}
+def test_image_set_key_ignores_urls_and_order_but_not_subsets():
+    ids = {d.key: dd.image_ids(d) for d in image_corpus()}
+    assert dd.image_set_key(ids["set-old"]) == dd.image_set_key(ids["set-new"]) != dd.image_set_key(ids["set-sub"])
+    assert dd.image_set_key(()) is None  # documents without images are not duplicates of each other
 
 
 # ----------------------------------------------------------------------------- Beam
 
 
-def _check(expected):
-    def matcher(actual):
-        assert sorted(actual) == sorted(expected), (sorted(actual), sorted(expected))
+def _collect(pcoll: beam.PCollection, path, label: str) -> None:
+    """Every element of `pcoll`, pickled to `path` as one list (the embedded runner runs in this process)."""
+    def write(items):
+        path.write_bytes(pickle.dumps(sorted(items, key=repr)))
 
-    return matcher
-
-
-def _counts_by_outcome(counts):
-    out = {}
-    for c in counts:
-        out[(c.stage, c.outcome)] = out.get((c.stage, c.outcome), 0) + c.n
-    return out
+    _ = pcoll | f"{label}List" >> beam.combiners.ToList() | f"{label}Write" >> beam.Map(write)
 
 
-def _check_counts(stage, expected):
-    def matcher(counts):
-        got = {k[1]: v for k, v in _counts_by_outcome(counts).items() if k[0] == stage}
-        assert got == expected, (stage, got, expected)
-
-    return matcher
-
-
-def test_beam_stages_find_the_same_duplicates_as_the_pure_functions():
+@pytest.fixture(scope="module")
+def dedup_run(tmp_path_factory) -> dict:
+    """One pipeline: `Dedup` over the three planted corpora together, `NearDuplicates` on the planted
+    signatures (default and stricter threshold), the hot image keys of the image corpus, and the
+    reject sample of the build. Returns each output as a list."""
+    tmp = tmp_path_factory.mktemp("dedup")
     near_docs, _ = planted_corpus()
-    url_docs, image_docs = url_corpus(), image_corpus()
-    small = replace(CONFIG, reject_sample_size=2)
+    hasher = dd.MinHasher(CONFIG)
+    sigs = {d.key: (d.key, (dd.preference(d), signature(d, hasher).tobytes())) for d in near_docs}
     with beam.Pipeline(runner="FnApiRunner") as p:
-        near_in = p | "NearDocs" >> beam.Create(near_docs)
-        url_in = p | "UrlDocs" >> beam.Create(url_docs)
-        img_in = p | "ImageDocs" >> beam.Create(image_docs)
-
-        near = near_in | "Near" >> ds.DedupNearText(small)
-        assert_that(near["docs"] | "NearKeys" >> beam.Map(lambda d: d.key),
-                    _check([d.key for d in dd.dedup_near_text(near_docs, CONFIG)[0]]), label="NearKept")
-        assert_that(near["counts"], _check_counts("dedup_text_near", {"in": 36, "kept": 33, "near-duplicate-text": 3}), label="NearCounts")
-        assert_that(near["rejects"] | "NearRej" >> beam.Map(lambda r: (r.key, r.detail)),
-                    _check([("a-090", "a-095"), ("a-base", "a-095")]), label="NearRejects")  # 2 smallest keys of 3
-
-        exact = near_in | "Exact" >> ds.DedupExactText(small)
-        assert_that(exact["counts"], _check_counts("dedup_text_exact", {"in": 36, "kept": 35, "duplicate-text": 1}), label="ExactCounts")
-
-        urls = url_in | "Urls" >> ds.DedupUrls(small)
-        assert_that(urls["docs"] | "UrlKeys" >> beam.Map(lambda d: d.key), _check(["p-new", "q-a", "r-only"]), label="UrlKept")
-        # Sample of 2 per reason: the smallest keys.
-        assert_that(urls["rejects"] | "UrlRej" >> beam.Map(lambda r: r.key), _check(["p-mid", "p-old"]), label="UrlRejects")
-
-        hot = img_in | "Hot" >> ds.RemoveHotImages(small)
-        assert_that(hot["docs"] | "HotUrls" >> beam.FlatMap(lambda d: [i.ref.url for i in d.images if i and ("brand" in i.ref.url or "banner" in i.ref.url)]),
-                    _check([]), label="LogoGone")
-        assert_that(hot["counts"], _check_counts("images_hot", {"in": 50, "kept": 23, "hot-url": 15, "hot-sha256": 12}), label="HotCounts")
-
-        sets = img_in | "Sets" >> ds.DedupImageSets(small)
-        assert_that(sets["rejects"] | "SetRej" >> beam.Map(lambda r: (r.key, r.detail)), _check([("set-old", "set-new")]), label="SetRejects")
-
-        everything = (near_in, url_in, img_in) | "AllDocs" >> beam.Flatten()
-        full = everything | "Dedup" >> ds.Dedup(small)
-        pure = list(near_docs) + url_docs + image_docs
-        pure = dd.dedup_urls(pure)[0]
-        pure = dd.dedup_exact_text(pure)[0]
-        pure = dd.dedup_near_text(pure, CONFIG)[0]
-        assert_that(full["docs"] | "FullKeys" >> beam.Map(lambda d: d.key), _check([d.key for d in pure if d.key != "set-old"]), label="FullKept")
-        assert_that(full["counts"], _check_chain, label="FullCounts")
+        docs = p | "Docs" >> beam.Create(near_docs + url_corpus() + image_corpus())
+        full = docs | "Dedup" >> ds.Dedup(CONFIG)
+        _collect(full["docs"], tmp / "docs", "Kept")
+        _collect(full["counts"], tmp / "counts", "Counts")
+        _collect(full["rejects"], tmp / "rejects", "Rejects")
+        _collect(full["rejects"] | "Sample" >> SampleRejects(2), tmp / "sample", "Sample")
+        planted = p | "PlantedDocs" >> beam.Create(near_docs) | "Signatures" >> beam.Map(lambda d: sigs[d.key])
+        _collect(planted | "Near" >> ds.NearDuplicates(CONFIG), tmp / "near", "Near")
+        _collect(planted | "Strict" >> ds.NearDuplicates(replace(CONFIG, min_jaccard=0.97)), tmp / "strict", "Strict")
+        image_keys = p | "ImageDedupKeys" >> beam.Create([dd.dedup_keys(d, dd.document_words(d)) for d in image_corpus()])
+        _collect(ds.hot_image_keys(image_keys, CONFIG.max_docs_per_image), tmp / "hot", "Hot")
+    return {f.name: pickle.loads(f.read_bytes()) for f in tmp.iterdir()}
 
 
-def _check_chain(counts):
+def test_near_duplicate_clusters_are_exactly_the_planted_ones(dedup_run):
+    """Family A keeps its newest member (J 0.95 and 0.9 join it, 0.5 does not); family B its smallest key."""
+    assert dict(dedup_run["near"]) == {k: ("near-duplicate-text", kept) for k, kept in NEAR_DROPS.items()}
+
+
+def test_near_dedup_with_a_stricter_threshold_changes_the_clusters(dedup_run):
+    """The test can fail: a stricter min_jaccard splits family A."""
+    assert dict(dedup_run["strict"]) == {"b-two": ("near-duplicate-text", "b-one")}
+
+
+def test_a_logo_and_a_rehosted_banner_are_hot_a_photo_on_three_pages_is_not(dedup_run):
+    assert sorted(dedup_run["hot"]) == sorted([f"url:{LOGO}", "sha256:logo-sha", "sha256:banner-sha"])
+
+
+def test_dedup_drops_exactly_the_planted_duplicates_each_in_favour_of_the_right_document(dedup_run):
+    """URL: the most recent capture, then the smallest key; exact text: case, punctuation and
+    whitespace ignored; near text: the planted clusters (b-two already left as an exact copy);
+    image sets: the most recent of two pages with the same images under other URLs."""
+    drops = {(r.stage, r.reason, r.key, r.detail) for r in dedup_run["rejects"] if r.stage.startswith("dedup_")}
+    assert drops == {
+        ("dedup_url", "duplicate-url", "p-old", "p-new"),
+        ("dedup_url", "duplicate-url", "p-mid", "p-new"),
+        ("dedup_url", "duplicate-url", "q-z", "q-a"),
+        ("dedup_text_exact", "duplicate-text", "b-two", "b-one"),
+        ("dedup_text_near", "near-duplicate-text", "a-base", "a-095"),
+        ("dedup_text_near", "near-duplicate-text", "a-090", "a-095"),
+        ("dedup_image_sets", "duplicate-image-set", "set-old", "set-new"),
+    }
+    near_docs, _ = planted_corpus()
+    everything = [d.key for d in near_docs + url_corpus() + image_corpus()]
+    dropped = {key for _, _, key, _ in drops}
+    assert sorted(d.key for d in dedup_run["docs"]) == sorted(k for k in everything if k not in dropped)
+
+
+def test_dedup_removes_the_logo_and_banner_from_every_page(dedup_run):
+    hot = Counter((r.reason, r.url) for r in dedup_run["rejects"] if r.stage == "images_hot")
+    assert hot == {("hot-url", LOGO): 15, **{("hot-sha256", f"https://mirror{i}.example.net/banner.jpg"): 1 for i in range(12)}}
+    urls = [im.ref.url for d in dedup_run["docs"] for im in d.images if im]
+    assert LOGO not in urls and not any("banner" in u for u in urls)
+    assert urls.count("https://img.example.com/shared.jpg") == 3
+
+
+def test_each_dedup_stage_reads_what_the_previous_one_kept(dedup_run):
     """Each stage reads what the previous one kept, and in = kept + drops."""
-    got = _counts_by_outcome(counts)
+    got: dict = {}
+    for c in dedup_run["counts"]:
+        got[(c.stage, c.outcome)] = got.get((c.stage, c.outcome), 0) + c.n
     expected = {
         ("dedup_url", "in"): 60, ("dedup_url", "kept"): 57, ("dedup_url", "duplicate-url"): 3,
         ("dedup_text_exact", "in"): 57, ("dedup_text_exact", "kept"): 56, ("dedup_text_exact", "duplicate-text"): 1,
@@ -312,6 +321,19 @@ def _check_chain(counts):
         ("images_hot", "in"): 48, ("images_hot", "kept"): 21, ("images_hot", "hot-url"): 15, ("images_hot", "hot-sha256"): 12,
     }
     assert got == expected, sorted(set(got.items()) ^ set(expected.items()))
+
+
+def test_the_reject_sample_keeps_the_smallest_keys_per_stage_and_reason(dedup_run):
+    urls = sorted((r.key, r.detail) for r in dedup_run["sample"] if r.stage == "dedup_url")
+    assert urls == [("p-mid", "p-new"), ("p-old", "p-new")]  # 2 of 3: the smallest keys
+    assert Counter((r.stage, r.reason) for r in dedup_run["sample"])[("images_hot", "hot-sha256")] == 2
+
+
+def _check(expected):
+    def matcher(actual):
+        assert sorted(actual) == sorted(expected), (sorted(actual), sorted(expected))
+
+    return matcher
 
 
 def test_connected_components_in_beam_follow_chains_and_never_drop_a_whole_component():

@@ -1,14 +1,17 @@
 """Quality scores on hand-built texts whose ratios are known, and the filters built on them."""
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from m3w_pipeline.core.config import FilterConfig
-from m3w_pipeline.core.document import DocImage, Document, DocVideo
+from m3w_pipeline.core.accounting import Tally
+from m3w_pipeline.core.config import BuildConfig, FilterConfig, ImageConfig
+from m3w_pipeline.core.document import DocImage, Document, DocVideo, words
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
 from m3w_pipeline.filter import quality as q
 from m3w_pipeline.filter.filters import (
@@ -16,10 +19,11 @@ from m3w_pipeline.filter.filters import (
     document_filters,
     filter_nodes,
     first_failure,
+    image_node_filters,
     quality_filters,
     url_host_path,
 )
-from m3w_pipeline.media.images import ProcessedImage
+from m3w_pipeline.media.images import ProcessedImage, process_image
 from m3w_pipeline.read.warc import Provenance
 
 CONFIG = FilterConfig()
@@ -79,23 +83,23 @@ def test_char_and_word_repetition_ratios():
 
 
 def test_stopword_and_flagged_word_ratios_are_language_aware():
-    tokens = q.words("The cat is on the mat")
+    tokens = words("The cat is on the mat")
     assert q.stopword_ratio(tokens, "en") == pytest.approx(4 / 6)
-    assert q.stopword_ratio(q.words("Der Hund ist in dem Haus"), "de-AT") == pytest.approx(4 / 6)
+    assert q.stopword_ratio(words("Der Hund ist in dem Haus"), "de-AT") == pytest.approx(4 / 6)
     assert q.stopword_ratio(tokens, "ja") is None and q.stopword_ratio(tokens, None) is None
-    assert q.stopword_ratio(q.words("Det er en fin dag"), "nb") == pytest.approx(3 / 5)  # nb uses the 'no' list
-    assert q.flagged_word_ratio(q.words("free porn videos here now"), "en") == pytest.approx(1 / 5)
-    assert q.flagged_word_ratio(q.words("nackte tatsachen"), "de") == pytest.approx(1 / 2)
-    assert q.flagged_word_ratio(q.words("nackte tatsachen"), "en") == 0.0  # German list not applied to English
-    assert {"en", "de", "fr", "es", "no", "ru"} <= set(q.stopword_languages())
+    assert q.stopword_ratio(words("Det er en fin dag"), "nb") == pytest.approx(3 / 5)  # nb uses the 'no' list
+    assert q.flagged_word_ratio(words("free porn videos here now"), "en") == pytest.approx(1 / 5)
+    assert q.flagged_word_ratio(words("nackte tatsachen"), "de") == pytest.approx(1 / 2)
+    assert q.flagged_word_ratio(words("nackte tatsachen"), "en") == 0.0  # German list not applied to English
+    assert all(q.stopwords(lang) for lang in ("en", "de", "fr", "es", "no", "ru"))  # lists shipped
 
 
 def test_punctuation_and_special_character_ratios():
-    assert q.punctuation_ratio("Hello, world!") == pytest.approx(2 / 12)
+    assert q.text_scores(["Hello, world!"], None, CONFIG)["punctuation_ratio"] == pytest.approx(2 / 12)
     assert q.special_char_ratio("ab12 !?") == pytest.approx(4 / 6)
     assert q.special_char_ratio("नमस्ते दुनिया") == 0.0  # Devanagari vowel signs are marks, not specials
     assert q.special_char_ratio("€€ ab") == pytest.approx(2 / 4)
-    assert q.punctuation_ratio("   ") == 0.0
+    assert q.text_scores(["   "], None, CONFIG)["punctuation_ratio"] == 0.0
 
 
 def test_document_scores_give_one_value_per_index_column():
@@ -130,8 +134,8 @@ def test_score_columns_match_the_index_schema():
 
 def test_a_clean_article_passes_every_document_filter():
     doc = doc_of(ENGLISH, ok_image("https://i.example/a.jpg"), ENGLISH.replace("committee", "council").replace("Tuesday", "Friday"))
-    assert first_failure(doc_of(ENGLISH, ok_image("https://i.example/a.jpg")), document_filters(CONFIG)) is None
-    assert first_failure(doc, quality_filters(CONFIG)) == "duplicate-5grams"  # near-identical paragraphs
+    assert first_failure(document_filters(CONFIG), doc_of(ENGLISH, ok_image("https://i.example/a.jpg"))) is None
+    assert first_failure(quality_filters(CONFIG), doc) == "duplicate-5grams"  # near-identical paragraphs
     names = [f.name for f in document_filters(CONFIG)]
     assert names[:4] == ["too-few-words", "no-image", "too-many-images", "too-many-words"]
     assert len(names) == len(set(names))
@@ -140,28 +144,29 @@ def test_a_clean_article_passes_every_document_filter():
 def test_each_quality_filter_names_its_drop():
     filters = quality_filters(CONFIG)
     menu = "\n".join(["Home", "News", "Sport", "Contact", "Home", "News", "Sport", "Contact"] * 8)
-    assert first_failure(doc_of(menu + "\n" + ENGLISH), filters) == "duplicate-lines"
+    assert first_failure(filters, doc_of(menu + "\n" + ENGLISH)) == "duplicate-lines"
     porn = ENGLISH + " " + " ".join(["free porn xxx videos"] * 3)
-    assert first_failure(doc_of(porn), filters) == "flagged-words"
+    assert first_failure(filters, doc_of(porn)) == "flagged-words"
     numbers = ENGLISH + " " + " ".join(f"{i:05d}-{i:04d}/{i:03d}" for i in range(40))
-    assert first_failure(doc_of(numbers), filters) == "special-chars"
-    german = "Der Ausschuss hat am Dienstag über den neuen Haushalt der Stadtbibliothek beraten und wird im März entscheiden, ob die Lesesäle länger geöffnet bleiben."
-    assert first_failure(doc_of(german * 3), quality_filters(replace(CONFIG, languages=("en",)))) == "wrong-language"
-    assert first_failure(doc_of(german), quality_filters(replace(CONFIG, languages=("de", "en")))) is None
+    assert first_failure(filters, doc_of(numbers)) == "special-chars"
+    german = ("Der Ausschuss hat am Dienstag über den neuen Haushalt der Stadtbibliothek beraten und wird im März entscheiden, "
+              "ob die Lesesäle länger geöffnet bleiben.")
+    assert first_failure(quality_filters(replace(CONFIG, languages=("en",))), doc_of(german * 3)) == "wrong-language"
+    assert first_failure(quality_filters(replace(CONFIG, languages=("de", "en"))), doc_of(german)) is None
     no_stopwords = (
         "Buy cheap running shoes online. Best price running shoes. Running shoes sale today. Free shipping "
         "worldwide. Discount codes available. New arrivals weekly. Top brands. Secure checkout. Easy returns. "
         "Gift cards. Customer reviews. Size guide. Store locator. Newsletter signup. Limited offers."
     )  # identified as English, 1 stopword in 40 words
-    assert first_failure(doc_of(no_stopwords), filters) == "few-stopwords"
+    assert first_failure(filters, doc_of(no_stopwords)) == "few-stopwords"
 
 
 def test_repetition_filters_skip_short_documents():
     short = "Open data for the city. Open data in the news. Open data is here."  # 'open data': 24 of 49 chars
-    assert q.top_ngram_char_fraction(q.words(short), 2) > CONFIG.max_top_2gram_char_fraction
-    assert first_failure(doc_of(short), quality_filters(CONFIG)) is None
+    assert q.top_ngram_char_fraction(words(short), 2) > CONFIG.max_top_2gram_char_fraction
+    assert first_failure(quality_filters(CONFIG), doc_of(short)) is None
     strict = replace(CONFIG, min_words_for_repetition_filters=0)
-    assert first_failure(doc_of(short), quality_filters(strict)) == "top-2gram"
+    assert first_failure(quality_filters(strict), doc_of(short)) == "top-2gram"
 
 
 def test_scores_are_computed_once_per_document(monkeypatch):
@@ -169,7 +174,7 @@ def test_scores_are_computed_once_per_document(monkeypatch):
     real = q.document_scores
     monkeypatch.setattr(q, "document_scores", lambda doc, config: calls.append(doc.key) or real(doc, config))
     doc = doc_of(ENGLISH, ok_image("https://i.example/a.jpg"))
-    assert first_failure(doc, document_filters(CONFIG)) is None
+    assert first_failure(document_filters(CONFIG), doc) is None
     assert calls == ["k"]
 
 
@@ -182,33 +187,54 @@ def test_node_filters_remove_bad_text_nodes_and_images_and_keep_the_document_ali
         "•••• ★★★★ ••••",  # no words
         ok_image("https://www.site.example/static/images/site-logo.png"),  # blocklisted
         ok_image("https://i.example/photo.jpg"),
-        ok_image("https://i.example/strip.jpg", w=1200, h=100),  # aspect 12
-        ok_image("https://i.example/tiny.jpg", w=40, h=40),
+        ok_image("https://i.example/strip.jpg", w=1200, h=100),  # aspect 12: ImageConfig's check, before decoding
+        ok_image("https://i.example/huge.jpg", w=30_000, h=12_000),  # larger than max_image_side
         ok_image("https://i.example/scan.jpg", fmt="PCX"),
         DocImage(ImageRef("https://i.example/not-yet.jpg"), "missing"),
         "Thanks for reading.",
     )
     doc.videos.append(DocVideo(8, VideoRef(["https://v.example/v.mp4"])))  # before "Thanks for reading."
-    result = filter_nodes(doc, CONFIG)
-    out = result.doc
-    assert out.texts == [ENGLISH, None, None, "Thanks for reading."]
-    assert [im.ref.url for im in out.images if im] == ["https://i.example/photo.jpg", "https://i.example/not-yet.jpg"]
+    tally = Tally()
+    out = filter_nodes(doc, CONFIG, tally)
+    assert out.texts == [ENGLISH, None, None, None, "Thanks for reading."]
+    assert [im.ref.url for im in out.images if im] == [
+        "https://i.example/photo.jpg", "https://i.example/strip.jpg", "https://i.example/not-yet.jpg"
+    ]
     assert out.texts[out.videos[0].position] == "Thanks for reading."
-    assert result.counts == {
+    assert tally.counts == {
         ("text_nodes", "in"): 3,
         ("text_nodes", "kept"): 2,
         ("text_nodes", "text-node-word-count"): 1,
         ("image_nodes", "in"): 6,
-        ("image_nodes", "kept"): 2,
+        ("image_nodes", "kept"): 3,
         ("image_nodes", "image-url-blocklist"): 1,
-        ("image_nodes", "image-bad-aspect"): 1,
-        ("image_nodes", "image-too-small"): 1,
+        ("image_nodes", "image-too-large"): 1,
         ("image_nodes", "image-format"): 1,
     }
-    assert [r.reason for r in result.rejects] == [
-        "text-node-word-count", "image-url-blocklist", "image-bad-aspect", "image-too-small", "image-format"
-    ]
+    assert [r.reason for r in tally.rejects] == ["text-node-word-count", "image-url-blocklist", "image-too-large", "image-format"]
     assert doc.n_images == 5  # the input is not modified
+
+
+def jpeg(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 80, 40)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_image_size_and_aspect_are_one_check_with_one_setting():
+    """ImageConfig.min_side / max_aspect_ratio decide, once, before decoding; loosening them lets
+    the image through (there is no second, filter-level copy that would still drop it)."""
+    tiny, strip = jpeg(40, 40), jpeg(1200, 100)
+    assert process_image(tiny).reason == "too-small" and process_image(strip).reason == "bad-aspect"
+    loose = ImageConfig(min_side=32, max_aspect_ratio=12.0)
+    for data in (tiny, strip):
+        result = process_image(data, loose)
+        assert result.reason == "ok" and result.image is not None
+        image = DocImage(ImageRef("https://i.example/x.jpg"), "ok", result.image)
+        assert first_failure(image_node_filters(CONFIG), image) is None
+    for old in ("min_image_side", "max_image_aspect_ratio"):  # the former filter keys name themselves
+        with pytest.raises(ValueError, match=old):
+            BuildConfig.from_dict({"filters": {old: 32}})
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,194 @@
+"""What a build writes beside its shards, and the shards themselves: each file under a temporary
+name, then renamed, so readers never see half a file.
+
+Every corpus branch of the build (M3W, pairs, video) returns a `Corpus`: its shard infos, the
+counts of its own stages, the fetch status rows of media it fetched and the names of other files
+it wrote. `write_manifests` turns those, the build's shared counts and the broken input files
+into one manifest.json per corpus folder (and removes files a previous build left there).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.pvalue import AsDict, AsList, AsSingleton
+
+from beam_jobs import fsio
+from beam_jobs.counting import REJECTS_NAME
+from m3w_pipeline.core.accounting import build_manifest
+from m3w_pipeline.core.config import BuildConfig, ShardConfig
+from m3w_pipeline.write.shards import ShardInfo, load_arrow_schema, parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
+
+MANIFEST_NAME = "manifest.json"
+STATUS_PREFIX = "fetch_status"
+
+
+@dataclass
+class Corpus:
+    """What one corpus branch of the build wrote, for its manifest."""
+
+    prefixes: tuple[str, ...]  # shard name prefixes it owns in its folder (older shards with them are removed)
+    shards: beam.PCollection  # one dict per shard: ShardInfo fields (pairs and video add rows)
+    counts: list[beam.PCollection]  # accounting.Count elements of its own stages
+    status_rows: list[beam.PCollection] = field(default_factory=list)  # fetch status rows of media it fetched
+    files: list[beam.PCollection] = field(default_factory=list)  # names of other files it wrote
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def n_shards(n_samples: int, per_shard: int) -> int:
+    return max(1, math.ceil(n_samples / per_shard))
+
+
+def shard_of(key: str, n: int) -> int:
+    """Samples go to shard int(key[:15], 16) % n: spread evenly, and equal keys meet in one shard."""
+    return int(key[:15], 16) % n
+
+
+def write_shard_files(output_dir: str, name: str, write_tar: Callable[[BinaryIO], tuple[ShardInfo, pa.Table]]) -> tuple[ShardInfo, pa.Table]:
+    """NAME.tar (written by `write_tar`) and its index NAME.parquet; the info gets the index's size and hash."""
+    holder: dict[str, Any] = {}
+
+    def write(out: BinaryIO) -> None:
+        holder["info"], holder["table"] = write_tar(out)
+
+    fsio.write_atomic(fsio.join(output_dir, f"{name}.tar"), write)
+    info, table = holder["info"], holder["table"]
+    index_bytes = parquet_bytes(table)
+    fsio.write_bytes_atomic(fsio.join(output_dir, f"{name}.parquet"), index_bytes)
+    info.parquet_bytes, info.parquet_sha256 = len(index_bytes), sha256_bytes(index_bytes)
+    return info, table
+
+
+class WriteM3WShardFn(beam.DoFn):
+    """(shard index, documents) -> PREFIX-NNNNN.tar + .parquet; the shard's info."""
+
+    def __init__(self, output_dir: str, config: ShardConfig):
+        self.output_dir = output_dir
+        self.config = config
+
+    def process(self, element: tuple[int, Iterable[Any]]) -> Iterator[dict[str, Any]]:
+        index, docs = element
+        name = shard_name(self.config.prefix, index)
+        info, _ = write_shard_files(self.output_dir, name, lambda out: write_m3w_shard(docs, name, out))
+        yield dataclasses.asdict(info)
+
+
+def write_m3w_shards(docs: beam.PCollection, output_dir: str, config: ShardConfig) -> beam.PCollection:
+    """Kept documents -> PREFIX-NNNNN.tar/.parquet, documents spread over shards by key hash."""
+    n = docs | "CountKept" >> beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(n_shards, config.samples_per_shard)
+    return (
+        docs
+        | "AssignShard" >> beam.Map(lambda doc, n: (shard_of(doc.key, n), doc), AsSingleton(n))
+        | "GroupShards" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteM3WShardFn(output_dir, config))
+    )
+
+
+# ----------------------------------------------------------------------------- fetch status tables
+
+
+class WriteStatusTableFn(beam.DoFn):
+    """(bucket, rows) -> NAME-NNNNN.parquet, rows sorted by URL."""
+
+    def __init__(self, output_dir: str, prefix: str, schema: str):
+        self.output_dir = output_dir
+        self.prefix = prefix
+        self.schema = schema
+
+    def process(self, element: tuple[int, Iterable[dict[str, Any]]]) -> Iterator[str]:
+        bucket, rows = element
+        table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["url"]), schema=load_arrow_schema(self.schema))
+        name = f"{shard_name(self.prefix, bucket)}.parquet"
+        fsio.write_bytes_atomic(fsio.join(self.output_dir, name), parquet_bytes(table))
+        yield name
+
+
+def write_status_table(rows: beam.PCollection, output_dir: str, label: str, rows_per_file: int = 1_000_000) -> beam.PCollection:
+    """Fetch status rows (one per URL) -> fetch_status-NNNNN.parquet beside the shards, like img2dataset's."""
+    n = rows | f"Count{label}" >> beam.combiners.Count.Globally() | f"Files{label}" >> beam.Map(n_shards, rows_per_file)
+    return (
+        rows
+        | f"Bucket{label}" >> beam.Map(lambda r, n: (int(hashlib.sha1(r["url"].encode()).hexdigest()[:15], 16) % n, r), AsSingleton(n))
+        | f"Group{label}" >> beam.GroupByKey()
+        | f"Write{label}" >> beam.ParDo(WriteStatusTableFn(output_dir, STATUS_PREFIX, "fetch_status"))
+    )
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+class WriteManifestFn(beam.DoFn):
+    """Runs once per corpus, after every file it lists: writes manifest.json, removes files a previous build left."""
+
+    def __init__(self, output_dir: str, inputs: list[str], config: BuildConfig, corpus: str, prefixes: tuple[str, ...]):
+        self.output_dir = output_dir
+        self.inputs = inputs
+        self.config = config
+        self.corpus = corpus
+        self.prefixes = prefixes  # shard name prefixes this corpus owns in output_dir
+
+    def process(self, _: Any, counts: dict, broken: list, written: list) -> Iterator[dict[str, Any]]:
+        files: dict[str, list] = defaultdict(list)  # shards, fetch_status_files, other_files
+        for kind, item in written:
+            files[kind].append(item)
+        shards, status_files, other_files = files["shards"], files["fetch_status_files"], files["other_files"]
+        manifest = build_manifest(counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
+        manifest["fetch_status_files"] = sorted(status_files)
+        manifest["other_files"] = sorted(other_files)
+        if self.corpus == "m3w" and REJECTS_NAME not in other_files and fsio.exists(fsio.join(self.output_dir, REJECTS_NAME)):
+            fsio.delete_matching(fsio.join(self.output_dir, REJECTS_NAME), set())  # a previous build's sample
+        keep = {fsio.join(self.output_dir, f"{s['name']}.{ext}") for s in shards for ext in ("tar", "parquet")}
+        keep |= {fsio.join(self.output_dir, f) for f in status_files}
+        patterns = [f"{p}-*.{ext}" for p in self.prefixes for ext in ("tar", "parquet")]
+        if status_files or self.config.fetch.enabled:
+            patterns.append(f"{STATUS_PREFIX}-*.parquet")
+        manifest["removed_stale_files"] = sorted(
+            path.rsplit("/", 1)[-1] for pattern in patterns for path in fsio.delete_matching(fsio.join(self.output_dir, pattern), keep)
+        )
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        fsio.write_bytes_atomic(fsio.join(self.output_dir, MANIFEST_NAME), data)
+        yield manifest
+
+
+def _tagged(pcolls: list[beam.PCollection], kind: str, label: str) -> list[beam.PCollection]:
+    return [p | f"{label}{i}" >> beam.Map(lambda item: (kind, item)) for i, p in enumerate(pcolls)]
+
+
+def write_manifests(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, str], config: BuildConfig,
+                    corpora: dict[str, Corpus], counts: list[beam.PCollection], broken: beam.PCollection) -> list[beam.PCollection]:
+    """One manifest per corpus folder. Every manifest holds all of the build's counts (one funnel, one run)."""
+    all_counts = counts + [c for corpus in corpora.values() for c in corpus.counts]
+    summed = (
+        all_counts
+        | "AllCounts" >> beam.Flatten()
+        | "CountKey" >> beam.Map(lambda c: ((c.stage, c.outcome), c.n))
+        | "SumCounts" >> beam.CombinePerKey(sum)
+    )
+    manifests = []
+    for i, (name, out) in enumerate(dirs.items()):
+        corpus = corpora[name]
+        status_files = []
+        if corpus.status_rows:
+            rows = corpus.status_rows[0] if len(corpus.status_rows) == 1 else corpus.status_rows | f"FetchStatusRows{i}" >> beam.Flatten()
+            status_files.append(write_status_table(rows, out, f"fetch_status{i or ''}"))
+        written = (
+            _tagged([corpus.shards], "shards", f"Shards_{name}")
+            + _tagged(status_files, "fetch_status_files", f"StatusFiles_{name}")
+            + _tagged(corpus.files, "other_files", f"OtherFiles_{name}")
+        ) | f"Written_{name}" >> beam.Flatten()
+        manifests.append(
+            pipeline
+            | f"ManifestTrigger_{name}" >> beam.Create([None])
+            | f"WriteManifest_{name}"
+            >> beam.ParDo(WriteManifestFn(out, inputs, config, name, corpus.prefixes), AsDict(summed), AsList(broken), AsList(written))
+        )
+    return manifests
