@@ -3,7 +3,7 @@
     python benchmarks/bench_fetch.py [--images 2000] [--baseline-images 500] [--hosts 100]
                                      [--workers 16] [--results benchmarks/RESULTS.md]
 
-A `tests/media_server.MediaServer` runs in a separate process (its CPU is not counted)
+A `tests/helpers/media_server.MediaServer` runs in a separate process (its CPU is not counted)
 and serves `--images` distinct URLs of JPEGs 256-1024 px, 30-100 KB, spread over
 `--hosts` host names that `host_overrides` maps to it (so per-host limits and the
 politeness delay act as in a real crawl, with FetchConfig defaults). "Per core" is

@@ -41,7 +41,10 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-_IMAGE_TYPES = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"), "gif": ("GIF", "image/gif"), "webp": ("WEBP", "image/webp")}
+_IMAGE_TYPES = {
+    "png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"),
+    "gif": ("GIF", "image/gif"), "webp": ("WEBP", "image/webp"),
+}
 _PAGE = b"<!doctype html><html><head><title>not an image</title></head><body><p>Hello</p></body></html>\n"
 
 
@@ -421,7 +424,8 @@ def _make_proxy_handler(proxy: ForwardProxy) -> type[BaseHTTPRequestHandler]:
                 return
             upstream = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=10)
             try:
-                upstream.putrequest("GET", (target.path or "/") + (f"?{target.query}" if target.query else ""), skip_host=True, skip_accept_encoding=True)
+                request_target = (target.path or "/") + (f"?{target.query}" if target.query else "")
+                upstream.putrequest("GET", request_target, skip_host=True, skip_accept_encoding=True)
                 for name, value in self.headers.items():
                     if name.lower() not in _HOP_BY_HOP:
                         upstream.putheader(name, value)

@@ -384,7 +384,9 @@ def test_opt_out_headers_stop_before_the_body(server):
 
 
 def test_bad_urls_dns_and_refused_connections(server):
-    for url in ["ftp://media.test/a.png", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "http://", "http://media.test:99999/a.png", "not a url"]:
+    bad_urls = ["ftp://media.test/a.png", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "http://", "http://media.test:99999/a.png",
+                "not a url"]
+    for url in bad_urls:
         result = fetch(server, url)
         assert (result.status, result.attempts) == ("bad-url", 0), (url, result)
     unknown = fetch(server, "http://nowhere.test/img/a.png")
@@ -446,7 +448,7 @@ def test_http_proxy(server):
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
     """A self-signed certificate for images.example.com (key, cert paths)."""
-    crypto = pytest.importorskip("cryptography")  # noqa: F841
+    pytest.importorskip("cryptography")
     import datetime
 
     from cryptography import x509
@@ -531,7 +533,8 @@ def test_fetch_media_fn_in_a_beam_pipeline(server):
     outputs = fetch_media(pipeline | beam.Create(refs), fetch_config, ImageConfig(), min_batch_size=2, max_batch_size=4)
     assert_that(outputs.images | beam.Map(summarise), equal_to(expected), label="images")
     statuses = outputs[FETCH_STATUS] | beam.Map(lambda row: (row["url"], row["status"]))
-    expected_statuses = [(u, "ok") for u in good] + [(u, reason.removeprefix("fetch-") if reason.startswith("fetch-") else "ok") for u, reason in bad.items()]
+    expected_statuses = [(u, "ok") for u in good]
+    expected_statuses += [(u, reason.removeprefix("fetch-") if reason.startswith("fetch-") else "ok") for u, reason in bad.items()]
     assert_that(statuses, equal_to(expected_statuses), label="statuses")
     result = pipeline.run()
     result.wait_until_finish()
