@@ -372,10 +372,14 @@ class ForwardProxy:
     """A minimal forward proxy on 127.0.0.1 (GET in absolute form, and CONNECT tunnels).
 
     It only ever connects to 127.0.0.0/8 and refuses anything else with 403, so a
-    test through it cannot reach another network.
+    test through it cannot reach another network. `hosts` is the proxy's own name
+    lookup for plain http ({"media.test": 8080} sends media.test to 127.0.0.1:8080),
+    so a test can give a name a public address on the fetcher's side (checked, never
+    connected to) while the proxy carries the request to a local server.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: Optional[dict[str, int]] = None) -> None:
+        self.hosts = dict(hosts or {})
         self.log = RequestLog()
         self._httpd = _QuietServer(("127.0.0.1", 0), _make_proxy_handler(self))
         self.host, self.port = self._httpd.server_address[:2]
@@ -419,10 +423,13 @@ def _make_proxy_handler(proxy: ForwardProxy) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             self._record("GET")
             target = urlsplit(self.path)
-            if target.scheme != "http" or not _loopback(target.hostname or ""):
+            host, port = target.hostname or "", target.port or 80
+            if host in proxy.hosts:
+                host, port = "127.0.0.1", proxy.hosts[host]
+            if target.scheme != "http" or not _loopback(host):
                 self._refuse(f"not a loopback http URL: {self.path}")
                 return
-            upstream = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=10)
+            upstream = http.client.HTTPConnection(host, port, timeout=10)
             try:
                 request_target = (target.path or "/") + (f"?{target.query}" if target.query else "")
                 upstream.putrequest("GET", request_target, skip_host=True, skip_accept_encoding=True)

@@ -1,9 +1,10 @@
 """Fetcher and FetchMediaFn against a real HTTP(S) server and forward proxy on 127.0.0.1.
 
-Network rule: these tests only ever talk to 127.0.0.0/8. Names are resolved by a
-fake resolver (numeric forms only, never DNS), and `loopback_only` makes any
+Network rule: these tests only ever talk to 127.0.0.0/8 (and ::1). Names are resolved
+by a fake resolver (numeric forms only, never DNS), and `loopback_only` makes any
 connection to another address fail loudly; URLs naming 10.x / 169.254.x appear
-only where the address policy must refuse them before a socket is opened.
+only where the address policy must refuse them before a socket is opened, and a
+public address (PUBLIC_STANDIN) only where a proxy carries the request instead.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ from m3w_pipeline.media.images import process_image
 from m3w_pipeline.write.shards import load_arrow_schema
 
 VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "video"
+# A public address for a test name on the fetcher's side: the address policy lets it through,
+# and the request goes to a local ForwardProxy (loopback_only fails any direct connection to it).
+PUBLIC_STANDIN = "8.8.8.8"
 DEFAULT_UA = FetchConfig().user_agent
 
 
@@ -67,7 +71,8 @@ def server():
 
 
 def config(server: MediaServer, **overrides) -> FetchConfig:
-    """Short timeouts and no politeness delay; media.test is the server (a trusted override)."""
+    """Short timeouts and no politeness delay; media.test is the server, on loopback, so private
+    addresses are allowed (tests of the address policy turn that off)."""
     values = dict(
         connect_timeout_s=0.3,
         read_timeout_s=0.3,
@@ -77,6 +82,7 @@ def config(server: MediaServer, **overrides) -> FetchConfig:
         backoff_max_s=0.05,
         per_host_delay_s=0.0,
         host_overrides={"media.test": f"127.0.0.1:{server.port}"},
+        allow_private_addresses=True,
         honour_robots_txt=False,  # tested on its own below (the build tests run with it on)
     )
     values.update(overrides)
@@ -303,13 +309,20 @@ def test_redirects_are_followed_relative_and_bounded(server):
 
 
 def test_redirect_to_another_private_address_is_blocked(server, loopback_only):
-    """media.test (an override, trusted) redirects elsewhere on private space: refused before connecting."""
-    with MediaServer(host="127.0.0.2") as other:
-        for target in [other.url("/img/inside.png"), "http://10.1.2.3/img/inside.png", "http://169.254.169.254/latest/meta-data/", f"http://[::1]:{other.port}/img/inside.png"]:
+    """media.test (public, reached through the proxy) redirects into private space: refused before connecting."""
+    resolver = numeric_resolver({"media.test": [PUBLIC_STANDIN]})
+    public = dict(resolver=resolver, host_overrides={}, allow_private_addresses=False)
+    with MediaServer(host="127.0.0.2") as other, ForwardProxy(hosts={"media.test": server.port}) as proxy:
+        reachable = fetch(server, "/img/via-proxy.png", proxy=proxy.url, **public)
+        assert (reachable.status, reachable.address) == ("ok", f"127.0.0.1:{proxy.port}")  # the public name itself is fetchable
+        targets = [other.url("/img/inside.png"), "http://10.1.2.3/img/inside.png", "http://169.254.169.254/latest/meta-data/",
+                   f"http://[::1]:{other.port}/img/inside.png"]
+        for target in targets:
             connections_before = list(loopback_only)
-            result = fetch(server, f"/redirect-to?url={target}")
+            result = fetch(server, f"/redirect-to?url={target}", proxy=proxy.url, **public)
             assert (result.status, result.final_url, result.redirects) == ("blocked-address", target, 1), result
-            assert loopback_only == connections_before + ["127.0.0.1"]  # only media.test was contacted
+            assert loopback_only == connections_before + ["127.0.0.1", "127.0.0.1"]  # to the proxy, and the proxy to media.test
+        assert [r.path for r in proxy.requests[1:]] == [f"http://media.test/redirect-to?url={t}" for t in targets]
         assert other.requests == []
 
 
@@ -327,7 +340,8 @@ def test_private_addresses_are_blocked_by_default(server, loopback_only):
         "http://10.0.0.1/img/private.png",
         "http://192.168.0.1/img/private.png",
     ]
-    with Fetcher(config(server, host_overrides={}), resolve=resolver) as fetcher:
+    assert FetchConfig().allow_private_addresses is False
+    with Fetcher(config(server, host_overrides={}, allow_private_addresses=False), resolve=resolver) as fetcher:
         results = list(fetcher.fetch_many(urls))
     assert [r.status for r in results] == ["blocked-address"] * len(urls)
     assert all(r.attempts == 0 and r.bytes == 0 for r in results)
@@ -339,9 +353,26 @@ def test_private_addresses_are_blocked_by_default(server, loopback_only):
 def test_every_resolved_address_must_be_public(server, loopback_only):
     """One non-public record blocks the name: a later retry must not reach the private one."""
     resolver = numeric_resolver({"mixed.test": ["8.8.8.8", "127.0.0.1"]})
-    result = fetch(server, f"http://mixed.test:{server.port}/img/mixed.png", resolver=resolver, host_overrides={})
+    result = fetch(server, f"http://mixed.test:{server.port}/img/mixed.png", resolver=resolver, host_overrides={}, allow_private_addresses=False)
     assert (result.status, result.attempts) == ("blocked-address", 0)
     assert loopback_only == [] and server.count("/img/mixed.png") == 0
+
+
+def test_host_overrides_are_checked_like_resolved_addresses(server, loopback_only):
+    """--resolve names an address, it does not vouch for it: a private one needs allow_private_addresses."""
+    overrides = {"media.test": f"127.0.0.1:{server.port}", "v6.test": f"[::1]:{server.port}", "meta.test": "169.254.169.254",
+                 "mapped.test": f"[::ffff:127.0.0.1]:{server.port}"}
+    urls = ["http://media.test/img/overridden.png", "http://v6.test/img/overridden.png", "http://meta.test/latest/meta-data/",
+            "http://mapped.test/img/overridden.png"]
+    with Fetcher(config(server, host_overrides=overrides, allow_private_addresses=False), resolve=numeric_resolver()) as fetcher:
+        results = list(fetcher.fetch_many(urls))
+    assert [(r.status, r.attempts, r.bytes) for r in results] == [("blocked-address", 0, 0)] * 4
+    assert [r.error for r in results] == [
+        "media.test resolves to non-public 127.0.0.1 (host_overrides)", "v6.test resolves to non-public ::1 (host_overrides)",
+        "meta.test resolves to non-public 169.254.169.254 (host_overrides)", "mapped.test resolves to non-public ::ffff:127.0.0.1 (host_overrides)"]
+    assert loopback_only == [] and server.count("/img/overridden.png") == 0
+    allowed = fetch(server, "/img/overridden.png", allow_private_addresses=True)
+    assert (allowed.status, allowed.address) == ("ok", f"127.0.0.1:{server.port}") and server.count("/img/overridden.png") == 1
 
 
 def test_next_address_is_tried_when_one_does_not_answer(server, loopback_only):

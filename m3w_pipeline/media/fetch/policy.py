@@ -1,7 +1,8 @@
 """What the fetcher may take: which addresses it may reach, what robots.txt allows, what the content owner opted out of.
 
-Addresses: a host is resolved by us (or named by `host_overrides`), and every address it has
-must be public unless `allow_private_addresses`; the fetcher then connects to exactly those.
+Addresses: a host is resolved by us (or named by `host_overrides`), and every address it has,
+an overridden one included, must be public unless `allow_private_addresses`; the fetcher then
+connects to exactly those.
 
 robots.txt (RFC 9309): read once per origin and `robots_cache_s`, through the same address
 checks and politeness as media; paths it disallows for our user-agent product token end
@@ -166,22 +167,24 @@ class AddressPolicy:
 
         Every resolved address must be public, not just the first: otherwise a name
         with one public and one private record could reach the private one on retry.
-        Raises blocked-address or dns.
+        A host override's address is checked the same way: it names where a host is,
+        it does not make a private address safe to reach. Raises blocked-address or dns.
         """
+        port, source = target.port, ""
         override = self._overrides.get(f"{target.host}:{target.port}") or self._overrides.get(target.host)
         if override is not None:
-            ip, port = override
-            return (ip,), port or target.port  # the user named this address: trusted
-        try:
-            addresses = [str(ipaddress.ip_address(target.host))]
-        except ValueError:
-            addresses = self._lookup(target.host, target.port)
+            addresses, port, source = [override[0]], override[1] or target.port, " (host_overrides)"
+        else:
+            try:
+                addresses = [str(ipaddress.ip_address(target.host))]
+            except ValueError:
+                addresses = self._lookup(target.host, target.port)
         if not self.config.allow_private_addresses:
             blocked = [a for a in addresses if not is_public_address(a)]
             if blocked:
-                raise FetchFailure("blocked-address", f"{target.host} resolves to non-public {blocked[0]}")
+                raise FetchFailure("blocked-address", f"{target.host} resolves to non-public {blocked[0]}{source}")
         ordered = sorted(addresses, key=lambda a: ":" in a)  # IPv4 first: IPv6 routes are often missing
-        return tuple(ordered), target.port
+        return tuple(ordered), port
 
     def _lookup(self, host: str, port: int) -> list[str]:
         """Resolve with a small cache; failures are dns (EAI_AGAIN retryable)."""
