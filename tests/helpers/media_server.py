@@ -161,8 +161,25 @@ class _QuietServer(ThreadingHTTPServer):
             self.errors.append(f"{type(err).__name__}: {err}")
 
 
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
+
+
+def ipv6_loopback_available() -> bool:
+    """Whether this machine can listen on ::1 (containers without IPv6 cannot)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 class MediaServer:
-    """ThreadingHTTPServer on 127.0.0.1:0 serving generated media and planted faults.
+    """ThreadingHTTPServer on 127.0.0.1:0 (or another loopback address, "::1" included) serving generated
+    media and planted faults.
 
     `tls=(certfile, keyfile)` serves HTTPS instead. Use as a context manager.
     """
@@ -178,7 +195,7 @@ class MediaServer:
         self._flight_lock = threading.Lock()
         self._images: dict[tuple, bytes] = {}
         self._images_lock = threading.Lock()
-        self._httpd = _QuietServer((host, 0), _make_handler(self))
+        self._httpd = (_QuietServer6 if ":" in host else _QuietServer)((host, 0), _make_handler(self))
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
@@ -204,7 +221,8 @@ class MediaServer:
 
     @property
     def base_url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path

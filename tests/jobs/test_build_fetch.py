@@ -18,7 +18,7 @@ import pytest
 import webdataset as wds
 from conftest import CORPUS, build
 
-from helpers.media_server import ForwardProxy, MediaServer
+from helpers.media_server import ForwardProxy, MediaServer, ipv6_loopback_available
 from helpers.warc_builder import article, response, write_warc
 from m3w_pipeline.extract.page import extract_page
 from m3w_pipeline.read import warc
@@ -217,3 +217,21 @@ def test_without_allow_private_addresses_nothing_reaches_loopback(tmp_path, name
     assert all("127.0.0.1" in (r["error"] or "") for r in rows.values())
     assert m["stages"]["fetch"]["dropped"] == {"blocked-address": len(FAULTS) + 1}
     assert m["stages"]["documents"]["dropped"] == {"no-image": len(FAULTS)}
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine cannot listen on ::1 (no IPv6 loopback)")
+def test_ipv6_literal_image_urls_are_fetched_with_their_brackets(tmp_path):
+    """http://[::1]:PORT/... on a page stays that URL through the join by URL, the fetch and the shards."""
+    with MediaServer(host="::1") as v6:
+        urls = [v6.url("/img/v6-a.png"), v6.url("/img/v6-b.jpg?w=400&h=300")]
+        crawl = write_warc(tmp_path / "v6.warc.gz", [response("https://news.example/v6", article("Story", PROSE, urls))])
+        config = write_config(tmp_path / "config.json", {"allow_private_addresses": True})
+        m = build("m3w", [str(crawl)], tmp_path / "out", "--config", config, "--min-words", "10")
+        served = sorted(r.path for r in v6.requests)
+    rows = status_rows(tmp_path / "out")
+    assert {url: (r["status"], r["address"]) for url, r in rows.items()} == {url: ("ok", f"[::1]:{v6.port}") for url in urls}
+    assert served == ["/img/v6-a.png", "/img/v6-b.jpg?w=400&h=300", "/robots.txt"]
+    (sample,) = wds.WebDataset(sorted(str(p) for p in (tmp_path / "out").glob("*.tar")), shardshuffle=False, empty_check=False)
+    images = [im for im in json.loads(sample["json"])["images"] if im is not None]
+    assert [(im["url"], im["status"]) for im in images] == [(url, "ok") for url in urls]
+    assert m["stages"]["fetch"] == {"in": 2, "kept": {"ok": 2}, "dropped": {}, "reconciles": True}

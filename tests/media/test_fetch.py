@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.media_server import ForwardProxy, MediaServer, make_image, make_video
+from helpers.media_server import ForwardProxy, MediaServer, ipv6_loopback_available, make_image, make_video
 from m3w_pipeline.core.config import FetchConfig, ImageConfig
 from m3w_pipeline.media.fetch import (
     FETCH_STATUSES,
@@ -373,6 +373,24 @@ def test_host_overrides_are_checked_like_resolved_addresses(server, loopback_onl
     assert loopback_only == [] and server.count("/img/overridden.png") == 0
     allowed = fetch(server, "/img/overridden.png", allow_private_addresses=True)
     assert (allowed.status, allowed.address) == ("ok", f"127.0.0.1:{server.port}") and server.count("/img/overridden.png") == 1
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine cannot listen on ::1 (no IPv6 loopback)")
+def test_ipv6_literal_urls_keep_their_brackets_and_are_fetched_when_allowed(loopback_only):
+    with MediaServer(host="::1") as v6:
+        v6.robots = (200, "User-agent: *\nDisallow: /img/private/\n")
+        url = v6.url("/redirect/1/img/v6.png")
+        assert url.startswith("http://[::1]:")
+        result = fetch(v6, url, host_overrides={}, honour_robots_txt=True)
+        assert (result.status, result.sniffed_type, result.redirects) == ("ok", "png", 1), result
+        assert (result.final_url, result.address) == (v6.url("/img/v6.png"), f"[::1]:{v6.port}")
+        disallowed = fetch(v6, v6.url("/img/private/v6.png"), host_overrides={}, honour_robots_txt=True)
+        assert disallowed.status == "robots" and f"robots.txt of http://[::1]:{v6.port} disallows" in disallowed.error
+        blocked = fetch(v6, url, host_overrides={}, allow_private_addresses=False)
+        assert (blocked.status, blocked.attempts, blocked.error) == ("blocked-address", 0, "::1 resolves to non-public ::1")
+        assert sorted(r.path for r in v6.requests) == ["/img/v6.png", "/redirect/1/img/v6.png", "/robots.txt", "/robots.txt"]
+        assert {r.headers["host"] for r in v6.requests} == {f"[::1]:{v6.port}"}
+    assert set(loopback_only) == {"::1"}
 
 
 def test_next_address_is_tried_when_one_does_not_answer(server, loopback_only):
