@@ -19,7 +19,7 @@ Routes of `MediaServer` (any route takes `?ct=TYPE` to override Content-Type and
     /redirect/N/REST                            N relative redirects, then REST
     /redirect-to?url=URL                        302 to URL
     /files/...                                  whatever `add_file` registered (benchmarks)
-    /robots.txt                                 `robots` = (status, text) when set
+    /robots.txt                                 `robots` = (status, text) when set (3xx: text is the Location)
     anything else                               404, or a generated 400x300 JPEG with catch_all_images=True
 """
 from __future__ import annotations
@@ -274,6 +274,8 @@ class MediaServer:
             return Reply(body=data, content_type=content_type)
         if path == "/robots.txt" and self.robots is not None:
             status, text = self.robots
+            if 300 <= status < 400:  # text is where it moved
+                return Reply(status=status, headers=[("Location", text)])
             return Reply(status=status, body=text.encode(), content_type="text/plain")
         if head == "img" and len(parts) == 2:
             return self._image_reply(parts[1], query)

@@ -178,6 +178,75 @@ def test_robots_txt_errors_as_rfc_9309_reads_them(robots, status):
         assert srv.count("/img/a.png") == (status == "ok")
 
 
+def test_robots_txt_redirects_are_followed_five_times():
+    """RFC 9309: at least five redirects are followed; past them robots.txt is unavailable (everything allowed)."""
+    for hops, status in [(4, "robots"), (5, "ok")]:  # 1 + hops redirects before the file
+        with MediaServer() as srv:
+            srv.robots = (301, f"/redirect/{hops}/files/moved-robots.txt")
+            srv.add_file("moved-robots.txt", b"User-agent: *\nDisallow: /\n", "text/plain")
+            with Fetcher(config(srv, honour_robots_txt=True), resolve=numeric_resolver()) as fetcher:
+                assert fetcher.fetch("http://media.test/img/a.png").status == status, hops
+            assert srv.count("/robots.txt") == 1 and srv.count("/files/moved-robots.txt") == (status == "robots")
+
+
+M3W_UA = FetchConfig().user_agent  # product token m3w-bot; the full string also holds "github"
+
+
+@pytest.mark.parametrize(
+    "rules, path, allowed",
+    [
+        # "$" ends the pattern; rules match the path and query, so a query is more after the ".jpg"
+        ("User-agent: *\nDisallow: /*.jpg$\n", "/img/a.jpg", False),
+        ("User-agent: *\nDisallow: /*.jpg$\n", "/img/a.jpg?x=1", True),
+        ("User-agent: *\nDisallow: /*.jpg$\n", "/img/a.jpg.png", True),
+        ("User-agent: *\nDisallow: /*.jpg\n", "/img/a.jpg?x=1", False),  # without "$" the match is a prefix
+        ("User-agent: *\nDisallow: /*?\n", "/img/a.png?w=200", False),  # the query is matched too
+        # "*" is any run of characters, within a segment or across them
+        ("User-agent: *\nDisallow: /private*/\n", "/private-photos/a.png", False),
+        ("User-agent: *\nDisallow: /private*/\n", "/private.png", True),
+        ("User-agent: *\nDisallow: /*/thumbs/\n", "/2024/05/thumbs/a.png", False),
+        # the longest matching rule wins, in whichever order they are written
+        ("User-agent: *\nDisallow: /img/\nAllow: /img/public/\n", "/img/public/a.png", True),
+        ("User-agent: *\nAllow: /img/\nDisallow: /img/private/\n", "/img/private/a.png", False),
+        ("User-agent: *\nAllow: /img/public/\nDisallow: /img/\n", "/img/a.png", False),
+        ("User-agent: *\nAllow: /img/\nDisallow: /*.png$\n", "/img/a.png", False),  # 7 octets beat 5, wildcards counted
+        ("User-agent: *\nAllow: /*.png\nDisallow: /img/\n", "/img/a.png", True),
+        # allow wins a tie of equally long rules
+        ("User-agent: *\nDisallow: /img/a\nAllow: /img/a\n", "/img/a.png", True),
+        ("User-agent: *\nDisallow: /*.png\nAllow: /img/*\n", "/img/a.png", True),
+        # our group is found by our product token, case-insensitively, and beats "*"
+        ("User-agent: *\nDisallow: /\n\nUser-agent: M3W-Bot\nAllow: /\n", "/img/a.png", True),
+        ("User-agent: *\nAllow: /\n\nUser-agent: m3w-bot\nDisallow: /img/\n", "/img/a.png", False),
+        # other crawlers' groups do not apply to us, a longer token or a word of our full User-Agent string either
+        ("User-agent: m3w-bot-news\nDisallow: /\n", "/img/a.png", True),
+        ("User-agent: *\nDisallow: /\n\nUser-agent: m3w-bot-news\nAllow: /\n", "/img/a.png", False),
+        ("User-agent: github\nDisallow: /\n", "/img/a.png", True),
+        # nor does a group naming a prefix of our token (protego alone would take it before "*")
+        ("User-agent: m3w\nDisallow: /\n", "/img/a.png", True),
+        ("User-agent: *\nDisallow: /\n\nUser-agent: m3w\nAllow: /\n", "/img/a.png", False),
+        ("User-agent: m3w*\nDisallow: /\n", "/img/a.png", True),
+        ("User-agent: /m3w-bot\nDisallow: /\n", "/img/a.png", True),  # no product token at all
+        # a version after the token still names us; a trailing comment is not part of the name
+        ("User-agent: *\nAllow: /\n\nUser-agent: m3w-bot/2.0\nDisallow: /img/\n", "/img/a.png", False),
+        ("User-agent: *\nAllow: /\n\nuser agent m3w-bot # us\nDisallow: /img/\n", "/img/a.png", False),
+        # groups naming us are combined; several user-agent lines share one group
+        ("User-agent: m3w-bot\nDisallow: /a/\n\nUser-agent: otherbot\nDisallow: /\n\nUser-agent: m3w-bot\nDisallow: /img/\n", "/img/a.png", False),
+        ("User-agent: otherbot\nUser-agent: m3w-bot\nDisallow: /img/\n", "/img/a.png", False),
+        # comments, blank "Disallow:" (nothing disallowed), a byte-order mark before the first line
+        ("# no crawlers\nUser-agent: * # all\nDisallow: /img/ # images\n", "/img/a.png", False),
+        ("User-agent: *\nDisallow:\n", "/img/a.png", True),
+        ("\ufeffUser-agent: *\nDisallow: /img/\n", "/img/a.png", False),
+    ],
+)
+def test_robots_txt_rules_match_as_rfc_9309_says(rules, path, allowed):
+    with MediaServer() as srv:
+        srv.robots = (200, rules)
+        with Fetcher(config(srv, honour_robots_txt=True, user_agent=M3W_UA, max_retries=0), resolve=numeric_resolver()) as fetcher:
+            result = fetcher.fetch("http://media.test" + path)
+        assert (result.status != "robots") is allowed, result
+        assert srv.count(path) == (1 if allowed else 0) and srv.count("/robots.txt") == 1
+
+
 def test_sniff_media_type_images_and_videos():
     assert sniff_media_type(make_image("s", 64, 64, "png")) == ("image", "png")
     assert sniff_media_type(make_image("s", 64, 64, "jpg")) == ("image", "jpeg")

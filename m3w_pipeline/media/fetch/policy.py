@@ -6,7 +6,11 @@ connects to exactly those.
 
 robots.txt (RFC 9309): read once per origin and `robots_cache_s`, through the same address
 checks and politeness as media; paths it disallows for our user-agent product token end
-as status robots without a request.
+as status robots without a request. Which answers count (2xx, 4xx, 5xx, redirects) is ours;
+parsing and matching are protego's: "*" and "$" in paths, matched against path and query, the
+longest rule wins and allow wins a tie; groups by product token, case-insensitive, groups naming
+it combined, else "*". protego would also take a group naming any prefix of our token ("m3w" for
+"m3w-bot"), so user-agent lines are first reduced to "*", our token or a name that cannot match.
 
 Opt-out, decided from a media response's head (the body is never read): `X-Robots-Tag`
 directives `noai` / `noimageai` opt a URL out whether unscoped (`X-Robots-Tag: noai`),
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -27,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Iterator, Optional, Sequence
 from urllib.parse import urljoin
-from urllib.robotparser import RobotFileParser
+
+from protego import Protego
 
 from m3w_pipeline.core.config import FetchConfig
 from m3w_pipeline.media.fetch.status import FetchFailure, FetchResult
@@ -41,6 +47,9 @@ _VALUED_ROBOTS_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-
 _DNS_CACHE_MAX = 100_000
 _ROBOTS_MAX_REDIRECTS = 5  # RFC 9309: follow at least five
 _ROBOTS_CACHE_MAX = 100_000  # origins whose rules are kept; past it the cache starts over
+_DISALLOW_ALL = "User-agent: *\nDisallow: /\n"
+# A user-agent line as protego reads one ("User-agent: x", "user agent x", "useragent:x"); not "user-agent-x: y".
+_USER_AGENT_LINE = re.compile(r"\s*user[-\s]?agent(?:\s*:|\s+)\s*(.*)", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------- opt-out
@@ -84,8 +93,9 @@ def _robots_directives(value: str) -> Iterator[tuple[Optional[str], str]]:
 
 
 def agent_token(user_agent: str) -> str:
-    """Product token robots rules name us by: "m3w-bot" for "m3w-bot/0.1 (+...)"."""
-    return user_agent.split("/", 1)[0].split()[0].lower() if user_agent.strip() else ""
+    """Product token robots rules name us by: "m3w-bot" for "m3w-bot/0.1 (+...)"; "" when there is none."""
+    words = user_agent.split("/", 1)[0].split()
+    return words[0].lower() if words else ""
 
 
 # ----------------------------------------------------------------------------- addresses
@@ -228,7 +238,7 @@ class RobotsPolicy:
         self.config = config
         self._agent_token = agent_token
         self._request = request
-        self._robots: dict[str, tuple[float, RobotFileParser]] = {}  # origin -> (fetched at, rules)
+        self._robots: dict[str, tuple[float, Protego]] = {}  # origin -> (fetched at, rules)
         self._robots_locks: dict[str, threading.Lock] = {}  # one robots.txt fetch per origin at a time
         self._robots_lock = threading.Lock()
 
@@ -236,10 +246,10 @@ class RobotsPolicy:
         """Raise robots when the origin's robots.txt disallows the path for our agent token."""
         if not self.config.honour_robots_txt or target.path == "/robots.txt":
             return
-        if not self._rules(target).can_fetch(self._agent_token, target.url):
+        if not self._rules(target).can_fetch(target.origin + target.path, self._agent_token):
             raise FetchFailure("robots", f"robots.txt of {target.origin} disallows {target.path[:200]} for {self._agent_token!r}")
 
-    def _rules(self, target: Target) -> RobotFileParser:
+    def _rules(self, target: Target) -> Protego:
         """The origin's rules, fetched once per `robots_cache_s` (concurrent fetches of one origin wait for the first)."""
         origin = target.origin
         with self._robots_lock:
@@ -256,23 +266,32 @@ class RobotsPolicy:
                 self._robots[origin] = (time.monotonic(), rules)
             return rules
 
-    def _fetch(self, origin: str) -> RobotFileParser:
+    def _fetch(self, origin: str) -> Protego:
         """robots.txt as RFC 9309 reads it: 2xx -> its rules; 4xx or more than five redirects
         ("unavailable"), or no answer at all (the media request then fails with its own status)
         -> everything allowed; 5xx -> everything disallowed (the server is there but cannot say)."""
-        rules = RobotFileParser()
         current, scratch = origin + "/robots.txt", FetchResult(url=origin + "/robots.txt", status="error")
         try:
             for _ in range(_ROBOTS_MAX_REDIRECTS + 1):
                 response = self._request(parse_target(current), scratch)
                 if response.location is None:
-                    rules.parse(response.body.decode("utf-8", "replace").splitlines())
-                    for entry in rules.entries + ([rules.default_entry] if rules.default_entry else []):
-                        # RFC 9309: the longest matching rule wins, allow on a tie (the parser takes the first)
-                        entry.rulelines.sort(key=lambda rule: (-len(rule.path), not rule.allowance))
-                    return rules
+                    text = response.body.decode("utf-8-sig", "replace")  # -sig: a byte-order mark is not part of line 1
+                    return Protego.parse(_only_our_groups(text, self._agent_token))
                 current = urljoin(current, response.location)
-            rules.parse([])
+            return Protego.parse("")
         except FetchFailure as failure:
-            rules.parse(["User-agent: *", "Disallow: /"] if failure.status == "http-5xx" else [])
-        return rules
+            return Protego.parse(_DISALLOW_ALL if failure.status == "http-5xx" else "")
+
+
+def _only_our_groups(text: str, token: str) -> str:
+    """robots.txt with each user-agent line reduced to what RFC 9309 matches on: "*", our product token
+    (case-insensitive; "m3w-bot/2.0" names it too), or another name with a "/" added, which cannot occur
+    in a product token and so cannot match ours in protego's substring test."""
+    lines = []
+    for line in text.splitlines():
+        found = _USER_AGENT_LINE.fullmatch(line.split("#", 1)[0].rstrip())
+        if found and found.group(1) not in ("", "*"):
+            name = found.group(1)
+            line = f"User-agent: {token if token and agent_token(name) == token else name + '/'}"
+        lines.append(line)
+    return "\n".join(lines)
