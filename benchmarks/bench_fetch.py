@@ -3,7 +3,7 @@
     python benchmarks/bench_fetch.py [--images 2000] [--baseline-images 500] [--hosts 100]
                                      [--workers 16] [--results benchmarks/RESULTS.md]
 
-A `tests/media_server.MediaServer` runs in a separate process (its CPU is not counted)
+A `tests/helpers/media_server.MediaServer` runs in a separate process (its CPU is not counted)
 and serves `--images` distinct URLs of JPEGs 256-1024 px, 30-100 KB, spread over
 `--hosts` host names that `host_overrides` maps to it (so per-host limits and the
 politeness delay act as in a real crawl, with FetchConfig defaults). "Per core" is
@@ -212,7 +212,8 @@ def main() -> int:
         hosts = [f"h{i}.bench.test" for i in range(args.hosts)]
         urls = [f"http://{hosts[i % len(hosts)]}/files/{i}.jpg" for i in range(args.images)]
         direct = [f"http://127.0.0.1:{port}/files/{i}.jpg" for i in range(args.images)]
-        config = FetchConfig(workers=args.workers, host_overrides={h: f"127.0.0.1:{port}" for h in hosts})
+        # The overrides point at loopback, a private address: allowed explicitly, as for any local server.
+        config = FetchConfig(workers=args.workers, host_overrides={h: f"127.0.0.1:{port}" for h in hosts}, allow_private_addresses=True)
 
         baseline(direct[:20], resize=True)  # warm up the server and imports
         few = direct[: args.baseline_images]

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-private-addresses", action="store_true", help="let the fetcher reach private/loopback addresses (tests, intranets)")
     p.add_argument(
         "--resolve", action="append", metavar="HOST=ADDR[:PORT]",
-        help="point HOST at ADDR when fetching, like curl --resolve (repeatable)",
+        help="point HOST at ADDR when fetching, like curl --resolve (repeatable; a private ADDR also needs --allow-private-addresses)",
     )
     p.add_argument("--user-agent", help="User-Agent for media fetching")
     p.add_argument("--proxy", help="HTTP proxy for media fetching, http://host:port")

@@ -182,7 +182,7 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """How media referenced by pages is fetched (see m3w_pipeline/fetch.py).
+    """How media referenced by pages is fetched (see m3w_pipeline/media/fetch/).
 
     Defaults are for crawling the open web politely from many workers: each
     worker process holds `workers` connections, at most `per_host_concurrency`
@@ -217,7 +217,7 @@ class FetchConfig:
     # "http://host:port" forward proxy (https goes through CONNECT); "" for direct connections.
     proxy: str = ""
     # Like curl --resolve: host name -> "ip" (the URL's port) or "ip:port" ("[v6]:port").
-    # These addresses are trusted even when private; the Host header keeps the name.
+    # Checked like resolved addresses (a private one needs allow_private_addresses); the Host header keeps the name.
     host_overrides: dict[str, str] = field(default_factory=dict)
     # Off by default: private, loopback, link-local, multicast, reserved addresses are refused.
     allow_private_addresses: bool = False

@@ -322,6 +322,7 @@ def normalize_url(url: str) -> str:
         return url.strip()
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets (RFC 3986)
     port = parts.port if parts.port not in (None, 80 if scheme == "http" else 443 if scheme == "https" else None) else None
     netloc = host + (f":{port}" if port else "")
     path = quote(unquote(parts.path or "/"), safe="/%:@!$&'()*+,;=-._~")

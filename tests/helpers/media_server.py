@@ -19,7 +19,7 @@ Routes of `MediaServer` (any route takes `?ct=TYPE` to override Content-Type and
     /redirect/N/REST                            N relative redirects, then REST
     /redirect-to?url=URL                        302 to URL
     /files/...                                  whatever `add_file` registered (benchmarks)
-    /robots.txt                                 `robots` = (status, text) when set
+    /robots.txt                                 `robots` = (status, text) when set (3xx: text is the Location)
     anything else                               404, or a generated 400x300 JPEG with catch_all_images=True
 """
 from __future__ import annotations
@@ -41,7 +41,10 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-_IMAGE_TYPES = {"png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"), "gif": ("GIF", "image/gif"), "webp": ("WEBP", "image/webp")}
+_IMAGE_TYPES = {
+    "png": ("PNG", "image/png"), "jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"),
+    "gif": ("GIF", "image/gif"), "webp": ("WEBP", "image/webp"),
+}
 _PAGE = b"<!doctype html><html><head><title>not an image</title></head><body><p>Hello</p></body></html>\n"
 
 
@@ -158,8 +161,25 @@ class _QuietServer(ThreadingHTTPServer):
             self.errors.append(f"{type(err).__name__}: {err}")
 
 
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
+
+
+def ipv6_loopback_available() -> bool:
+    """Whether this machine can listen on ::1 (containers without IPv6 cannot)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 class MediaServer:
-    """ThreadingHTTPServer on 127.0.0.1:0 serving generated media and planted faults.
+    """ThreadingHTTPServer on 127.0.0.1:0 (or another loopback address, "::1" included) serving generated
+    media and planted faults.
 
     `tls=(certfile, keyfile)` serves HTTPS instead. Use as a context manager.
     """
@@ -175,7 +195,7 @@ class MediaServer:
         self._flight_lock = threading.Lock()
         self._images: dict[tuple, bytes] = {}
         self._images_lock = threading.Lock()
-        self._httpd = _QuietServer((host, 0), _make_handler(self))
+        self._httpd = (_QuietServer6 if ":" in host else _QuietServer)((host, 0), _make_handler(self))
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
@@ -201,7 +221,8 @@ class MediaServer:
 
     @property
     def base_url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -253,6 +274,8 @@ class MediaServer:
             return Reply(body=data, content_type=content_type)
         if path == "/robots.txt" and self.robots is not None:
             status, text = self.robots
+            if 300 <= status < 400:  # text is where it moved
+                return Reply(status=status, headers=[("Location", text)])
             return Reply(status=status, body=text.encode(), content_type="text/plain")
         if head == "img" and len(parts) == 2:
             return self._image_reply(parts[1], query)
@@ -369,10 +392,14 @@ class ForwardProxy:
     """A minimal forward proxy on 127.0.0.1 (GET in absolute form, and CONNECT tunnels).
 
     It only ever connects to 127.0.0.0/8 and refuses anything else with 403, so a
-    test through it cannot reach another network.
+    test through it cannot reach another network. `hosts` is the proxy's own name
+    lookup for plain http ({"media.test": 8080} sends media.test to 127.0.0.1:8080),
+    so a test can give a name a public address on the fetcher's side (checked, never
+    connected to) while the proxy carries the request to a local server.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: Optional[dict[str, int]] = None) -> None:
+        self.hosts = dict(hosts or {})
         self.log = RequestLog()
         self._httpd = _QuietServer(("127.0.0.1", 0), _make_proxy_handler(self))
         self.host, self.port = self._httpd.server_address[:2]
@@ -416,12 +443,16 @@ def _make_proxy_handler(proxy: ForwardProxy) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             self._record("GET")
             target = urlsplit(self.path)
-            if target.scheme != "http" or not _loopback(target.hostname or ""):
+            host, port = target.hostname or "", target.port or 80
+            if host in proxy.hosts:
+                host, port = "127.0.0.1", proxy.hosts[host]
+            if target.scheme != "http" or not _loopback(host):
                 self._refuse(f"not a loopback http URL: {self.path}")
                 return
-            upstream = http.client.HTTPConnection(target.hostname, target.port or 80, timeout=10)
+            upstream = http.client.HTTPConnection(host, port, timeout=10)
             try:
-                upstream.putrequest("GET", (target.path or "/") + (f"?{target.query}" if target.query else ""), skip_host=True, skip_accept_encoding=True)
+                request_target = (target.path or "/") + (f"?{target.query}" if target.query else "")
+                upstream.putrequest("GET", request_target, skip_host=True, skip_accept_encoding=True)
                 for name, value in self.headers.items():
                     if name.lower() not in _HOP_BY_HOP:
                         upstream.putheader(name, value)

@@ -1,8 +1,9 @@
 """Media fetching inside `m3w build m3w`, against real HTTP(S) servers on 127.0.0.1.
 
-Every URL any test here can request points at 127.0.0.1 (directly or through a host
-override); URLs at other private addresses only appear where they are blocked before
-any connection is made.
+Every URL any test here can request points at 127.0.0.1 (directly, through a host
+override, or through a local proxy); URLs at other private addresses only appear where
+they are blocked before any connection is made. Overrides to loopback are private
+addresses like any other, so those builds set allow_private_addresses.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 import webdataset as wds
 from conftest import CORPUS, build
 
-from helpers.media_server import MediaServer
+from helpers.media_server import ForwardProxy, MediaServer, ipv6_loopback_available
 from helpers.warc_builder import article, response, write_warc
 from m3w_pipeline.extract.page import extract_page
 from m3w_pipeline.read import warc
@@ -30,6 +31,8 @@ PROSE = [
 ]
 FAST = {"connect_timeout_s": 1.0, "read_timeout_s": 0.5, "total_timeout_s": 3.0, "max_retries": 2,
         "backoff_base_s": 0.01, "backoff_max_s": 0.05, "per_host_delay_s": 0.0, "max_bytes": 2_000_000}
+# A public address the fetcher checks for a test name and never connects to: a local proxy carries the request.
+PUBLIC_STANDIN = "8.8.8.8"
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +97,7 @@ def test_real_common_crawl_pages_get_their_images_fetched_in_page_order(tmp_path
     cert, key = self_signed_cert(tmp_path, https_hosts)
     with MediaServer(catch_all_images=True) as plain, MediaServer(tls=(cert, key), catch_all_images=True) as secure:
         overrides = {h: f"127.0.0.1:{secure.port if h in https_hosts else plain.port}" for h in schemes_by_host}
-        config = write_config(tmp_path / "config.json", {"host_overrides": overrides, "ca_file": cert})
+        config = write_config(tmp_path / "config.json", {"host_overrides": overrides, "ca_file": cert, "allow_private_addresses": True})
         m = build("m3w", [str(p) for p in CC_FILES], tmp_path / "out", "--config", config, "--min-words", "5")
         requested = Counter((r.headers.get("host", "").split(":")[0], r.path) for s in (plain, secure) for r in s.requests)
 
@@ -134,8 +137,6 @@ FAULTS = {
     "text-typed-image": ("/img/typed.png?ct=text/html", "ok"),
     "html-as-jpeg": ("/page.html?ct=image/jpeg", "not-media"),
     "big": ("/big/3000000", "too-large"),
-    # loopback, but not the overridden host: blocked before connecting (and harmless if it were not)
-    "private-redirect": ("/redirect-to?url=http://127.0.0.2/img/x.png", "blocked-address"),
     "noai": ("/img/noai.png?hdr=X-Robots-Tag:noai", "opt-out"),
     "robots": ("/img/private/robots.png", "robots"),  # the server's robots.txt disallows /img/private/
 }
@@ -150,12 +151,12 @@ def fault_crawl(tmp_path: Path, base: str) -> Path:
 
 
 def test_planted_faults_end_with_the_right_status_and_shared_urls_are_fetched_once(tmp_path):
-    """Pages name media.test; the override points it at the local server (trusted), nothing else is."""
+    """Pages name media.test; the override points it at the local server (a private address, allowed)."""
     with MediaServer() as server:
         server.robots = (200, "User-agent: *\nDisallow: /img/private/\n")
         base = f"http://media.test:{server.port}"
         crawl = fault_crawl(tmp_path, base)
-        config = write_config(tmp_path / "config.json", {"host_overrides": {"media.test": "127.0.0.1"}})
+        config = write_config(tmp_path / "config.json", {"host_overrides": {"media.test": "127.0.0.1"}, "allow_private_addresses": True})
         m = build("m3w", [str(crawl)], tmp_path / "out", "--config", config, "--min-words", "10")
         counts = {path: server.count(path) for path, _ in FAULTS.values()}
         shared = server.count("/img/shared.png")
@@ -167,7 +168,6 @@ def test_planted_faults_end_with_the_right_status_and_shared_urls_are_fetched_on
     assert shared == 1 and rows[base + "/img/shared.png"]["status"] == "ok"  # 10 pages, one request
     assert counts["/flaky/1/img/flaky.png"] == 2 and rows[base + "/flaky/1/img/flaky.png"]["attempts"] == 2
     assert counts["/status/404"] == 1  # a 404 is not retried
-    assert counts["/redirect-to?url=http://127.0.0.2/img/x.png"] == 1  # the private hop was never requested
     assert counts["/img/noai.png?hdr=X-Robots-Tag:noai"] == 1
     assert counts["/img/private/robots.png"] == 0 and server.count("/robots.txt") == 1  # read once, obeyed
     s = m["stages"]
@@ -177,10 +177,39 @@ def test_planted_faults_end_with_the_right_status_and_shared_urls_are_fetched_on
     assert s["documents"]["kept"]["kept"] == len(FAULTS) and m["reconciles"]  # the shared image keeps every page
 
 
-def test_without_allow_private_addresses_nothing_reaches_loopback(tmp_path):
+def test_redirects_into_private_space_are_blocked(tmp_path):
+    """Pages name media.test, a public address to the fetcher (a local proxy carries its requests); where it
+    redirects into private space, the hop is refused before any connection."""
+    private = {"loopback": "http://127.0.0.2/img/x.png", "lan": "http://10.0.0.1/img/x.png", "metadata": "http://169.254.169.254/latest/meta-data/"}
+    base = "http://media.test"
+    with MediaServer() as server, ForwardProxy(hosts={"media.test": server.port}) as proxy:
+        records = [response(f"https://news.example/{name}", article(f"Story {i}", PROSE, [f"{base}/img/ok.png", f"{base}/redirect-to?url={url}"]))
+                   for i, (name, url) in enumerate(private.items())]
+        crawl = write_warc(tmp_path / "redirects.warc.gz", records)
+        config = write_config(tmp_path / "config.json", {"host_overrides": {"media.test": PUBLIC_STANDIN}, "proxy": proxy.url})
+        m = build("m3w", [str(crawl)], tmp_path / "out", "--config", config, "--min-words", "10")
+        proxied = sorted(r.path for r in proxy.requests)
+        served = sorted(r.path for r in server.requests)
+    rows = status_rows(tmp_path / "out")
+    assert rows[f"{base}/img/ok.png"]["status"] == "ok"
+    for url in private.values():
+        row = rows[f"{base}/redirect-to?url={url}"]
+        assert (row["status"], row["final_url"], row["redirects"], row["attempts"]) == ("blocked-address", url, 1, 1), row
+    wanted = ["/img/ok.png", "/robots.txt"] + [f"/redirect-to?url={url}" for url in private.values()]
+    assert proxied == sorted(base + p for p in wanted) and served == sorted(wanted)  # each once; no private hop requested
+    assert m["stages"]["fetch"]["dropped"] == {"blocked-address": len(private)} and m["reconciles"]
+
+
+@pytest.mark.parametrize("named_by", ["address", "override"])
+def test_without_allow_private_addresses_nothing_reaches_loopback(tmp_path, named_by):
+    """Loopback is refused whether the page names it or a host override points a name at it."""
     with MediaServer() as server:
-        crawl = fault_crawl(tmp_path, server.base_url)
-        config = write_config(tmp_path / "config.json", {})
+        if named_by == "address":
+            base, fetch = server.base_url, {}
+        else:
+            base, fetch = f"http://media.test:{server.port}", {"host_overrides": {"media.test": "127.0.0.1"}}
+        crawl = fault_crawl(tmp_path, base)
+        config = write_config(tmp_path / "config.json", fetch)
         m = build("m3w", [str(crawl)], tmp_path / "out", "--config", config, "--min-words", "10")
         assert server.requests == []
     rows = status_rows(tmp_path / "out")
@@ -188,3 +217,21 @@ def test_without_allow_private_addresses_nothing_reaches_loopback(tmp_path):
     assert all("127.0.0.1" in (r["error"] or "") for r in rows.values())
     assert m["stages"]["fetch"]["dropped"] == {"blocked-address": len(FAULTS) + 1}
     assert m["stages"]["documents"]["dropped"] == {"no-image": len(FAULTS)}
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine cannot listen on ::1 (no IPv6 loopback)")
+def test_ipv6_literal_image_urls_are_fetched_with_their_brackets(tmp_path):
+    """http://[::1]:PORT/... on a page stays that URL through the join by URL, the fetch and the shards."""
+    with MediaServer(host="::1") as v6:
+        urls = [v6.url("/img/v6-a.png"), v6.url("/img/v6-b.jpg?w=400&h=300")]
+        crawl = write_warc(tmp_path / "v6.warc.gz", [response("https://news.example/v6", article("Story", PROSE, urls))])
+        config = write_config(tmp_path / "config.json", {"allow_private_addresses": True})
+        m = build("m3w", [str(crawl)], tmp_path / "out", "--config", config, "--min-words", "10")
+        served = sorted(r.path for r in v6.requests)
+    rows = status_rows(tmp_path / "out")
+    assert {url: (r["status"], r["address"]) for url, r in rows.items()} == {url: ("ok", f"[::1]:{v6.port}") for url in urls}
+    assert served == ["/img/v6-a.png", "/img/v6-b.jpg?w=400&h=300", "/robots.txt"]
+    (sample,) = wds.WebDataset(sorted(str(p) for p in (tmp_path / "out").glob("*.tar")), shardshuffle=False, empty_check=False)
+    images = [im for im in json.loads(sample["json"])["images"] if im is not None]
+    assert [(im["url"], im["status"]) for im in images] == [(url, "ok") for url in urls]
+    assert m["stages"]["fetch"] == {"in": 2, "kept": {"ok": 2}, "dropped": {}, "reconciles": True}

@@ -1,9 +1,9 @@
 """Video fetching inside `m3w build video|all --fetch-media`, against a real HTTP server on 127.0.0.1.
 
 Pages in a WARC name their videos at media.test; `--resolve` points that host at the local
-server, which serves real videos from the shared corpus (read in place), a JPEG, a 404 and a
-corrupt video, and a WebVTT track. No video is in the WARC, so every one must be fetched (or
-end as not-in-crawl).
+server (a loopback address, so with `--allow-private-addresses`), which serves real videos
+from the shared corpus (read in place), a JPEG, a 404 and a corrupt video, and a WebVTT
+track. No video is in the WARC, so every one must be fetched (or end as not-in-crawl).
 """
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ def run_build(tmp_path: Path, corpus: str, fetch: bool) -> tuple[dict, MediaServ
         base = f"http://media.test:{server.port}"
         warc = crawl(tmp_path, base)
         extra = ["--fetch-media"] if fetch else []
-        m = build(corpus, [str(warc)], tmp_path / "out", *extra, "--resolve", f"media.test=127.0.0.1:{server.port}", "--min-words", "5")
+        m = build(corpus, [str(warc)], tmp_path / "out", *extra, "--resolve", f"media.test=127.0.0.1:{server.port}", "--allow-private-addresses",
+                  "--min-words", "5")
     return m, server
 
 

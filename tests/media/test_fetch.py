@@ -1,9 +1,10 @@
 """Fetcher and FetchMediaFn against a real HTTP(S) server and forward proxy on 127.0.0.1.
 
-Network rule: these tests only ever talk to 127.0.0.0/8. Names are resolved by a
-fake resolver (numeric forms only, never DNS), and `loopback_only` makes any
+Network rule: these tests only ever talk to 127.0.0.0/8 (and ::1). Names are resolved
+by a fake resolver (numeric forms only, never DNS), and `loopback_only` makes any
 connection to another address fail loudly; URLs naming 10.x / 169.254.x appear
-only where the address policy must refuse them before a socket is opened.
+only where the address policy must refuse them before a socket is opened, and a
+public address (PUBLIC_STANDIN) only where a proxy carries the request instead.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.media_server import ForwardProxy, MediaServer, make_image, make_video
+from helpers.media_server import ForwardProxy, MediaServer, ipv6_loopback_available, make_image, make_video
 from m3w_pipeline.core.config import FetchConfig, ImageConfig
 from m3w_pipeline.media.fetch import (
     FETCH_STATUSES,
@@ -31,6 +32,9 @@ from m3w_pipeline.media.images import process_image
 from m3w_pipeline.write.shards import load_arrow_schema
 
 VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "video"
+# A public address for a test name on the fetcher's side: the address policy lets it through,
+# and the request goes to a local ForwardProxy (loopback_only fails any direct connection to it).
+PUBLIC_STANDIN = "8.8.8.8"
 DEFAULT_UA = FetchConfig().user_agent
 
 
@@ -67,7 +71,8 @@ def server():
 
 
 def config(server: MediaServer, **overrides) -> FetchConfig:
-    """Short timeouts and no politeness delay; media.test is the server (a trusted override)."""
+    """Short timeouts and no politeness delay; media.test is the server, on loopback, so private
+    addresses are allowed (tests of the address policy turn that off)."""
     values = dict(
         connect_timeout_s=0.3,
         read_timeout_s=0.3,
@@ -77,6 +82,7 @@ def config(server: MediaServer, **overrides) -> FetchConfig:
         backoff_max_s=0.05,
         per_host_delay_s=0.0,
         host_overrides={"media.test": f"127.0.0.1:{server.port}"},
+        allow_private_addresses=True,
         honour_robots_txt=False,  # tested on its own below (the build tests run with it on)
     )
     values.update(overrides)
@@ -170,6 +176,75 @@ def test_robots_txt_errors_as_rfc_9309_reads_them(robots, status):
         with Fetcher(config(srv, honour_robots_txt=True, max_retries=0), resolve=numeric_resolver()) as fetcher:
             assert fetcher.fetch("http://media.test/img/a.png").status == status
         assert srv.count("/img/a.png") == (status == "ok")
+
+
+def test_robots_txt_redirects_are_followed_five_times():
+    """RFC 9309: at least five redirects are followed; past them robots.txt is unavailable (everything allowed)."""
+    for hops, status in [(4, "robots"), (5, "ok")]:  # 1 + hops redirects before the file
+        with MediaServer() as srv:
+            srv.robots = (301, f"/redirect/{hops}/files/moved-robots.txt")
+            srv.add_file("moved-robots.txt", b"User-agent: *\nDisallow: /\n", "text/plain")
+            with Fetcher(config(srv, honour_robots_txt=True), resolve=numeric_resolver()) as fetcher:
+                assert fetcher.fetch("http://media.test/img/a.png").status == status, hops
+            assert srv.count("/robots.txt") == 1 and srv.count("/files/moved-robots.txt") == (status == "robots")
+
+
+M3W_UA = FetchConfig().user_agent  # product token m3w-bot; the full string also holds "github"
+
+
+@pytest.mark.parametrize(
+    "rules, path, allowed",
+    [
+        # "$" ends the pattern; rules match the path and query, so a query is more after the ".jpg"
+        ("User-agent: *\nDisallow: /*.jpg$\n", "/img/a.jpg", False),
+        ("User-agent: *\nDisallow: /*.jpg$\n", "/img/a.jpg?x=1", True),
+        ("User-agent: *\nDisallow: /*.jpg$\n", "/img/a.jpg.png", True),
+        ("User-agent: *\nDisallow: /*.jpg\n", "/img/a.jpg?x=1", False),  # without "$" the match is a prefix
+        ("User-agent: *\nDisallow: /*?\n", "/img/a.png?w=200", False),  # the query is matched too
+        # "*" is any run of characters, within a segment or across them
+        ("User-agent: *\nDisallow: /private*/\n", "/private-photos/a.png", False),
+        ("User-agent: *\nDisallow: /private*/\n", "/private.png", True),
+        ("User-agent: *\nDisallow: /*/thumbs/\n", "/2024/05/thumbs/a.png", False),
+        # the longest matching rule wins, in whichever order they are written
+        ("User-agent: *\nDisallow: /img/\nAllow: /img/public/\n", "/img/public/a.png", True),
+        ("User-agent: *\nAllow: /img/\nDisallow: /img/private/\n", "/img/private/a.png", False),
+        ("User-agent: *\nAllow: /img/public/\nDisallow: /img/\n", "/img/a.png", False),
+        ("User-agent: *\nAllow: /img/\nDisallow: /*.png$\n", "/img/a.png", False),  # 7 octets beat 5, wildcards counted
+        ("User-agent: *\nAllow: /*.png\nDisallow: /img/\n", "/img/a.png", True),
+        # allow wins a tie of equally long rules
+        ("User-agent: *\nDisallow: /img/a\nAllow: /img/a\n", "/img/a.png", True),
+        ("User-agent: *\nDisallow: /*.png\nAllow: /img/*\n", "/img/a.png", True),
+        # our group is found by our product token, case-insensitively, and beats "*"
+        ("User-agent: *\nDisallow: /\n\nUser-agent: M3W-Bot\nAllow: /\n", "/img/a.png", True),
+        ("User-agent: *\nAllow: /\n\nUser-agent: m3w-bot\nDisallow: /img/\n", "/img/a.png", False),
+        # other crawlers' groups do not apply to us, a longer token or a word of our full User-Agent string either
+        ("User-agent: m3w-bot-news\nDisallow: /\n", "/img/a.png", True),
+        ("User-agent: *\nDisallow: /\n\nUser-agent: m3w-bot-news\nAllow: /\n", "/img/a.png", False),
+        ("User-agent: github\nDisallow: /\n", "/img/a.png", True),
+        # nor does a group naming a prefix of our token (protego alone would take it before "*")
+        ("User-agent: m3w\nDisallow: /\n", "/img/a.png", True),
+        ("User-agent: *\nDisallow: /\n\nUser-agent: m3w\nAllow: /\n", "/img/a.png", False),
+        ("User-agent: m3w*\nDisallow: /\n", "/img/a.png", True),
+        ("User-agent: /m3w-bot\nDisallow: /\n", "/img/a.png", True),  # no product token at all
+        # a version after the token still names us; a trailing comment is not part of the name
+        ("User-agent: *\nAllow: /\n\nUser-agent: m3w-bot/2.0\nDisallow: /img/\n", "/img/a.png", False),
+        ("User-agent: *\nAllow: /\n\nuser agent m3w-bot # us\nDisallow: /img/\n", "/img/a.png", False),
+        # groups naming us are combined; several user-agent lines share one group
+        ("User-agent: m3w-bot\nDisallow: /a/\n\nUser-agent: otherbot\nDisallow: /\n\nUser-agent: m3w-bot\nDisallow: /img/\n", "/img/a.png", False),
+        ("User-agent: otherbot\nUser-agent: m3w-bot\nDisallow: /img/\n", "/img/a.png", False),
+        # comments, blank "Disallow:" (nothing disallowed), a byte-order mark before the first line
+        ("# no crawlers\nUser-agent: * # all\nDisallow: /img/ # images\n", "/img/a.png", False),
+        ("User-agent: *\nDisallow:\n", "/img/a.png", True),
+        ("\ufeffUser-agent: *\nDisallow: /img/\n", "/img/a.png", False),
+    ],
+)
+def test_robots_txt_rules_match_as_rfc_9309_says(rules, path, allowed):
+    with MediaServer() as srv:
+        srv.robots = (200, rules)
+        with Fetcher(config(srv, honour_robots_txt=True, user_agent=M3W_UA, max_retries=0), resolve=numeric_resolver()) as fetcher:
+            result = fetcher.fetch("http://media.test" + path)
+        assert (result.status != "robots") is allowed, result
+        assert srv.count(path) == (1 if allowed else 0) and srv.count("/robots.txt") == 1
 
 
 def test_sniff_media_type_images_and_videos():
@@ -303,13 +378,20 @@ def test_redirects_are_followed_relative_and_bounded(server):
 
 
 def test_redirect_to_another_private_address_is_blocked(server, loopback_only):
-    """media.test (an override, trusted) redirects elsewhere on private space: refused before connecting."""
-    with MediaServer(host="127.0.0.2") as other:
-        for target in [other.url("/img/inside.png"), "http://10.1.2.3/img/inside.png", "http://169.254.169.254/latest/meta-data/", f"http://[::1]:{other.port}/img/inside.png"]:
+    """media.test (public, reached through the proxy) redirects into private space: refused before connecting."""
+    resolver = numeric_resolver({"media.test": [PUBLIC_STANDIN]})
+    public = dict(resolver=resolver, host_overrides={}, allow_private_addresses=False)
+    with MediaServer(host="127.0.0.2") as other, ForwardProxy(hosts={"media.test": server.port}) as proxy:
+        reachable = fetch(server, "/img/via-proxy.png", proxy=proxy.url, **public)
+        assert (reachable.status, reachable.address) == ("ok", f"127.0.0.1:{proxy.port}")  # the public name itself is fetchable
+        targets = [other.url("/img/inside.png"), "http://10.1.2.3/img/inside.png", "http://169.254.169.254/latest/meta-data/",
+                   f"http://[::1]:{other.port}/img/inside.png"]
+        for target in targets:
             connections_before = list(loopback_only)
-            result = fetch(server, f"/redirect-to?url={target}")
+            result = fetch(server, f"/redirect-to?url={target}", proxy=proxy.url, **public)
             assert (result.status, result.final_url, result.redirects) == ("blocked-address", target, 1), result
-            assert loopback_only == connections_before + ["127.0.0.1"]  # only media.test was contacted
+            assert loopback_only == connections_before + ["127.0.0.1", "127.0.0.1"]  # to the proxy, and the proxy to media.test
+        assert [r.path for r in proxy.requests[1:]] == [f"http://media.test/redirect-to?url={t}" for t in targets]
         assert other.requests == []
 
 
@@ -327,7 +409,8 @@ def test_private_addresses_are_blocked_by_default(server, loopback_only):
         "http://10.0.0.1/img/private.png",
         "http://192.168.0.1/img/private.png",
     ]
-    with Fetcher(config(server, host_overrides={}), resolve=resolver) as fetcher:
+    assert FetchConfig().allow_private_addresses is False
+    with Fetcher(config(server, host_overrides={}, allow_private_addresses=False), resolve=resolver) as fetcher:
         results = list(fetcher.fetch_many(urls))
     assert [r.status for r in results] == ["blocked-address"] * len(urls)
     assert all(r.attempts == 0 and r.bytes == 0 for r in results)
@@ -339,9 +422,44 @@ def test_private_addresses_are_blocked_by_default(server, loopback_only):
 def test_every_resolved_address_must_be_public(server, loopback_only):
     """One non-public record blocks the name: a later retry must not reach the private one."""
     resolver = numeric_resolver({"mixed.test": ["8.8.8.8", "127.0.0.1"]})
-    result = fetch(server, f"http://mixed.test:{server.port}/img/mixed.png", resolver=resolver, host_overrides={})
+    result = fetch(server, f"http://mixed.test:{server.port}/img/mixed.png", resolver=resolver, host_overrides={}, allow_private_addresses=False)
     assert (result.status, result.attempts) == ("blocked-address", 0)
     assert loopback_only == [] and server.count("/img/mixed.png") == 0
+
+
+def test_host_overrides_are_checked_like_resolved_addresses(server, loopback_only):
+    """--resolve names an address, it does not vouch for it: a private one needs allow_private_addresses."""
+    overrides = {"media.test": f"127.0.0.1:{server.port}", "v6.test": f"[::1]:{server.port}", "meta.test": "169.254.169.254",
+                 "mapped.test": f"[::ffff:127.0.0.1]:{server.port}"}
+    urls = ["http://media.test/img/overridden.png", "http://v6.test/img/overridden.png", "http://meta.test/latest/meta-data/",
+            "http://mapped.test/img/overridden.png"]
+    with Fetcher(config(server, host_overrides=overrides, allow_private_addresses=False), resolve=numeric_resolver()) as fetcher:
+        results = list(fetcher.fetch_many(urls))
+    assert [(r.status, r.attempts, r.bytes) for r in results] == [("blocked-address", 0, 0)] * 4
+    assert [r.error for r in results] == [
+        "media.test resolves to non-public 127.0.0.1 (host_overrides)", "v6.test resolves to non-public ::1 (host_overrides)",
+        "meta.test resolves to non-public 169.254.169.254 (host_overrides)", "mapped.test resolves to non-public ::ffff:127.0.0.1 (host_overrides)"]
+    assert loopback_only == [] and server.count("/img/overridden.png") == 0
+    allowed = fetch(server, "/img/overridden.png", allow_private_addresses=True)
+    assert (allowed.status, allowed.address) == ("ok", f"127.0.0.1:{server.port}") and server.count("/img/overridden.png") == 1
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine cannot listen on ::1 (no IPv6 loopback)")
+def test_ipv6_literal_urls_keep_their_brackets_and_are_fetched_when_allowed(loopback_only):
+    with MediaServer(host="::1") as v6:
+        v6.robots = (200, "User-agent: *\nDisallow: /img/private/\n")
+        url = v6.url("/redirect/1/img/v6.png")
+        assert url.startswith("http://[::1]:")
+        result = fetch(v6, url, host_overrides={}, honour_robots_txt=True)
+        assert (result.status, result.sniffed_type, result.redirects) == ("ok", "png", 1), result
+        assert (result.final_url, result.address) == (v6.url("/img/v6.png"), f"[::1]:{v6.port}")
+        disallowed = fetch(v6, v6.url("/img/private/v6.png"), host_overrides={}, honour_robots_txt=True)
+        assert disallowed.status == "robots" and f"robots.txt of http://[::1]:{v6.port} disallows" in disallowed.error
+        blocked = fetch(v6, url, host_overrides={}, allow_private_addresses=False)
+        assert (blocked.status, blocked.attempts, blocked.error) == ("blocked-address", 0, "::1 resolves to non-public ::1")
+        assert sorted(r.path for r in v6.requests) == ["/img/v6.png", "/redirect/1/img/v6.png", "/robots.txt", "/robots.txt"]
+        assert {r.headers["host"] for r in v6.requests} == {f"[::1]:{v6.port}"}
+    assert set(loopback_only) == {"::1"}
 
 
 def test_next_address_is_tried_when_one_does_not_answer(server, loopback_only):
@@ -384,7 +502,9 @@ def test_opt_out_headers_stop_before_the_body(server):
 
 
 def test_bad_urls_dns_and_refused_connections(server):
-    for url in ["ftp://media.test/a.png", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "http://", "http://media.test:99999/a.png", "not a url"]:
+    bad_urls = ["ftp://media.test/a.png", "data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "http://", "http://media.test:99999/a.png",
+                "not a url"]
+    for url in bad_urls:
         result = fetch(server, url)
         assert (result.status, result.attempts) == ("bad-url", 0), (url, result)
     unknown = fetch(server, "http://nowhere.test/img/a.png")
@@ -446,7 +566,7 @@ def test_http_proxy(server):
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory):
     """A self-signed certificate for images.example.com (key, cert paths)."""
-    crypto = pytest.importorskip("cryptography")  # noqa: F841
+    pytest.importorskip("cryptography")
     import datetime
 
     from cryptography import x509
@@ -531,7 +651,8 @@ def test_fetch_media_fn_in_a_beam_pipeline(server):
     outputs = fetch_media(pipeline | beam.Create(refs), fetch_config, ImageConfig(), min_batch_size=2, max_batch_size=4)
     assert_that(outputs.images | beam.Map(summarise), equal_to(expected), label="images")
     statuses = outputs[FETCH_STATUS] | beam.Map(lambda row: (row["url"], row["status"]))
-    expected_statuses = [(u, "ok") for u in good] + [(u, reason.removeprefix("fetch-") if reason.startswith("fetch-") else "ok") for u, reason in bad.items()]
+    expected_statuses = [(u, "ok") for u in good]
+    expected_statuses += [(u, reason.removeprefix("fetch-") if reason.startswith("fetch-") else "ok") for u, reason in bad.items()]
     assert_that(statuses, equal_to(expected_statuses), label="statuses")
     result = pipeline.run()
     result.wait_until_finish()
