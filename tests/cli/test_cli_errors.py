@@ -83,3 +83,19 @@ def test_gzip_config_is_not_silently_read(tmp_path, crawl, capsys):
     path = tmp_path / "c.toml.gz"
     path.write_bytes(gzip.compress(b"[filters]\n"))
     assert main(["build", "m3w", "--input", str(crawl), "--output", str(tmp_path / "o"), "--config", str(path)]) == 2
+
+
+def test_every_flag_has_help_and_config_lists_every_section():
+    import argparse
+    from dataclasses import fields
+
+    from m3w.cli import build_parser
+    from m3w_pipeline.core.config import BuildConfig
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {a.option_strings or a.dest}" for name, sub in commands.items() for a in sub._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+    config_help = next(a.help for a in commands["build"]._actions if "--config" in a.option_strings)
+    assert all(f.name in config_help for f in fields(BuildConfig))

@@ -35,5 +35,6 @@ def article(title: str, paragraphs: list[str], images: list[str], head: str = ""
         body.append(f"<p>{p}</p>")
         if i < len(images):
             body.append(f'<figure><img src="{images[i]}" alt="figure {i}"><figcaption>Figure {i} of {title}.</figcaption></figure>')
-    html = f"<!doctype html><html lang=en><head><title>{title}</title>{head}</head><body><nav><a href=/>Home</a></nav><main><article>{''.join(body)}</article></main><footer>Copyright</footer></body></html>"
+    html = (f"<!doctype html><html lang=en><head><title>{title}</title>{head}</head><body><nav><a href=/>Home</a></nav>"
+            f"<main><article>{''.join(body)}</article></main><footer>Copyright</footer></body></html>")
     return html.encode("utf-8")
