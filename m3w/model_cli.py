@@ -43,9 +43,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an image, then the texts that follow it in the prompt")
     parser.add_argument("--text", dest=PROMPT_ITEMS, action=_PromptItems, metavar="TEXT",
                         help="a text placed before the first image")
-    parser.add_argument("--max-new-tokens", type=int, default=30)
-    parser.add_argument("--num-beams", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate after the prompt")
+    parser.add_argument("--num-beams", type=int, default=3, help="beam width (1: greedy)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available)")
 
 
 def build_prompt(items: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
@@ -142,8 +142,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="Flamingo training steps")
     parser.add_argument("--lm-steps", type=int, default=300, help="built-in LM pretraining steps")
     parser.add_argument("--vit-steps", type=int, default=300, help="built-in ViT contrastive pretraining steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", choices=["accumulate", "sample"], default="accumulate")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the sample crawl, data order and initialisation")
+    parser.add_argument("--mode", choices=["accumulate", "sample"], default="accumulate", help="mixing: every source every step (Flamingo) or one source per step by weight")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
