@@ -13,7 +13,6 @@ placeholders back to nodes.
 """
 from __future__ import annotations
 
-import codecs
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -21,12 +20,12 @@ from typing import Any, Iterable, Optional
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import trafilatura
-from charset_normalizer import from_bytes
 from lxml.html import HtmlElement
 from trafilatura.utils import load_html
 
 from m3w_pipeline.core.config import ExtractConfig
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, Node, VideoRef
+from m3w_pipeline.read.decode import decode_html
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ _UNDECODABLE_TYPES = frozenset({"image/svg+xml", "image/jxl", "image/heic", "ima
 _IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "avif", "bmp", "svg", "svgz", "ico", "tif", "tiff", "jxl", "heic", "heif"})
 _VIDEO_PREFERENCE = {"mp4": 0, "m4v": 0, "mov": 1, "webm": 1, "ogv": 2, "ogg": 2}
 _EXT_RE = re.compile(r"\.([a-z0-9]{2,5})$")
-_CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
 _DISPLAY_NONE_RE = re.compile(r"display\s*:\s*none", re.IGNORECASE)
 _INT_ATTR_RE = re.compile(r"\s*(\d+)(?:\.\d*)?\s*(?:px)?\s*")
 # Characters left as-is when percent-encoding a URL (spaces, non-ASCII get encoded, % kept).
@@ -55,8 +53,6 @@ _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 _SRCSET_RE = re.compile(r"[\s,]*(\S*[^\s,])(?:,+|\s+([^,]*))?")
 _HAS_HOST_RE = re.compile(r"https?://[^/\s?#]")
 _WS_RE = re.compile(r"[\t\n\r]")
-# Browsers treat these declared labels as windows-1252 (WHATWG encoding standard).
-_CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252"}
 
 # trafilatura XML output: elements that start a new text node.
 _BLOCK_TAGS = frozenset({"p", "head", "item", "row", "code", "quote", "list", "table", "div", "note", "body", "doc", "main", "article", "section"})
@@ -132,48 +128,7 @@ def page_to_json(page: ExtractedPage) -> dict[str, Any]:
     return {"url": page.url, "title": page.title, "lang": page.lang, "nodes": nodes}
 
 
-def decode_html(data: bytes) -> str:
-    """Decode page bytes: BOM, then the declared <meta> charset, then UTF-8, then detection.
-
-    The declaration wins over detection because detectors misjudge short Latin pages;
-    strict UTF-8 is tried before charset-normalizer because it is exact and ~free.
-    """
-    for bom, codec in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
-        if data.startswith(bom):
-            return data[len(bom):].decode(codec, errors="replace")
-    declared = _declared_charset(data)
-    if declared is not None:
-        return data.decode(declared, errors="replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        sample = data if len(data) <= 20_000 else data[:10_000] + data[-10_000:]
-        best = from_bytes(sample).best()
-        if best is not None and best.encoding:
-            return data.decode(best.encoding, errors="replace")
-    except Exception:  # noqa: BLE001 -- detection is best effort
-        pass
-    return data.decode("utf-8", errors="replace")
-
-
 # --------------------------------------------------------------------------- parsing & metadata
-
-
-def _declared_charset(data: bytes) -> Optional[str]:
-    """Charset of <meta charset> / http-equiv content-type in the first 4 KiB, if Python knows it."""
-    match = _CHARSET_RE.search(data[:4096])
-    if match is None:
-        return None
-    label = match.group(1).decode("ascii", "ignore").strip().lower()
-    label = _CHARSET_ALIASES.get(label, label)
-    try:
-        codec = codecs.lookup(label).name
-    except LookupError:
-        return None
-    # A page that says utf-16 in ASCII bytes is not utf-16.
-    return None if codec.startswith("utf-16") or codec.startswith("utf-32") else codec
 
 
 def _parse(text: str) -> Optional[HtmlElement]:
