@@ -18,19 +18,20 @@ from m3w_pipeline.media.images import ImageResult, process_image
 from m3w_pipeline.media.video import process_video
 from m3w_pipeline.read.decode import decode_html
 from m3w_pipeline.read.warc import Provenance
+from m3w_pipeline.write.captions import caption_problem, clean_caption
 from m3w_pipeline.write.pairs import (
     STATUS_FAILED_TO_DOWNLOAD,
     STATUS_FAILED_TO_RESIZE,
-    STATUS_FAILED_TO_SUBSAMPLE,
     STATUS_SUCCESS,
     assemble_pair_input,
-    build_video_sample,
-    caption_problem,
-    choose_video_caption,
-    clean_caption,
     dedup_samples,
     extract_pairs,
     pair_key,
+)
+from m3w_pipeline.write.video_samples import (
+    STATUS_FAILED_TO_SUBSAMPLE,
+    build_video_sample,
+    choose_video_caption,
     unfetchable_reason,
     unfetchable_sample,
     video_candidates,
