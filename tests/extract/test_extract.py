@@ -208,8 +208,10 @@ def test_mixed_media_come_out_in_dom_order_with_absolute_urls():
     ]
     texts = page.text_nodes()
     positions = [i for i, n in enumerate(page.nodes) if n.type == "image"]
-    before = [next(i for i, n in enumerate(page.nodes) if n.text and n.text.startswith(p)) for p in ("Before the first", "Between images one", "Between images two", "Between images three", "Between images four", "After the last")]
-    assert before[0] < positions[0] < before[1] < positions[1] < before[2] < positions[2] < before[3] < positions[3] < before[4] < positions[4] < before[5]
+    starts = ("Before the first", "Between images one", "Between images two", "Between images three", "Between images four", "After the last")
+    before = [next(i for i, n in enumerate(page.nodes) if n.text and n.text.startswith(p)) for p in starts]
+    assert (before[0] < positions[0] < before[1] < positions[1] < before[2] < positions[2]
+            < before[3] < positions[3] < before[4] < positions[4] < before[5])
     first = page.image_refs()[0]
     assert (first.alt, first.width_attr, first.height_attr) == ("A boat", 640, 480)
     assert any("Before the first image" in t for t in texts)
@@ -420,7 +422,8 @@ def test_real_mp4_video_page_yields_its_video():
 @needs_corpus
 @pytest.mark.parametrize(
     "fragment, at_least",
-    [("anchor.ch.lanka", 10), ("brasil247", 1), ("correctiv.org", 2), ("francais.radio.cz", 2), ("aeb__bdb56ac8", 2), ("creativecommons", 5), ("aeb__16c30add", 5)],
+    [("anchor.ch.lanka", 10), ("brasil247", 1), ("correctiv.org", 2), ("francais.radio.cz", 2), ("aeb__bdb56ac8", 2),
+     ("creativecommons", 5), ("aeb__16c30add", 5)],
 )
 def test_pages_with_figures_or_pictures_yield_absolute_image_urls(fragment, at_least):
     refs = corpus_page(fragment).image_refs()
