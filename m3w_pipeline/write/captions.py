@@ -42,6 +42,7 @@ _CAMERA = re.compile(r"(?:img|dsc[nf]?|pxl|mvimg|vid|pano|gopr|dji|sam|wp|p|imag
 _LETTERS = re.compile(r"[^\W\d_]+", re.UNICODE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 def clean_caption(text: Optional[str], config: PairConfig = PairConfig()) -> str:
@@ -92,8 +93,12 @@ def caption_problem(
 def _is_file_stem(text: str, url: str) -> bool:
     """Alt text that merely repeats the file name ("kumara4" for .../Kumara4.jpg)."""
     stem = unquote(urlsplit(url).path.rsplit("/", 1)[-1]).rsplit(".", 1)[0]
-    squash = lambda s: re.sub(r"[\W_]+", "", s.lower())  # noqa: E731
-    return bool(stem) and squash(text) == squash(stem)
+    return bool(stem) and _squash(text) == _squash(stem)
+
+
+def _squash(text: str) -> str:
+    """Lower case, letters and digits only: "Kumara_4" and "kumara 4" squash alike."""
+    return _NOT_ALNUM.sub("", text.lower())
 
 
 def _only_placeholders(text: str, config: PairConfig) -> bool:
