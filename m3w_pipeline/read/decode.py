@@ -3,6 +3,8 @@
 Order: the HTTP header's charset (when there is one, Python knows it and the bytes decode
 strictly under it); then the page's own rules: a BOM, the <meta> charset declaration,
 strict UTF-8, detection by charset-normalizer, and UTF-8 with replacement at last.
+Never raises: a label naming a codec that is not a text encoding (base64, idna, ...) or
+that cannot replace bad bytes is skipped like an unknown one.
 """
 from __future__ import annotations
 
@@ -36,14 +38,17 @@ def decode_html(payload: bytes, header_charset: Optional[str] = None) -> str:
     if header_charset:
         try:
             return payload.decode(_python_label(header_charset))
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # unknown or not a text codec; bytes that do not fit (UnicodeError)
             pass
     for bom, codec in _BOMS:
         if payload.startswith(bom):
             return payload[len(bom) :].decode(codec, errors="replace")
     declared = _declared_charset(payload)
     if declared is not None:
-        return payload.decode(declared, errors="replace")
+        try:
+            return payload.decode(declared, errors="replace")
+        except (LookupError, ValueError):  # base64, rot13 (not text), idna, punycode (no errors="replace")
+            pass
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from helpers.warc_builder import response, write_warc
 from m3w_pipeline.read import warc
 from m3w_pipeline.read.decode import charset_from_content_type, decode_html
@@ -65,3 +67,30 @@ def test_warc_pages_are_decoded_with_their_header_charset(tmp_path):
     assert [p.url for p in pages] == ["https://a.example/1", "https://a.example/2"]
     assert pages[0].html == body
     assert pages[1].html == body.encode("cp1252").decode("utf-8", errors="replace") != body
+
+
+@pytest.mark.parametrize("label", ["idna", "punycode", "base64", "rot13", "hex", "zlib", "a\x00b"])
+def test_labels_that_are_not_text_encodings_are_skipped(label):
+    page = f"<html><p>{PROSE}</p></html>"
+    assert decode_html(page.encode("cp1252"), label) == page
+    assert decode_html(f'<meta charset="{label}"><p>{PROSE}</p>'.encode("cp1252")) == f'<meta charset="{label}"><p>{PROSE}</p>'
+
+
+def test_a_page_declaring_a_codec_that_is_no_text_encoding_loses_nothing_else(tmp_path):
+    """Such a page once raised out of decode_html: the WARC read as broken after it (idna) or the reader crashed (base64)."""
+    good = b"<html><body><p>A fine page.</p></body></html>"
+    path = write_warc(tmp_path / "labels.warc.gz", [
+        response("https://a.example/1", good),
+        response("https://a.example/2", b"<html><meta charset=idna><p>caf\xe9</p></html>", "text/html"),
+        response("https://a.example/3", b"<html><meta charset=base64><p>caf\xe9</p></html>", "text/html"),
+        response("https://a.example/4", b"<html><p>caf\xe9</p></html>", "text/html; charset=punycode"),
+        response("https://a.example/5", good),
+    ])
+    with open(path, "rb") as f:
+        items = list(warc.iter_warc(f, str(path)))
+    assert [type(i).__name__ for i in items] == ["Page"] * 5
+    assert [p.html for p in items][1:4] == [
+        "<html><meta charset=idna><p>café</p></html>",
+        "<html><meta charset=base64><p>café</p></html>",
+        "<html><p>café</p></html>",
+    ]
