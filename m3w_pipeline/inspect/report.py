@@ -61,7 +61,9 @@ def plot_distribution(dist: Mapping[str, Any], path: str, config: ReportConfig) 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     integral = all(float(v).is_integer() for v in values)
     if integral and len(values) <= config.max_bars:
-        ax.bar(values, weights, width=0.8 if max(values) - min(values) < 60 else None, color="#4C72B0")
+        # Unit-wide slots for a narrow range; for few values far apart, bars as wide as their closest gap allows.
+        width = 0.8 if max(values) - min(values) < 60 else 0.8 * min(b - a for a, b in zip(values, values[1:]))
+        ax.bar(values, weights, width=width, color="#4C72B0")
     else:
         ax.hist(values, weights=weights, bins=config.histogram_bins, color="#4C72B0")
     ax.axvline(dist["p50"], color="#C44E52", linestyle="--", linewidth=1, label=f"median {dist['p50']:g}")

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -412,6 +413,21 @@ def _pair_shard(path: Path, rng: random.Random, n: int, video: bool = False) -> 
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return truth
+
+
+@pytest.mark.parametrize("histogram", [[[200, 3], [640, 5], [1600, 1]], [[3, 2], [4, 7], [9, 1]]])
+def test_few_distinct_values_plot_as_visible_bars(tmp_path, histogram):
+    """Few integral values far apart (image widths of a small corpus) once crashed matplotlib (width=None)."""
+    from m3w_pipeline.inspect.report import ReportConfig, plot_distribution
+
+    n = sum(c for _, c in histogram)
+    dist = {"label": "stored image width (px)", "histogram": histogram, "p50": histogram[1][0], "n": n,
+            "mean": sum(v * c for v, c in histogram) / n}
+    png = plot_distribution(dist, str(tmp_path / "plot.png"), ReportConfig())
+    assert (tmp_path / "plot.png").read_bytes() == png
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
+    bar = (np.abs(pixels - (0x4C, 0x72, 0xB0)).sum(axis=1) < 30).mean()  # the bar colour
+    assert bar > 0.05, f"bars cover {bar:.1%} of the plot"
 
 
 @pytest.mark.parametrize("kind", ["pairs", "video"])
