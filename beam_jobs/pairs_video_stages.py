@@ -41,19 +41,9 @@ from m3w_pipeline.media.images import ImageResult
 from m3w_pipeline.media.video import VideoResult, media_kind, process_video, webvtt_text
 from m3w_pipeline.read import warc as warc_lib
 from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
-from m3w_pipeline.write.pairs import (
-    VIDEO_CANDIDATE,
-    Pair,
-    PairInput,
-    assemble_pair_input,
-    build_video_sample,
-    dedup_samples,
-    extract_pairs,
-    track_caption,
-    unfetchable_sample,
-    video_candidates,
-)
+from m3w_pipeline.write.pairs import Pair, PairInput, assemble_pair_input, dedup_samples, extract_pairs
 from m3w_pipeline.write.shards import shard_name
+from m3w_pipeline.write.video_samples import VIDEO_CANDIDATE, build_video_sample, track_caption, unfetchable_sample, video_candidates
 
 VIDEO_MEDIA = "video_media"
 VIDEO_REFS = "video_refs"

@@ -20,7 +20,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from beam_jobs import fsio
 from beam_jobs.runner import pipeline_options
-from m3w_pipeline.inspect.stats import Corpus, CorpusStats, ShardRef, StatsConfig, shard_stats
+from m3w_pipeline.inspect.corpus import Corpus, ShardRef
+from m3w_pipeline.inspect.stats import CorpusStats, StatsConfig, shard_stats
 
 RESULT_NAME = "m3w-stats.json"
 

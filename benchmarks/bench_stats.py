@@ -94,8 +94,9 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=20)
     args = parser.parse_args()
 
+    from m3w_pipeline.inspect.corpus import open_corpus
     from m3w_pipeline.inspect.export import export_mmc4, export_parquet
-    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats, open_corpus
+    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats
     from m3w_pipeline.inspect.validate import ValidateConfig, validate_corpus
 
     work = ROOT / "benchmarks" / "_work" / "stats"
@@ -124,7 +125,8 @@ def main() -> int:
     timed("export parquet (bytes)", lambda: export_parquet(corpus, str(work / "obelics")), results)
     timed("export mmc4", lambda: export_mmc4(corpus, str(work / "mmc4")), results)
     docs_per_s = {label: args.docs / s for label, s in results}
-    print(json.dumps({"docs": args.docs, "shards": args.shards, "tar_mb": round(size / 1e6), "docs_per_s": {k: round(v) for k, v in docs_per_s.items()}}, indent=2))
+    rates = {k: round(v) for k, v in docs_per_s.items()}
+    print(json.dumps({"docs": args.docs, "shards": args.shards, "tar_mb": round(size / 1e6), "docs_per_s": rates}, indent=2))
     return 0
 
 

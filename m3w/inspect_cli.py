@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 # m3w_pipeline is imported inside the functions: building the parser must stay cheap for every command.
-KINDS = ("m3w", "pairs", "video")  # = m3w_pipeline.inspect.stats.KINDS
+KINDS = ("m3w", "pairs", "video")  # = m3w_pipeline.inspect.corpus.KINDS
 
 
 # ----------------------------------------------------------------------------- filesystems
@@ -37,15 +37,15 @@ def list_remote(directory: str) -> list[str]:
 
 def filesystem_for(path: str) -> tuple[Callable[[str], BinaryIO], Callable[[str], list[str]]]:
     """(opener, lister) for a corpus location: local files, or Beam's filesystems for remote URLs."""
-    from m3w_pipeline.inspect.stats import is_remote, list_local, open_local
+    from m3w_pipeline.inspect.corpus import is_remote, list_local, open_local
 
     return (open_remote, list_remote) if is_remote(path) else (open_local, list_local)
 
 
 def writer_for(path: str) -> Callable[[str], Any]:
     """A writer (path -> context manager of a writable stream) for an export destination."""
+    from m3w_pipeline.inspect.corpus import is_remote
     from m3w_pipeline.inspect.export import write_local
-    from m3w_pipeline.inspect.stats import is_remote
 
     if not is_remote(path):
         return write_local
@@ -101,8 +101,9 @@ def _token_counter(spec: Optional[str]) -> Optional[Callable[[str], int]]:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from m3w_pipeline.inspect.corpus import local_path, open_corpus
     from m3w_pipeline.inspect.report import ReportConfig, write_report
-    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats, format_table, local_path, open_corpus, summarize
+    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats, format_table, summarize
 
     beam_args = list(getattr(args, "beam_args", None) or [])
     if beam_args and not args.runner:
@@ -146,7 +147,7 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Exit 0 when the corpus is intact, 1 with the list of what is wrong and where."""
-    from m3w_pipeline.inspect.stats import local_path
+    from m3w_pipeline.inspect.corpus import local_path
     from m3w_pipeline.inspect.validate import ValidateConfig, validate_corpus
 
     path = local_path(args.path)
@@ -182,8 +183,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from m3w_pipeline.inspect.corpus import local_path, open_corpus
     from m3w_pipeline.inspect.export import ExportConfig, export_mmc4, export_parquet
-    from m3w_pipeline.inspect.stats import local_path, open_corpus
 
     src = local_path(args.src)
     opener, lister = filesystem_for(src)

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from m3w_pipeline.inspect.stats import Corpus, M3WDocument, Opener, iter_m3w_documents, join_path, local_path, open_local
+from m3w_pipeline.inspect.corpus import Corpus, M3WDocument, Opener, iter_m3w_documents, join_path, local_path, open_local
 
 Writer = Callable[[str], ContextManager[BinaryIO]]  # path -> writable binary stream
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Optional
 
-from m3w_pipeline.inspect.stats import Corpus, Opener, group_samples, iter_m3w_documents, iter_tar_members, open_local, split_member_name
+from m3w_pipeline.inspect.corpus import Corpus, Opener, group_samples, iter_m3w_documents, iter_tar_members, open_local, split_member_name
 
 PLOT_DIR = "plots"
 HTML_NAME = "index.html"
@@ -61,7 +61,9 @@ def plot_distribution(dist: Mapping[str, Any], path: str, config: ReportConfig) 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     integral = all(float(v).is_integer() for v in values)
     if integral and len(values) <= config.max_bars:
-        ax.bar(values, weights, width=0.8 if max(values) - min(values) < 60 else None, color="#4C72B0")
+        # Unit-wide slots for a narrow range; for few values far apart, bars as wide as their closest gap allows.
+        width = 0.8 if max(values) - min(values) < 60 else 0.8 * min(b - a for a, b in zip(values, values[1:]))
+        ax.bar(values, weights, width=width, color="#4C72B0")
     else:
         ax.hist(values, weights=weights, bins=config.histogram_bins, color="#4C72B0")
     ax.axvline(dist["p50"], color="#C44E52", linestyle="--", linewidth=1, label=f"median {dist['p50']:g}")
@@ -285,13 +287,19 @@ def _document_html(doc: RenderedDocument) -> str:
     return "\n".join(parts)
 
 
+def _plot_figure(p: Plot, attrs: str = "") -> str:
+    img = f"<img class='plot' id='plot-{p.name}' alt='{html.escape(p.title)}' src='{_png_uri(p.png)}'>"
+    return f"<figure{attrs}>{img}<figcaption>{html.escape(p.title)}</figcaption></figure>"
+
+
 def render_html(summary: Mapping[str, Any], plots: list[Plot], documents: list[RenderedDocument]) -> str:
     """The whole page as one string: no external resources."""
     counts = [(k, v) for k, v in summary["counts"].items() if v is not None]
     title = f"m3w corpus report: {summary.get('root') or ''}"
     body = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>kind <b>{html.escape(summary['kind'])}</b> ({html.escape(summary['sample_unit'])}); read from: {html.escape(str(summary['source']))}</p>",
+        f"<p>kind <b>{html.escape(summary['kind'])}</b> ({html.escape(summary['sample_unit'])}); "
+        f"read from: {html.escape(str(summary['source']))}</p>",
         "<h2 id='counts'>Counts</h2>",
         _table(counts, ("count", "value")),
     ]
@@ -299,7 +307,7 @@ def render_html(summary: Mapping[str, Any], plots: list[Plot], documents: list[R
     if summary["funnel"]:
         body.append("<h2 id='funnel'>Drop funnel</h2>")
         for p in funnel_plot:
-            body.append(f"<figure class='wide'><img class='plot' id='plot-{p.name}' alt='{html.escape(p.title)}' src='{_png_uri(p.png)}'><figcaption>{html.escape(p.title)}</figcaption></figure>")
+            body.append(_plot_figure(p, " class='wide'"))
         body.append(_funnel_table(summary["funnel"]))
     if summary.get("broken_files"):
         body.append("<h3>Broken input files</h3>")
@@ -312,7 +320,7 @@ def render_html(summary: Mapping[str, Any], plots: list[Plot], documents: list[R
     body.append("<div class='plots'>")
     for p in plots:
         if p.name != "funnel":
-            body.append(f"<figure><img class='plot' id='plot-{p.name}' alt='{html.escape(p.title)}' src='{_png_uri(p.png)}'><figcaption>{html.escape(p.title)}</figcaption></figure>")
+            body.append(_plot_figure(p))
     body.append("</div>")
     if documents:
         body.append(f"<h2 id='samples'>Sample {html.escape(summary['sample_unit'])}</h2>")

@@ -6,380 +6,49 @@ very same partials with a CombineFn, so both paths give identical numbers.
 
 Files are read through an `Opener` (path -> binary stream) that the caller supplies:
 plain `open` for local paths here, Beam's FileSystems (gs://, s3://) in the CLI and
-Beam layers. This module never imports apache_beam.
-
-The corpus access helpers (opening a corpus, walking tar members, grouping samples) live
-here too; `validate` and `export` reuse them.
+Beam layers; finding shards and walking tars is `inspect.corpus`. This module never
+imports apache_beam.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
-import os
 import sys
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Sequence
 
 import pyarrow.parquet as pq
 
 from m3w_pipeline.core.document import count_words
+from m3w_pipeline.inspect.corpus import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    Corpus,
+    Opener,
+    Sample,
+    ShardRef,
+    group_samples,
+    iter_tar_members,
+    open_local,
+    read_member_at,
+    sample_json,
+    sample_text,
+    seekable,
+)
 from m3w_pipeline.read.warc import url_domain
 
-Opener = Callable[[str], BinaryIO]  # path -> readable binary stream (a context manager)
-Lister = Callable[[str], list[str]]  # directory -> names of the files directly in it
 TokenCounter = Callable[[str], int]
-
-MANIFEST_NAME = "manifest.json"
-KINDS = ("m3w", "pairs", "video")
-# Names another builder may write in manifest["corpus"] -> the kind of shard layout.
-_KIND_ALIASES = {
-    "m3w": "m3w",
-    "pairs": "pairs",
-    "pair": "pairs",
-    "align": "pairs",
-    "ltip": "pairs",
-    "image_text": "pairs",
-    "image-text": "pairs",
-    "video": "video",
-    "videos": "video",
-    "vtp": "video",
-    "video_text": "video",
-}
-IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp"})
-VIDEO_EXTS = frozenset({"mp4", "mov", "webm", "mkv", "ogv", "avi", "flv", "ts", "mpg"})  # = video_sample.schema.json formats
-# Stage order of the funnel (the M3W build); stages other builders add follow, sorted.
-# Stages in the order a build runs them (m3w_pipeline.core.accounting lists what each keeps).
+# Funnel stages in the order a build runs them (m3w_pipeline.core.accounting lists what each
+# keeps); stages another builder adds follow, sorted.
 FUNNEL_ORDER = (
     "records", "media_kind", "pages", "fetch", "image_refs", "media_records", "text_nodes", "image_nodes", "documents",
     "images_in_document", "dedup_url", "dedup_text_exact", "dedup_text_near", "images_hot", "dedup_image_sets",
     "post_dedup", "pair_documents", "pair_candidates", "align_samples", "ltip_samples", "video_refs",
     "video_media_records", "video_candidates", "video_samples",
 )
-_BLOCK = tarfile.BLOCKSIZE
 SAMPLE_UNITS = {"m3w": "documents", "pairs": "pairs", "video": "videos"}
-
-
-# ----------------------------------------------------------------------------- paths and openers
-
-
-def local_path(path: str) -> str:
-    """`file:///x` -> `/x`; other paths unchanged (local openers accept both spellings)."""
-    return path[len("file://") :] if path.startswith("file://") else path
-
-
-def open_local(path: str) -> BinaryIO:
-    """The default opener: local files, `file://` URLs included."""
-    return open(local_path(path), "rb")
-
-
-def list_local(directory: str) -> list[str]:
-    """The default lister: file names directly in a local directory."""
-    d = local_path(directory)
-    return sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n)))
-
-
-def join_path(root: str, name: str) -> str:
-    """Join with '/', which local paths and gs:// / s3:// URLs all accept."""
-    return f"{root.rstrip('/')}/{name}" if root else name
-
-
-def is_remote(path: str) -> bool:
-    """Anything with a scheme other than file:// needs a filesystem other than the local one."""
-    return "://" in path and not path.startswith("file://")
-
-
-# ----------------------------------------------------------------------------- tar members
-
-
-class TarDamage(Exception):
-    """The tar is not a complete archive at `offset` (truncated, bad header, no end marker)."""
-
-    def __init__(self, offset: int, message: str, member: Optional[str] = None):
-        super().__init__(f"at byte {offset}: {message}")
-        self.offset = offset
-        self.message = message
-        self.member = member  # the member being read when the data ran out, if any
-
-
-@dataclass
-class TarMember:
-    name: str
-    header_offset: int  # first byte of the member's (first) header block
-    size: int
-    end: int  # offset after the member's data padding: the next header starts here
-    data: Optional[bytes] = None  # None when the caller did not ask for this member's bytes
-
-
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
-    """Up to n bytes; shorter only at end of stream (streams may return short reads)."""
-    chunks, got = [], 0
-    while got < n:
-        chunk = stream.read(n - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def _skip(stream: BinaryIO, n: int, seek: bool) -> int:
-    """Skip n bytes; returns how many were skipped (fewer only when reading hits the end)."""
-    if seek:
-        stream.seek(n, io.SEEK_CUR)
-        return n
-    skipped = 0
-    while skipped < n:
-        chunk = stream.read(min(1 << 20, n - skipped))
-        if not chunk:
-            break
-        skipped += len(chunk)
-    return skipped
-
-
-def _pax_path(data: bytes) -> Optional[str]:
-    """The `path` record of a pax extended header, if any."""
-    for line in data.decode("utf-8", "replace").splitlines():
-        _, _, record = line.partition(" ")
-        if record.startswith("path="):
-            return record[len("path=") :]
-    return None
-
-
-def iter_tar_members(
-    stream: BinaryIO,
-    want: Optional[Callable[[str], bool]] = None,
-    seek: bool = False,
-) -> Iterator[TarMember]:
-    """Walk a tar's members in order, reading the data of those `want` accepts.
-
-    A strict reader (unlike `tarfile`, which stops silently at a truncated header): a
-    header cut short, a member whose data runs past the end, or an archive without its
-    end-of-archive marker raises TarDamage with the byte offset. `seek=True` skips
-    unwanted data with seeks (fast on local and object-store files) and then cannot
-    notice truncation inside skipped data; validation reads everything instead.
-    """
-    pos = 0
-    long_name: Optional[str] = None
-    header_start: Optional[int] = None
-    while True:
-        header = _read_exact(stream, _BLOCK)
-        if not header:
-            raise TarDamage(pos, "archive ends without its end-of-archive marker")
-        if len(header) < _BLOCK:
-            raise TarDamage(pos, f"truncated header ({len(header)} of {_BLOCK} bytes)")
-        if header == b"\0" * _BLOCK:
-            second = _read_exact(stream, _BLOCK)
-            if second != b"\0" * _BLOCK:
-                raise TarDamage(pos + _BLOCK, "incomplete end-of-archive marker")
-            return
-        try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as err:
-            raise TarDamage(pos, f"invalid header: {err}") from None
-        data_start = pos + _BLOCK
-        padded = info.size + (-info.size % _BLOCK)
-        if header_start is None:
-            header_start = pos
-        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE):
-            meta = _read_exact(stream, padded)
-            if len(meta) < padded:
-                raise TarDamage(data_start, "extended header cut short")
-            if info.type == tarfile.GNUTYPE_LONGNAME:
-                long_name = meta[: info.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif info.type == tarfile.XHDTYPE:
-                long_name = _pax_path(meta[: info.size]) or long_name
-            pos = data_start + padded
-            continue
-        name = long_name or info.name
-        data: Optional[bytes] = None
-        if info.isreg() and (want is None or want(name)):
-            data = _read_exact(stream, info.size)
-            if len(data) < info.size:
-                raise TarDamage(data_start, f"member cut short: {len(data)} of {info.size} bytes", name)
-            if _skip(stream, padded - info.size, False) < padded - info.size:
-                raise TarDamage(data_start + info.size, "member padding cut short", name)
-        elif _skip(stream, padded, seek) < padded:
-            raise TarDamage(data_start, "member cut short (data runs past the end of the file)", name)
-        yield TarMember(name, header_start, info.size, data_start + padded, data)
-        pos = data_start + padded
-        long_name, header_start = None, None
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """`dir/KEY.N.jpg` -> (`dir/KEY`, `N.jpg`): webdataset's rule, the key ends at the first dot of the basename."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1 :]
-
-
-@dataclass
-class Sample:
-    """One webdataset sample: the consecutive members sharing a key."""
-
-    key: str
-    members: list[TarMember]
-    offset: int  # header offset of the first member (the index's `offset`)
-    end: int  # end of the last member's padding (offset + the index's `size`)
-
-    def get(self, suffix: str) -> Optional[TarMember]:
-        for m in self.members:
-            if split_member_name(m.name)[1] == suffix:
-                return m
-        return None
-
-    @property
-    def suffixes(self) -> list[str]:
-        return [split_member_name(m.name)[1] for m in self.members]
-
-
-def group_samples(members: Iterable[TarMember]) -> Iterator[Sample]:
-    """Consecutive members with the same key form a sample (webdataset's grouping); a suffix
-    seen twice starts a new sample, so two adjacent copies of a key stay two samples."""
-    current: Optional[Sample] = None
-    for m in members:
-        key, suffix = split_member_name(m.name)
-        if current is not None and key == current.key and suffix not in current.suffixes:
-            current.members.append(m)
-            current.end = m.end
-            continue
-        if current is not None:
-            yield current
-        current = Sample(key, [m], m.header_offset, m.end)
-    if current is not None:
-        yield current
-
-
-def read_member_at(stream: BinaryIO, offset: int) -> TarMember:
-    """The member whose header starts at `offset` (random access through the index)."""
-    stream.seek(offset)
-    return next(iter_tar_members(stream, want=None, seek=True))
-
-
-# ----------------------------------------------------------------------------- corpus
-
-
-@dataclass(frozen=True)
-class ShardRef:
-    name: str  # base name, e.g. m3w-00003
-    tar: str  # path of NAME.tar
-    index: Optional[str]  # path of NAME.parquet, when the corpus has indexes
-    kind: str  # m3w | pairs | video
-
-
-@dataclass
-class Corpus:
-    root: str
-    kind: str
-    manifest: Optional[dict[str, Any]]
-    shards: list[ShardRef]
-
-
-def read_manifest(root: str, opener: Opener = open_local) -> Optional[dict[str, Any]]:
-    """ROOT/manifest.json, or None when there is none."""
-    try:
-        with opener(join_path(root, MANIFEST_NAME)) as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, IsADirectoryError):
-        return None
-    except OSError as err:  # remote filesystems raise their own "not found" errors
-        if "not found" in str(err).lower() or "no such" in str(err).lower():
-            return None
-        raise
-
-
-def kind_from_manifest(manifest: Optional[Mapping[str, Any]]) -> Optional[str]:
-    if not manifest:
-        return None
-    return _KIND_ALIASES.get(str(manifest.get("corpus", "")).lower())
-
-
-def kind_from_suffixes(suffixes: Sequence[str], first_json: Optional[Mapping[str, Any]] = None) -> str:
-    """Sniff the layout from one sample's members: M3W has KEY.json + KEY.N.jpg,
-    pairs KEY.jpg + KEY.txt (+ KEY.json), video KEY.mp4 (+ KEY.txt, KEY.json, KEY.NNN.jpg)."""
-    exts = {s.rsplit(".", 1)[-1].lower() for s in suffixes}
-    if exts & VIDEO_EXTS:
-        return "video"
-    if first_json is not None and str(first_json.get("schema", "")).startswith("m3w.document"):
-        return "m3w"
-    if any(s.lower() in IMAGE_EXTS for s in suffixes) or "txt" in suffixes:
-        return "pairs"
-    return "m3w"
-
-
-def sniff_kind(tar_path: str, opener: Opener = open_local) -> str:
-    """The corpus kind from the first sample of a shard (when no manifest says it)."""
-    with opener(tar_path) as f:
-        samples = group_samples(iter_tar_members(f, want=lambda n: n.endswith(".json"), seek=_seekable(f)))
-        first = next(samples, None)
-    if first is None:
-        return "m3w"
-    js = first.get("json")
-    doc = json.loads(js.data) if js is not None and js.data is not None else None
-    return kind_from_suffixes(first.suffixes, doc)
-
-
-def _seekable(stream: BinaryIO) -> bool:
-    try:
-        return bool(stream.seekable())
-    except (AttributeError, ValueError):
-        return False
-
-
-def open_corpus(
-    root: str,
-    opener: Opener = open_local,
-    lister: Optional[Lister] = list_local,
-    kind: Optional[str] = None,
-) -> Corpus:
-    """Find a corpus's shards: from the manifest, or from the directory listing without one.
-
-    The kind comes from `kind`, else the manifest's `corpus` field, else the first sample's members.
-    """
-    manifest = read_manifest(root, opener)
-    names: list[str]
-    files: Optional[set[str]] = None
-    if lister is not None:
-        try:
-            files = set(lister(root))
-        except (FileNotFoundError, NotADirectoryError, OSError):
-            files = None
-    if manifest is not None and manifest.get("shards") is not None:
-        names = [s["name"] for s in manifest["shards"]]
-    elif files is not None:
-        names = sorted(n[: -len(".tar")] for n in files if n.endswith(".tar"))
-    else:
-        raise FileNotFoundError(f"{root}: no {MANIFEST_NAME} and no way to list the shards")
-    kind = kind or kind_from_manifest(manifest)
-    if kind is None:
-        kind = sniff_kind(join_path(root, f"{names[0]}.tar"), opener) if names else "m3w"
-    has_index = _has_indexes(root, names, manifest, files, opener)
-    shards = [
-        ShardRef(n, join_path(root, f"{n}.tar"), join_path(root, f"{n}.parquet") if has_index else None, kind)
-        for n in names
-    ]
-    return Corpus(root, kind, manifest, shards)
-
-
-def _has_indexes(
-    root: str, names: list[str], manifest: Optional[Mapping[str, Any]], files: Optional[set[str]], opener: Opener
-) -> bool:
-    """Every shard has NAME.parquet: the manifest records it, or the listing shows it, or it opens."""
-    if not names:
-        return False
-    if manifest is not None and manifest.get("shards") and all(s.get("parquet_sha256") for s in manifest["shards"]):
-        return True
-    if files is not None:
-        return all(f"{n}.parquet" in files for n in names)
-    try:
-        with opener(join_path(root, f"{names[0]}.parquet")):
-            return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- mergeable statistics
@@ -610,33 +279,13 @@ def add_m3w_images_only(stats: CorpusStats, doc: Mapping[str, Any], config: Stat
     """The image-level part of `add_m3w_document` (document-level numbers came from the index)."""
     scratch = CorpusStats(stats.kind)
     add_m3w_document(scratch, doc, config, count_tokens)
-    stats.captioned_images += scratch.captioned_images
-    stats.tokens += scratch.tokens
-    stats.image_formats.update(scratch.image_formats)
-    for name in IMAGE_LEVEL:
-        stats.dists[name].merge(scratch.dists[name])
-
-
-def _sample_json(sample: Sample) -> dict[str, Any]:
-    m = sample.get("json")
-    if m is None or m.data is None:
-        return {}
-    try:
-        value = json.loads(m.data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _sample_text(sample: Sample, suffix: str = "txt") -> Optional[str]:
-    m = sample.get(suffix)
-    return m.data.decode("utf-8", "replace") if m is not None and m.data is not None else None
+    _copy_image_level(stats, scratch)
 
 
 def add_pair_sample(stats: CorpusStats, sample: Sample, config: StatsConfig, count_tokens: Optional[TokenCounter] = None) -> None:
     """One img2dataset-style pair: KEY.jpg + KEY.txt (+ KEY.json with url, width, height, ...)."""
-    meta = _sample_json(sample)
-    caption = _sample_text(sample)
+    meta = sample_json(sample)
+    caption = sample_text(sample)
     if caption is None:
         caption = meta.get("caption") or ""
     has_image = any(s.lower() in IMAGE_EXTS for s in sample.suffixes)
@@ -682,8 +331,8 @@ def video_duration(meta: Mapping[str, Any]) -> Optional[float]:
 
 def add_video_sample(stats: CorpusStats, sample: Sample, config: StatsConfig, count_tokens: Optional[TokenCounter] = None) -> None:
     """One video2dataset-style sample: KEY.mp4 + KEY.txt + KEY.json (+ KEY.NNN.jpg key frames)."""
-    meta = _sample_json(sample)
-    caption = _sample_text(sample)
+    meta = sample_json(sample)
+    caption = sample_text(sample)
     if caption is None:
         caption = meta.get("caption") or ""
     frames = sum(1 for s in sample.suffixes if s.rsplit(".", 1)[-1].lower() in IMAGE_EXTS)
@@ -753,22 +402,27 @@ def _read_index(shard: ShardRef, opener: Opener) -> Any:
 
 
 def _scan_tar(stats: CorpusStats, shard: ShardRef, opener: Opener, config: StatsConfig, count_tokens: Optional[TokenCounter]) -> None:
-    want = (lambda n: n.endswith(".json")) if shard.kind == "m3w" else (lambda n: n.endswith((".json", ".txt")))
     with opener(shard.tar) as f:
-        for sample in group_samples(iter_tar_members(f, want=want, seek=_seekable(f))):
-            if shard.kind == "m3w":
-                add_m3w_document(stats, _sample_json(sample), config, count_tokens)
-            else:
-                _SAMPLE_ADDERS[shard.kind](stats, sample, config, count_tokens)
+        _scan_samples(stats, f, shard.kind, config, count_tokens)
+
+
+def _scan_samples(stats: CorpusStats, f: BinaryIO, kind: str, config: StatsConfig, count_tokens: Optional[TokenCounter]) -> None:
+    """Every sample of an open tar, front to back (seeking past unread members where the stream can)."""
+    want = (lambda n: n.endswith(".json")) if kind == "m3w" else (lambda n: n.endswith((".json", ".txt")))
+    for sample in group_samples(iter_tar_members(f, want=want, seek=seekable(f))):
+        if kind == "m3w":
+            add_m3w_document(stats, sample_json(sample), config, count_tokens)
+        else:
+            _SAMPLE_ADDERS[kind](stats, sample, config, count_tokens)
 
 
 def _read_jsons_by_offset(
     stats: CorpusStats, shard: ShardRef, offsets: list[int], opener: Opener, config: StatsConfig, count_tokens: Optional[TokenCounter]
 ) -> None:
     with opener(shard.tar) as f:
-        if not _seekable(f):  # no random access: walk the tar instead (same numbers)
+        if not seekable(f):  # no random access: walk the tar instead (same numbers)
             scratch = CorpusStats(shard.kind)
-            _scan_tar_stream(scratch, f, config, count_tokens)
+            _scan_samples(scratch, f, shard.kind, config, count_tokens)
             _copy_image_level(stats, scratch)
             return
         for offset in sorted(offsets):
@@ -776,12 +430,8 @@ def _read_jsons_by_offset(
             add_m3w_images_only(stats, json.loads(member.data or b"{}"), config, count_tokens)
 
 
-def _scan_tar_stream(stats: CorpusStats, f: BinaryIO, config: StatsConfig, count_tokens: Optional[TokenCounter]) -> None:
-    for sample in group_samples(iter_tar_members(f, want=lambda n: n.endswith(".json"))):
-        add_m3w_document(stats, _sample_json(sample), config, count_tokens)
-
-
 def _copy_image_level(stats: CorpusStats, scratch: CorpusStats) -> None:
+    """Add the image-level numbers of `scratch` (the ones an index row does not have) to `stats`."""
     stats.captioned_images += scratch.captioned_images
     stats.tokens += scratch.tokens
     stats.image_formats.update(scratch.image_formats)
@@ -919,35 +569,3 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 def _fmt(x: Any) -> str:
     return f"{x:g}" if isinstance(x, (int, float)) else str(x)
-
-
-# ----------------------------------------------------------------------------- whole documents (export, report)
-
-
-@dataclass
-class M3WDocument:
-    """An M3W sample with its stored media: the JSON, and member suffix (`N.jpg`) -> bytes."""
-
-    key: str
-    doc: dict[str, Any]
-    media: dict[str, bytes]
-    shard: str
-
-    def image_bytes(self, position: int) -> Optional[bytes]:
-        im = self.doc["images"][position]
-        if not im or im.get("status") != "ok" or not im.get("file"):
-            return None
-        return self.media.get(im["file"])
-
-
-def iter_m3w_documents(shard: ShardRef, opener: Opener = open_local, with_media: bool = True) -> Iterator[M3WDocument]:
-    """Every document of an M3W shard in tar order, with its image bytes when `with_media`."""
-    want = None if with_media else (lambda n: n.endswith(".json"))
-    with opener(shard.tar) as f:
-        for sample in group_samples(iter_tar_members(f, want=want, seek=_seekable(f) and not with_media)):
-            media = {
-                split_member_name(m.name)[1]: m.data
-                for m in sample.members
-                if m.data is not None and not m.name.endswith(".json")
-            }
-            yield M3WDocument(sample.key, _sample_json(sample), media, shard.name)

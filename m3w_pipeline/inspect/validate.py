@@ -11,7 +11,7 @@ Checks, each reported as a `Problem` naming the file, tar member and sample key:
   - keys unique within and across shards;
   - each Parquet index: size/sha256, Arrow schema, and row by row the same keys, byte
     offsets, sizes and counts as the tar.
-Beam-free; files are opened through the caller's opener like `stats`.
+Beam-free; files are opened through the caller's opener (`inspect.corpus`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Optional
 
 from m3w_pipeline.core.accounting import reconciliation_errors
 from m3w_pipeline.core.document import count_words
-from m3w_pipeline.inspect.stats import (
+from m3w_pipeline.inspect.corpus import (
     IMAGE_EXTS,
     MANIFEST_NAME,
     VIDEO_EXTS,

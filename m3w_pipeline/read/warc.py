@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import re
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
 from m3w_pipeline.core.config import WarcConfig
+from m3w_pipeline.read.decode import charset_from_content_type, decode_html
 
 # Record types we never turn into documents, each counted under its own reason.
 SKIPPED_RECORD_TYPES = ("request", "metadata", "warcinfo", "revisit", "conversion", "continuation")
@@ -191,8 +191,7 @@ def _classify(record, iterator, name: str, config: WarcConfig) -> WarcItem:
     if kind == "html":
         if len(payload) > config.max_page_bytes:
             return drop("too-large", f"{len(payload)} bytes > max_page_bytes")
-        charset = _charset_from_content_type(content_type)
-        return Page(url, decode_html(payload, charset), prov, status, content_type, headers)
+        return Page(url, decode_html(payload, charset_from_content_type(content_type)), prov, status, content_type, headers)
     if kind == "media":
         if len(payload) > config.max_media_bytes:
             return drop("too-large", f"{len(payload)} bytes > max_media_bytes")
@@ -288,30 +287,6 @@ def classify_payload(content_type: str, payload: bytes) -> str:
 def _looks_like_html(payload: bytes) -> bool:
     head = payload[:1024].lstrip().lower()
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head[:512]
-
-
-def _charset_from_content_type(content_type: str) -> Optional[str]:
-    m = re.search(r"charset\s*=\s*[\"']?([^\s;\"']+)", content_type, re.I)
-    return m.group(1) if m else None
-
-
-def decode_html(payload: bytes, header_charset: Optional[str] = None) -> str:
-    """The HTTP header's charset when Python knows it; otherwise the page's own rules
-    (BOM, <meta>, UTF-8, detection) as `extract.decode_html` applies them. Never raises."""
-    from m3w_pipeline.extract.page import decode_html as decode_page_bytes
-
-    if header_charset:
-        try:
-            return payload.decode(_normalise_charset(header_charset))
-        except (LookupError, UnicodeDecodeError):
-            pass
-    return decode_page_bytes(payload)
-
-
-def _normalise_charset(name: str) -> str:
-    name = name.strip().lower()
-    # Browsers treat these labels as windows-1252 (WHATWG encoding standard); Python is strict.
-    return {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "ascii": "cp1252", "us-ascii": "cp1252"}.get(name, name)
 
 
 def normalize_url(url: str) -> str:

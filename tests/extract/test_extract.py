@@ -23,7 +23,7 @@ import trafilatura
 
 from m3w_pipeline.core.config import ExtractConfig
 from m3w_pipeline.core.nodes import ExtractedPage
-from m3w_pipeline.extract.page import decode_html, extract_page, page_to_json
+from m3w_pipeline.extract.page import extract_page, page_to_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("M3W_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -208,8 +208,10 @@ def test_mixed_media_come_out_in_dom_order_with_absolute_urls():
     ]
     texts = page.text_nodes()
     positions = [i for i, n in enumerate(page.nodes) if n.type == "image"]
-    before = [next(i for i, n in enumerate(page.nodes) if n.text and n.text.startswith(p)) for p in ("Before the first", "Between images one", "Between images two", "Between images three", "Between images four", "After the last")]
-    assert before[0] < positions[0] < before[1] < positions[1] < before[2] < positions[2] < before[3] < positions[3] < before[4] < positions[4] < before[5]
+    starts = ("Before the first", "Between images one", "Between images two", "Between images three", "Between images four", "After the last")
+    before = [next(i for i, n in enumerate(page.nodes) if n.text and n.text.startswith(p)) for p in starts]
+    assert (before[0] < positions[0] < before[1] < positions[1] < before[2] < positions[2]
+            < before[3] < positions[3] < before[4] < positions[4] < before[5])
     first = page.image_refs()[0]
     assert (first.alt, first.width_attr, first.height_attr) == ("A boat", 640, 480)
     assert any("Before the first image" in t for t in texts)
@@ -382,8 +384,8 @@ def test_bytes_are_decoded_with_the_declared_charset_then_detection():
     page = extract_page(html.encode("cp1252"), "https://x.example.com/")
     assert any("Café crème à la française, déjà vu." in t for t in page.text_nodes())
     japanese = "これは日本語の文章です。川の水質は改善しました。" * 20
-    assert decode_html(f"<html><body><p>{japanese}</p></body></html>".encode("shift_jis")).count("川の水質") == 20
-    assert decode_html(b"\xef\xbb\xbf<p>bom</p>") == "<p>bom</p>"
+    page = extract_page(f"<html><body><p>{japanese}</p></body></html>".encode("shift_jis"), "https://x.example.com/")
+    assert sum(t.count("川の水質") for t in page.text_nodes()) == 20
 
 
 def test_page_to_json_is_plain_json():
@@ -420,7 +422,8 @@ def test_real_mp4_video_page_yields_its_video():
 @needs_corpus
 @pytest.mark.parametrize(
     "fragment, at_least",
-    [("anchor.ch.lanka", 10), ("brasil247", 1), ("correctiv.org", 2), ("francais.radio.cz", 2), ("aeb__bdb56ac8", 2), ("creativecommons", 5), ("aeb__16c30add", 5)],
+    [("anchor.ch.lanka", 10), ("brasil247", 1), ("correctiv.org", 2), ("francais.radio.cz", 2), ("aeb__bdb56ac8", 2),
+     ("creativecommons", 5), ("aeb__16c30add", 5)],
 )
 def test_pages_with_figures_or_pictures_yield_absolute_image_urls(fragment, at_least):
     refs = corpus_page(fragment).image_refs()

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -209,7 +210,8 @@ def _hist(summary: dict[str, Any], name: str) -> Counter:
 
 @pytest.mark.parametrize("name", CORPORA)
 def test_stats_equal_an_independent_recount(request, name):
-    from m3w_pipeline.inspect.stats import FUNNEL_ORDER, compute_stats, open_corpus, summarize
+    from m3w_pipeline.inspect.corpus import open_corpus
+    from m3w_pipeline.inspect.stats import FUNNEL_ORDER, compute_stats, summarize
 
     root = corpus_path(request, name)
     corpus = open_corpus(str(root))
@@ -243,7 +245,8 @@ def test_stats_equal_an_independent_recount(request, name):
 def test_index_tar_and_offset_paths_agree(request, name):
     """Parquet-only, tar scan and index+JSON-by-offset give the same document-level numbers;
     the two paths that read the JSON give identical statistics."""
-    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats, open_corpus
+    from m3w_pipeline.inspect.corpus import open_corpus
+    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats
 
     corpus = open_corpus(str(corpus_path(request, name)))
     by_source = {s: compute_stats(corpus, config=StatsConfig(source=s)).to_json() for s in ("index", "tar", "auto")}
@@ -274,7 +277,8 @@ def test_beam_job_through_the_cli_agrees_with_the_local_path(tmp_path_factory, c
 
 
 def test_partials_merge_in_any_order(tmp_path_factory):
-    from m3w_pipeline.inspect.stats import CorpusStats, open_corpus, shard_stats
+    from m3w_pipeline.inspect.corpus import open_corpus
+    from m3w_pipeline.inspect.stats import CorpusStats, shard_stats
 
     corpus = open_corpus(str(handmade_corpus(tmp_path_factory)))
     parts = [shard_stats(s) for s in corpus.shards]
@@ -306,7 +310,8 @@ class MemoryFS:
 
 def test_remote_paths_go_through_the_opener(tmp_path_factory, capsys):
     from m3w.cli import main
-    from m3w_pipeline.inspect.stats import compute_stats, open_corpus
+    from m3w_pipeline.inspect.corpus import open_corpus
+    from m3w_pipeline.inspect.stats import compute_stats
     from m3w_pipeline.inspect.validate import validate_corpus
 
     local_root = handmade_corpus(tmp_path_factory)
@@ -323,8 +328,38 @@ def test_remote_paths_go_through_the_opener(tmp_path_factory, capsys):
     assert re.search(r"samples\s+12\b", table) and "funnel (manifest)" in table and "news.example.org" in table
 
 
+class StreamOnly(io.BytesIO):
+    """A stream without random access (an HTTP body, say): readers must walk it front to back."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def test_stream_only_opener_gives_the_same_numbers(tmp_path_factory):
+    """Without seeks, the index+JSON path reads the JSON members by walking the tar: same statistics."""
+    from m3w_pipeline.inspect.corpus import open_corpus
+    from m3w_pipeline.inspect.stats import compute_stats
+
+    corpus = open_corpus(str(handmade_corpus(tmp_path_factory)))
+    assert all(s.index is not None for s in corpus.shards)  # the auto source reads index rows + JSON members
+    opened: list[str] = []
+
+    def stream_only(path: str) -> StreamOnly:
+        opened.append(path)
+        return StreamOnly(Path(path).read_bytes())
+
+    def words(text: str) -> int:
+        return len(text.split())
+
+    streamed = compute_stats(corpus, stream_only, count_tokens=words).to_json()
+    assert streamed == compute_stats(corpus, count_tokens=words).to_json()
+    assert streamed["samples"] == 12 and streamed["tokens"] > 0 and streamed["captioned_images"] > 0
+    assert sorted(p.rsplit(".", 1)[-1] for p in opened) == ["parquet"] * len(corpus.shards) + ["tar"] * len(corpus.shards)
+
+
 def test_progress_goes_to_stderr(tmp_path_factory, capsys):
-    from m3w_pipeline.inspect.stats import compute_stats, open_corpus
+    from m3w_pipeline.inspect.corpus import open_corpus
+    from m3w_pipeline.inspect.stats import compute_stats
 
     compute_stats(open_corpus(str(handmade_corpus(tmp_path_factory))), progress=True)
     captured = capsys.readouterr()
@@ -347,7 +382,8 @@ def _media_json(kind: str, key: str, i: int, caption: str, width: int, height: i
             "sources": [common["url"]], "poster": None, "tracks": [], "format": "mp4", "codec": "h264", "duration": 2.5 + i,
             "duration_source": "stream", "fps": 25.0, "rotation": 0, "pix_fmt": "yuv420p", "has_alpha": False,
             "has_audio": False, "bytes": 80, "partial": False,
-            "frames": [{"file": f"{f:03d}.jpg", "timestamp": f * 0.5, "target": f * 0.5, "width": 32, "height": 32, "sha256": "ef" * 32} for f in range(2)]}
+            "frames": [{"file": f"{f:03d}.jpg", "timestamp": f * 0.5, "target": f * 0.5, "width": 32, "height": 32, "sha256": "ef" * 32}
+                       for f in range(2)]}
 
 
 def _pair_shard(path: Path, rng: random.Random, n: int, video: bool = False) -> dict[str, Any]:
@@ -379,10 +415,26 @@ def _pair_shard(path: Path, rng: random.Random, n: int, video: bool = False) -> 
     return truth
 
 
+@pytest.mark.parametrize("histogram", [[[200, 3], [640, 5], [1600, 1]], [[3, 2], [4, 7], [9, 1]]])
+def test_few_distinct_values_plot_as_visible_bars(tmp_path, histogram):
+    """Few integral values far apart (image widths of a small corpus) once crashed matplotlib (width=None)."""
+    from m3w_pipeline.inspect.report import ReportConfig, plot_distribution
+
+    n = sum(c for _, c in histogram)
+    dist = {"label": "stored image width (px)", "histogram": histogram, "p50": histogram[1][0], "n": n,
+            "mean": sum(v * c for v, c in histogram) / n}
+    png = plot_distribution(dist, str(tmp_path / "plot.png"), ReportConfig())
+    assert (tmp_path / "plot.png").read_bytes() == png
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
+    bar = (np.abs(pixels - (0x4C, 0x72, 0xB0)).sum(axis=1) < 30).mean()  # the bar colour
+    assert bar > 0.05, f"bars cover {bar:.1%} of the plot"
+
+
 @pytest.mark.parametrize("kind", ["pairs", "video"])
 def test_pair_and_video_corpora_are_detected_and_counted(tmp_path, kind):
+    from m3w_pipeline.inspect.corpus import open_corpus
     from m3w_pipeline.inspect.report import write_report
-    from m3w_pipeline.inspect.stats import compute_stats, open_corpus, summarize
+    from m3w_pipeline.inspect.stats import compute_stats, summarize
     from m3w_pipeline.inspect.validate import validate_corpus
 
     rng = random.Random(1)
@@ -447,8 +499,9 @@ def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 def test_html_report_renders_in_headless_chromium(request, tmp_path):
     import numpy as np
 
+    from m3w_pipeline.inspect.corpus import open_corpus
     from m3w_pipeline.inspect.report import write_report
-    from m3w_pipeline.inspect.stats import compute_stats, open_corpus, summarize
+    from m3w_pipeline.inspect.stats import compute_stats, summarize
 
     try:
         root = request.getfixturevalue("sample_build")

@@ -123,14 +123,6 @@ def test_size_limit_drops_large_pages():
     assert c["too-large"] > 0 and c["page"] + c["too-large"] == 16
 
 
-def test_decode_html_prefers_header_then_meta_then_detection():
-    text = "Größe café"
-    assert warc.decode_html(text.encode("utf-8"), "utf-8") == text
-    assert warc.decode_html(f'<meta charset="iso-8859-1"><p>{text}'.encode("latin-1")).endswith(text)
-    prose = "Die Größe der Straße überrascht: ein Café, eine Bäckerei und große Gärten. " * 20
-    assert warc.decode_html(prose.encode("cp1252")) == prose  # no declaration, not utf-8: detection
-
-
 def test_normalize_url_makes_equal_urls_equal():
     n = warc.normalize_url
     assert n("HTTP://Example.COM:80/a%20b?x=1#frag") == n("http://example.com/a b?x=1")

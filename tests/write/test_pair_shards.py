@@ -34,8 +34,9 @@ from m3w_pipeline.media.video import process_video
 from m3w_pipeline.read.warc import MediaRecord, Provenance, normalize_url
 from m3w_pipeline.sample.crawl import SampleCrawl, write_sample_crawl
 from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
-from m3w_pipeline.write.pairs import PairInput, build_video_sample, extract_pairs, video_candidates
+from m3w_pipeline.write.pairs import PairInput, extract_pairs
 from m3w_pipeline.write.shards import load_json_schema
+from m3w_pipeline.write.video_samples import build_video_sample, video_candidates
 
 VIDEO_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "video"
 PROV = Provenance("crawl-00000.warc.gz", 100, 2000, "<urn:uuid:1>", "2024-03-04T10:00:00Z")
@@ -280,11 +281,13 @@ def test_video_shards_from_the_crawl_agree_with_the_truth(built: tuple[Path, dic
 
 
 def _record(url: str, data: bytes, content_type: str, offset: int = 0) -> tuple[str, MediaRecord]:
-    return normalize_url(url), MediaRecord(url, data, content_type, Provenance("v.warc.gz", offset, len(data), f"<urn:{offset}>", "2024-03-04T10:00:00Z"))
+    provenance = Provenance("v.warc.gz", offset, len(data), f"<urn:{offset}>", "2024-03-04T10:00:00Z")
+    return normalize_url(url), MediaRecord(url, data, content_type, provenance)
 
 
 def test_video_stage_joins_probes_once_and_writes_failed_rows(tmp_path: Path) -> None:
-    corpus = {name: (VIDEO_DIR / name).read_bytes() for name in ("moviepy__transparent.webm", "decord__corrupted.mp4", "moviepy__big_buck_bunny_432_433.webm")}
+    names = ("moviepy__transparent.webm", "decord__corrupted.mp4", "moviepy__big_buck_bunny_432_433.webm")
+    corpus = {name: (VIDEO_DIR / name).read_bytes() for name in names}
     V = "https://v.example/"
 
     def doc(key: str, url: str, *videos: VideoRef):

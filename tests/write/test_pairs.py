@@ -13,23 +13,25 @@ from PIL import Image
 from m3w_pipeline.core.config import PairConfig, VideoConfig
 from m3w_pipeline.core.document import Document, DocVideo, assemble_document
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, Node, VideoRef
-from m3w_pipeline.extract.page import decode_html, extract_page
+from m3w_pipeline.extract.page import extract_page
 from m3w_pipeline.media.images import ImageResult, process_image
 from m3w_pipeline.media.video import process_video
+from m3w_pipeline.read.decode import decode_html
 from m3w_pipeline.read.warc import Provenance
+from m3w_pipeline.write.captions import caption_problem, clean_caption
 from m3w_pipeline.write.pairs import (
     STATUS_FAILED_TO_DOWNLOAD,
     STATUS_FAILED_TO_RESIZE,
-    STATUS_FAILED_TO_SUBSAMPLE,
     STATUS_SUCCESS,
     assemble_pair_input,
-    build_video_sample,
-    caption_problem,
-    choose_video_caption,
-    clean_caption,
     dedup_samples,
     extract_pairs,
     pair_key,
+)
+from m3w_pipeline.write.video_samples import (
+    STATUS_FAILED_TO_SUBSAMPLE,
+    build_video_sample,
+    choose_video_caption,
     unfetchable_reason,
     unfetchable_sample,
     video_candidates,

@@ -1,0 +1,415 @@
+"""Media references of a page: every image and video the parser must not lose, as an `ImageRef`/`VideoRef`.
+
+`rewrite_media` replaces each image-bearing element (``<img>``, ``<amp-img>``, ``<picture>``)
+and each real ``<video>`` with a placeholder ``<img src="http://m3w.invalid/i/N.png">`` that
+trafilatura always keeps, and records the full reference for N in a `MediaTable`:
+
+  * the image URL: the best srcset / ``<source>`` candidate (decodable formats first, then
+    width descriptors over densities, then size, `ExtractConfig.max_srcset_width` capped),
+    else the first lazy-loading attribute (``data-src`` and kin), else ``src`` unless it is a
+    lazy stand-in (pixel.gif, blank.png, ...); a lazy image with none falls back to the
+    ``<noscript><img>`` after it;
+  * images declared smaller than `min_declared_image_side` are dropped, emoji images become
+    their alt text, related-article teaser cards are dropped (`drop_teaser_images`);
+  * a ``<video>`` with playable sources becomes a `VideoRef` (mp4 first); a hidden or
+    image-only one is unwrapped so its images stay images;
+  * each media ``<figure>``'s ``<figcaption>`` text moves onto its refs (and into
+    `MediaTable.captions`, for the node builder to re-insert as text).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+from lxml.html import HtmlElement
+
+from m3w_pipeline.core.config import ExtractConfig
+from m3w_pipeline.core.nodes import ImageRef, VideoRef
+
+# Placeholders stand in for media while trafilatura runs: i = image, v = video, N = index in the MediaTable.
+_PLACEHOLDER = "http://m3w.invalid/{kind}/{index}.png"
+_PLACEHOLDER_PREFIX = "http://m3w.invalid/"
+PLACEHOLDER_RE = re.compile(r"http://m3w\.invalid/([iv])/(\d+)\.png")
+
+_LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-hi-res-src", "data-full-src")
+_LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset")
+# A src that is only a lazy-loading stand-in (used when no lazy URL is declared).
+_PLACEHOLDER_SRC_RE = re.compile(
+    r"/(?:pixel|blank|spacer|transparent|empty|placeholder|lazy|loading|grey|gray)[^/]*\.(?:gif|png|svg)$", re.IGNORECASE
+)
+# Inline emoji/smiley images: their alt text is part of the sentence, not an image node.
+_EMOJI_CLASS_RE = re.compile(r"\b(?:emoji|wp-smiley|emoticon)\b", re.IGNORECASE)
+# Formats Pillow cannot decode: a srcset/<source> candidate in one of these loses to any other.
+_UNDECODABLE_EXTS = frozenset({"svg", "svgz", "jxl", "heic", "heif", "pdf"})
+_UNDECODABLE_TYPES = frozenset({"image/svg+xml", "image/jxl", "image/heic", "image/heif"})
+_IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "avif", "bmp", "svg", "svgz", "ico", "tif", "tiff", "jxl", "heic", "heif"})
+_VIDEO_PREFERENCE = {"mp4": 0, "m4v": 0, "mov": 1, "webm": 1, "ogv": 2, "ogg": 2}
+_EXT_RE = re.compile(r"\.([a-z0-9]{2,5})$")
+_DISPLAY_NONE_RE = re.compile(r"display\s*:\s*none", re.IGNORECASE)
+_INT_ATTR_RE = re.compile(r"\s*(\d+)(?:\.\d*)?\s*(?:px)?\s*")
+# Characters left as-is when percent-encoding a URL (spaces, non-ASCII get encoded, % kept).
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+# srcset entry: a URL (non-space run not ending in a comma), then commas or " descriptor".
+_SRCSET_RE = re.compile(r"[\s,]*(\S*[^\s,])(?:,+|\s+([^,]*))?")
+_HAS_HOST_RE = re.compile(r"https?://[^/\s?#]")
+_WS_RE = re.compile(r"[\t\n\r]")
+
+
+@dataclass
+class RecordedMedia:
+    """One recorded placeholder: the reference plus the figure caption it carries."""
+
+    image: Optional[ImageRef] = None
+    video: Optional[VideoRef] = None
+    caption_group: Optional[int] = None  # media of one <figure> share a group
+
+
+@dataclass
+class MediaTable:
+    """What `rewrite_media` recorded: placeholder N of kind i/v is images[N] / videos[N]."""
+
+    images: list[RecordedMedia] = field(default_factory=list)
+    videos: list[RecordedMedia] = field(default_factory=list)
+    captions: dict[int, str] = field(default_factory=dict)  # caption_group -> text
+
+
+# --------------------------------------------------------------------------- attribute values
+
+
+def clean_text(value: Optional[str]) -> Optional[str]:
+    """An attribute or element text with whitespace collapsed; None when nothing is left."""
+    if not value:
+        return None
+    cleaned = " ".join(value.split())
+    return cleaned or None
+
+
+def absolute_url(raw: Optional[str], base: str) -> Optional[str]:
+    """Absolute http(s) URL for an attribute value, or None (data:, javascript:, junk)."""
+    if not raw:
+        return None
+    value = _WS_RE.sub("", raw.strip())
+    if not value or value.startswith(("data:", "javascript:", "about:", "blob:", "#")):
+        return None
+    if value.startswith(("http://", "https://")) and "/./" not in value and "/../" not in value:
+        return _encode_url(value) if len(value) < 4096 and _HAS_HOST_RE.match(value) else None
+    try:
+        resolved = _encode_url(urljoin(base, value))
+    except ValueError:
+        return None
+    return resolved if _HAS_HOST_RE.match(resolved) and len(resolved) < 4096 else None
+
+
+def _encode_url(url: str) -> str:
+    """Percent-encode spaces/non-ASCII in path and query (IDNA for the host), as browsers do."""
+    if url.isascii() and " " not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        try:
+            netloc = netloc.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    return urlunsplit((parts.scheme, netloc, *(quote(p, safe=_URL_SAFE) for p in (parts.path, parts.query, parts.fragment))))
+
+
+# --------------------------------------------------------------------------- media rewriting
+
+
+def rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig) -> MediaTable:
+    """Replace media elements by placeholders trafilatura keeps; record their refs in a table."""
+    table = MediaTable()
+    teasers = _TeaserCards(tree, url, config)
+    for video in list(tree.iter("video")):
+        _rewrite_video(video, base, table)
+    for picture in list(tree.iter("picture")):
+        if config.drop_teaser_images and teasers.is_teaser(picture):
+            _drop(picture)
+            continue
+        img = next(picture.iter("img"), None)
+        _rewrite_image(picture, img, list(picture.iter("source")), base, config, table)
+    for img in list(tree.iter("img", "amp-img")):
+        if (img.get("src") or "").startswith(_PLACEHOLDER_PREFIX):
+            continue
+        if _EMOJI_CLASS_RE.search(img.get("class") or ""):
+            _replace_with_text(img, clean_text(img.get("alt")) or "")
+            continue
+        if config.drop_teaser_images and teasers.is_teaser(img):
+            _drop(img)
+            continue
+        _rewrite_image(img, img, [], base, config, table)
+    _attach_figcaptions(tree, table)
+    return table
+
+
+class _TeaserCards:
+    """Finds related-article cards: an image linking to another page that a text link in the
+    same small, link-dense container also points to.
+
+    trafilatura keeps any block holding an image ("image container"), so without this the
+    thumbnails and titles of related-post lists leak into the main content. Text links are
+    indexed by href once, on the first linked image.
+    """
+
+    def __init__(self, tree: HtmlElement, url: str, config: ExtractConfig) -> None:
+        self.tree, self.url, self.config = tree, url, config
+        self.text_links: Optional[dict[str, list[HtmlElement]]] = None
+
+    def _index(self) -> dict[str, list[HtmlElement]]:
+        index: dict[str, list[HtmlElement]] = {}
+        for link in self.tree.iter("a"):
+            href = (link.get("href") or "").strip()
+            if href and link.text_content().strip():
+                index.setdefault(href, []).append(link)
+        return index
+
+    def is_teaser(self, elem: HtmlElement) -> bool:
+        link = next(elem.iterancestors("a"), None)
+        href = (link.get("href") or "").strip() if link is not None else ""
+        if not href or href.startswith("#") or href == self.url or url_ext(href) in _IMAGE_EXTS:
+            return False
+        if self.text_links is None:
+            self.text_links = self._index()
+        twins = self.text_links.get(href)
+        if not twins:
+            return False
+        container: Optional[HtmlElement] = link
+        for _ in range(self.config.teaser_max_depth + 1):
+            if container is None:
+                return False
+            if any(t is container or container in t.iterancestors() for t in twins):
+                total = len("".join(container.text_content().split()))
+                linked = sum(len("".join(a.text_content().split())) for a in container.iter("a"))
+                return total == 0 or linked >= self.config.teaser_link_density * total
+            container = container.getparent()
+        return False
+
+
+def _replace_with_placeholder(elem: HtmlElement, kind: str, index: int) -> None:
+    placeholder = elem.makeelement("img", {"src": _PLACEHOLDER.format(kind=kind, index=index)})
+    placeholder.tail = elem.tail
+    parent = elem.getparent()
+    if parent is not None:
+        parent.replace(elem, placeholder)
+
+
+def _replace_with_text(elem: HtmlElement, text: str) -> None:
+    """Remove an element, leaving `text` in its place (emoji images keep their alt text)."""
+    if elem.getparent() is not None:
+        elem.tail = text + (elem.tail or "")
+        elem.drop_tree()
+
+
+def _drop(elem: HtmlElement) -> None:
+    if elem.getparent() is not None:
+        elem.drop_tree()
+
+
+def _rewrite_image(
+    elem: HtmlElement,
+    img: Optional[HtmlElement],
+    sources: list[HtmlElement],
+    base: str,
+    config: ExtractConfig,
+    table: MediaTable,
+) -> None:
+    """Record an ImageRef for an <img>/<picture> and put a placeholder in its place.
+
+    A lazy image with no usable URL falls back to the <noscript><img> right after it.
+    """
+    ref = _image_ref(img, sources, base, config)
+    following = elem.getnext()
+    if ref is None and following is not None and following.tag == "noscript":
+        fallback = next(following.iter("img"), None)
+        ref = _image_ref(fallback, [], base, config) if fallback is not None else None
+        if ref is not None and ref.alt is None and img is not None:
+            ref.alt = clean_text(img.get("alt"))
+    if ref is None:
+        _drop(elem)
+        return
+    table.images.append(RecordedMedia(image=ref))
+    _replace_with_placeholder(elem, "i", len(table.images) - 1)
+
+
+def _image_ref(img: Optional[HtmlElement], sources: list[HtmlElement], base: str, config: ExtractConfig) -> Optional[ImageRef]:
+    attrs = img.attrib if img is not None else {}
+    width, height = _int_attr(attrs.get("width")), _int_attr(attrs.get("height"))
+    if any(side is not None and side < config.min_declared_image_side for side in (width, height)):
+        return None
+    url = _best_image_url(img, sources, base, config)
+    if url is None:
+        return None
+    return ImageRef(
+        url=url,
+        alt=clean_text(attrs.get("alt")),
+        title=clean_text(attrs.get("title")),
+        width_attr=width,
+        height_attr=height,
+    )
+
+
+def _int_attr(value: Optional[str]) -> Optional[int]:
+    if not value:
+        return None
+    match = _INT_ATTR_RE.fullmatch(value)
+    return int(match.group(1)) if match else None
+
+
+def _best_image_url(img: Optional[HtmlElement], sources: list[HtmlElement], base: str, config: ExtractConfig) -> Optional[str]:
+    """srcset/<source> best candidate, else the first lazy data-* URL, else a non-placeholder src."""
+    candidates: list[tuple[tuple[int, int, float], str]] = []
+    for elem in [*sources, *([img] if img is not None else [])]:
+        mime = (elem.get("type") or "").strip().lower()
+        for attr in _srcset_attrs(elem):
+            for raw, descriptor in _parse_srcset(elem.get(attr) or ""):
+                url = absolute_url(raw, base)
+                if url is not None:
+                    candidates.append((_candidate_rank(url, mime, descriptor, config), url))
+        if elem.tag == "source":
+            url = absolute_url(elem.get("src") or elem.get("data-src"), base)
+            if url is not None:
+                candidates.append((_candidate_rank(url, mime, "", config), url))
+    if candidates:
+        return max(candidates, key=lambda c: c[0])[1]
+    if img is None:
+        return None
+    for attr in _lazy_src_attrs(img):
+        url = absolute_url(img.get(attr), base)
+        if url is not None:
+            return url
+    url = absolute_url(img.get("src"), base)
+    return url if url is not None and not _PLACEHOLDER_SRC_RE.search(url) else None
+
+
+def _srcset_attrs(elem: HtmlElement) -> list[str]:
+    """Lazy srcset attributes (data-srcset, data-lazy-srcset, any data-*srcset) before srcset:
+    a lazy page's plain srcset is often a blurred preview."""
+    names = [a for a in elem.attrib if a.startswith("data-") and a.endswith("srcset")]
+    names.sort(key=lambda a: (_LAZY_SRCSET_ATTRS.index(a) if a in _LAZY_SRCSET_ATTRS else len(_LAZY_SRCSET_ATTRS)))
+    return [*names, "srcset"] if "srcset" in elem.attrib else names
+
+
+def _lazy_src_attrs(elem: HtmlElement) -> list[str]:
+    """Known lazy-loading URL attributes first, then any other data-*src / data-*original."""
+    known = [a for a in _LAZY_SRC_ATTRS if a in elem.attrib]
+    other = [
+        a for a in elem.attrib
+        if a.startswith("data-") and a not in known and (a.endswith("-src") or a.endswith("original")) and "srcset" not in a
+    ]
+    return known + other
+
+
+def _parse_srcset(value: str) -> list[tuple[str, str]]:
+    """(url, descriptor) pairs per the HTML srcset grammar (URLs may contain commas)."""
+    return [(m.group(1), m.group(2) or "") for m in _SRCSET_RE.finditer(value)]
+
+
+def _candidate_rank(url: str, mime: str, descriptor: str, config: ExtractConfig) -> tuple[int, int, float]:
+    """Sort key: decodable format first, then width descriptors over densities, then size."""
+    decodable = 0 if (mime in _UNDECODABLE_TYPES or url_ext(url) in _UNDECODABLE_EXTS) else 1
+    descriptor = descriptor.lower().split(" ")[0] if descriptor else ""
+    try:
+        if descriptor.endswith("w"):
+            width = float(descriptor[:-1])
+            cap = config.max_srcset_width
+            return decodable, 1, (width if not cap or width <= cap else -width)
+        if descriptor.endswith("x"):
+            return decodable, 0, float(descriptor[:-1])
+    except ValueError:
+        pass
+    return decodable, 0, 1.0
+
+
+def url_ext(url: str) -> str:
+    """The lower-case file extension of a URL's path ("" when there is none)."""
+    path = url.split("?", 1)[0].split("#", 1)[0].lower()
+    match = _EXT_RE.search(path)
+    return match.group(1) if match else ""
+
+
+def _rewrite_video(video: HtmlElement, base: str, table: MediaTable) -> None:
+    """A <video> with real video sources becomes a placeholder; a hidden or image-only one
+    (the IE9 picturefill hack) is unwrapped so the images inside it stay images."""
+    ref = None if _is_hidden(video) else _video_ref(video, base)
+    if ref is not None:
+        table.videos.append(RecordedMedia(video=ref))
+        _replace_with_placeholder(video, "v", len(table.videos) - 1)
+    elif video.getparent() is not None:
+        if next(video.iter("img", "picture", "source"), None) is not None:
+            video.text = None
+            video.drop_tag()
+        else:
+            video.drop_tree()
+
+
+def _is_hidden(elem: HtmlElement) -> bool:
+    return elem.get("hidden") is not None or bool(_DISPLAY_NONE_RE.search(elem.get("style") or ""))
+
+
+def _video_ref(video: HtmlElement, base: str) -> Optional[VideoRef]:
+    """VideoRef from src/<source src>; None when there is no playable (non-image) source."""
+    raw_sources = [(video.get("src") or video.get("data-src"), video.get("type"))]
+    raw_sources += [(s.get("src") or s.get("data-src"), s.get("type")) for s in video.iter("source")]
+    sources: list[str] = []
+    for raw, mime in raw_sources:
+        url = absolute_url(raw, base)
+        if url is None or (mime or "").strip().lower().startswith("image/") or url_ext(url) in _IMAGE_EXTS:
+            continue
+        if url not in sources:
+            sources.append(url)
+    if not sources:
+        return None
+    sources.sort(key=lambda u: _VIDEO_PREFERENCE.get(url_ext(u), 3))
+    tracks = _unique(absolute_url(t.get("src"), base) for t in video.iter("track"))
+    return VideoRef(
+        sources=sources,
+        poster=absolute_url(video.get("poster") or video.get("data-poster"), base),
+        tracks=tracks,
+        title=clean_text(video.get("title") or video.get("aria-label")),
+        origin="video-tag",
+    )
+
+
+def _unique(values: Iterable[Optional[str]]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
+
+
+def _attach_figcaptions(tree: HtmlElement, table: MediaTable) -> None:
+    """Move each media <figure>'s <figcaption> text onto its media refs; drop the element.
+
+    Inner figures first, so a nested figure's own caption wins over its parent's.
+    """
+    for group, figure in enumerate(reversed(list(tree.iter("figure")))):
+        captions = list(figure.iter("figcaption"))
+        if not captions:
+            continue
+        media = [placeholder_media(img, table) for img in figure.iter("img")]
+        media = [m for m in media if m is not None]
+        if not media:
+            continue
+        text = clean_text(" ".join(c.text_content() for c in captions))
+        for caption in captions:
+            _drop(caption)
+        if not text:
+            continue
+        table.captions[group] = text
+        for item in media:
+            if item.caption_group is None:
+                item.caption_group = group
+                if item.image is not None and item.image.caption is None:
+                    item.image.caption = text
+                if item.video is not None and item.video.caption is None:
+                    item.video.caption = text
+
+
+def placeholder_media(elem: Any, table: MediaTable) -> Optional[RecordedMedia]:
+    """The recorded media behind a placeholder <img>/<graphic>, or None for any other element."""
+    match = PLACEHOLDER_RE.fullmatch(elem.get("src") or "")
+    if match is None:
+        return None
+    items = table.images if match.group(1) == "i" else table.videos
+    index = int(match.group(2))
+    return items[index] if index < len(items) else None
