@@ -143,7 +143,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-steps", type=int, default=300, help="built-in LM pretraining steps")
     parser.add_argument("--vit-steps", type=int, default=300, help="built-in ViT contrastive pretraining steps")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sample crawl, data order and initialisation")
-    parser.add_argument("--mode", choices=["accumulate", "sample"], default="accumulate", help="mixing: every source every step (Flamingo) or one source per step by weight")
+    parser.add_argument("--mode", choices=["accumulate", "sample"], default="accumulate",
+                        help="mixing: every source every step (Flamingo) or one source per step by weight")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
