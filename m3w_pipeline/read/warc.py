@@ -105,7 +105,12 @@ _KEPT_HEADERS = ("content-type", "content-language", "x-robots-tag", "tdm-reserv
 
 
 def iter_warc(stream: BinaryIO, name: str, config: WarcConfig = WarcConfig()) -> Iterator[WarcItem]:
-    """Yield one item per record in `stream`, then at most one BrokenFile."""
+    """Yield one item per record in `stream`, then at most one BrokenFile.
+
+    Never raises on bad input: whatever stops the read (warcio, gzip, our decoding) ends the file
+    as one BrokenFile that counts the records before the break, and a record cut anywhere, of any
+    type, is reported, including a gzip member that ends before its trailer.
+    """
     records_read = 0
     problem: Optional[BrokenFile] = None
     try:
@@ -117,20 +122,44 @@ def iter_warc(stream: BinaryIO, name: str, config: WarcConfig = WarcConfig()) ->
                 return
             records_read += 1
             item = _classify(record, iterator, name, config)
-            # Offsets are only final once the record has been consumed.
-            if isinstance(item, DroppedRecord) and item.reason == "corrupt-record" and problem is None:
-                problem = BrokenFile(name, _problem_reason(item.detail), item.detail, records_read)
+            # Offsets and the member's end are only final once the record has been consumed.
+            if problem is None:
+                cut = _cut_detail(record, iterator)
+                if isinstance(item, DroppedRecord) and item.reason == "corrupt-record":
+                    problem = BrokenFile(name, _problem_reason(item.detail), item.detail, records_read)
+                elif cut:
+                    problem = BrokenFile(name, "record-cut-short", cut, records_read)
             yield item
+        # warcio ends quietly when the file stops inside a record's headers: bytes it consumed
+        # after the last whole record are a cut too.
+        leftover = iterator.fh.tell() - iterator.offset
+        if problem is None and leftover > 0:
+            problem = BrokenFile(name, "record-cut-short", f"{leftover} bytes after the last whole record do not form a record", records_read)
     except ArchiveLoadFailed as err:
         text = " ".join(str(err).split())
         reason = "not-per-record-gzip" if "non-chunked gzip" in text else "invalid-record"
         yield BrokenFile(name, reason, text[:300], records_read)
         return
-    except (OSError, EOFError, zlib.error, ValueError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         yield BrokenFile(name, "unreadable", f"{type(err).__name__}: {err}"[:300], records_read)
+        return
+    except Exception as err:  # noqa: BLE001 - warcio raises AttributeError, OverflowError, ValueError... on hostile headers
+        yield BrokenFile(name, "invalid-record", f"{type(err).__name__}: {err}"[:300], records_read)
         return
     if problem is not None:
         yield problem
+
+
+def _cut_detail(record, iterator) -> str:
+    """Why this consumed record is cut short, or "": its declared body ran past the end of the
+    file, or its gzip member ended before the gzip trailer (warcio raises on neither)."""
+    missing = getattr(record.raw_stream, "limit", 0)
+    if missing > 0:
+        return f"record cut short: {missing} of its declared bytes missing"
+    decompressor = getattr(iterator.reader, "decompressor", None)
+    if decompressor is not None and not getattr(decompressor, "eof", True):
+        return "record cut short: its gzip member ends before the gzip trailer"
+    return ""
 
 
 def _problem_reason(detail: str) -> str:
@@ -143,7 +172,10 @@ def _classify(record, iterator, name: str, config: WarcConfig) -> WarcItem:
     if rec_type not in ("response", "resource"):
         _drain(record)
         reason = rec_type if rec_type in SKIPPED_RECORD_TYPES else "other-record-type"
-        return DroppedRecord(reason, url, name, iterator.get_record_offset())
+        if getattr(record.raw_stream, "limit", 0) > 0:  # cut inside a request/metadata/warcinfo record
+            reason = "corrupt-record"
+        offset = iterator.get_record_offset()
+        return DroppedRecord(reason, url, name, offset, "record cut short: body ends early" if reason == "corrupt-record" else "")
 
     raw = record.raw_stream.read(max(config.max_page_bytes, config.max_media_bytes) + 1)
     too_large_stream = len(raw) > max(config.max_page_bytes, config.max_media_bytes)
@@ -183,7 +215,9 @@ def _classify(record, iterator, name: str, config: WarcConfig) -> WarcItem:
         return drop("too-large", "larger than max_media_bytes and max_page_bytes")
 
     try:
-        payload = decode_http_body(raw, http)
+        payload = decode_http_body(raw, http, max(config.max_page_bytes, config.max_media_bytes))
+    except BodyTooLarge as err:
+        return drop("too-large", str(err))
     except ValueError as err:
         return drop("corrupt-record", str(err))
 
@@ -211,41 +245,65 @@ def _drain(record) -> None:
         pass
 
 
-def decode_http_body(raw: bytes, http_headers) -> bytes:
-    """Undo Transfer-Encoding: chunked and Content-Encoding: gzip/deflate/br; raise ValueError if cut short."""
+class BodyTooLarge(ValueError):
+    """A Content-Encoding body inflates past the cap: counted as too-large, never held in memory whole."""
+
+
+def decode_http_body(raw: bytes, http_headers, max_bytes: int = 25_000_000) -> bytes:
+    """Undo Transfer-Encoding: chunked and every Content-Encoding (gzip, deflate, br, chained).
+
+    Each decoding step stops at `max_bytes` of output (BodyTooLarge), so a few hundred bytes of
+    compressed input cannot expand to gigabytes; a body cut short raises ValueError.
+    """
     if http_headers is None:
         return raw
     if "chunked" in (http_headers.get_header("Transfer-Encoding") or "").lower():
         raw = _dechunk(raw)
-    encoding = (http_headers.get_header("Content-Encoding") or "").strip().lower()
-    if encoding in ("gzip", "x-gzip"):
-        return _inflate(raw, 16 + zlib.MAX_WBITS, "gzip")
-    if encoding == "deflate":
-        try:
-            return _inflate(raw, zlib.MAX_WBITS, "deflate")
-        except ValueError:
-            return _inflate(raw, -zlib.MAX_WBITS, "deflate")  # raw deflate, as some servers send
-    if encoding == "br":
-        import brotli
-
-        try:
-            return brotli.decompress(raw)
-        except brotli.error as err:
-            raise ValueError(f"br content-encoding: {err}") from err
+    encodings = [e.strip().lower() for e in (http_headers.get_header("Content-Encoding") or "").split(",") if e.strip()]
+    for encoding in reversed(encodings):  # listed in the order they were applied
+        if encoding in ("gzip", "x-gzip"):
+            raw = _inflate(raw, 16 + zlib.MAX_WBITS, "gzip", max_bytes)
+        elif encoding == "deflate":
+            try:
+                raw = _inflate(raw, zlib.MAX_WBITS, "deflate", max_bytes)
+            except BodyTooLarge:
+                raise
+            except ValueError:
+                raw = _inflate(raw, -zlib.MAX_WBITS, "deflate", max_bytes)  # raw deflate, as some servers send
+        elif encoding == "br":
+            raw = _unbrotli(raw, max_bytes)
     return raw
 
 
-def _inflate(raw: bytes, wbits: int, label: str) -> bytes:
+def _inflate(raw: bytes, wbits: int, label: str, max_bytes: int) -> bytes:
     # Crawlers sometimes store the body already decoded while keeping the header.
     if label == "gzip" and not raw.startswith(b"\x1f\x8b"):
         return raw
     d = zlib.decompressobj(wbits)
     try:
-        out = d.decompress(raw) + d.flush()
+        out = d.decompress(raw, max_bytes + 1)
+        if len(out) > max_bytes or d.unconsumed_tail:
+            raise BodyTooLarge(f"{label} content-encoding inflates past {max_bytes} bytes")
+        out += d.flush()
     except zlib.error as err:
         raise ValueError(f"{label} content-encoding: {err}") from err
     if not d.eof:
         raise ValueError(f"{label} content-encoding ends early ({len(raw)} compressed bytes)")
+    return out
+
+
+def _unbrotli(raw: bytes, max_bytes: int) -> bytes:
+    import brotli
+
+    d = brotli.Decompressor()
+    try:
+        out = d.process(raw, output_buffer_limit=max_bytes + 1)
+    except brotli.error as err:
+        raise ValueError(f"br content-encoding: {err}") from err
+    if len(out) > max_bytes or not d.can_accept_more_data():
+        raise BodyTooLarge(f"br content-encoding inflates past {max_bytes} bytes")
+    if not d.is_finished():
+        raise ValueError(f"br content-encoding ends early ({len(raw)} compressed bytes)")
     return out
 
 
