@@ -29,7 +29,7 @@ from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import BuildConfig, ExtractConfig, FilterConfig, ImageConfig, WarcConfig
 from m3w_pipeline.core.document import Document, assemble_document, choose_record, document_key
 from m3w_pipeline.extract.optout import page_opt_out
-from m3w_pipeline.extract.page import extract_page
+from m3w_pipeline.extract.timed import ExtractTimeout, TimedExtractor
 from m3w_pipeline.filter.filters import M3WFilters, enough_images_after_dedup
 from m3w_pipeline.media.images import process_image
 from m3w_pipeline.read import warc as warc_lib
@@ -69,14 +69,24 @@ class ReadWarcFn(CountingFn):
 
 
 class ExtractFn(CountingFn):
-    """Page -> (doc key, (ExtractedPage, Provenance, images opt-out)); the one parse of each page. Stage `pages`."""
+    """Page -> (doc key, (ExtractedPage, Provenance, images opt-out)); the one parse of each page, within
+    `extract.timeout_s` (a warm child process per DoFn instance). Stage `pages`."""
 
     def __init__(self, config: ExtractConfig):
         self.config = config
 
+    def setup(self) -> None:
+        self.extractor = TimedExtractor(self.config)
+
+    def teardown(self) -> None:
+        self.extractor.close()
+
     def step(self, page: warc_lib.Page, tally: Tally) -> Iterator[Any]:
         try:
-            extracted = extract_page(page.html, page.url, self.config)
+            extracted = self.extractor.extract(page.html, page.url)
+        except ExtractTimeout:
+            tally.add("pages", "extract-timeout")
+            return
         except Exception:  # noqa: BLE001 - the extractor is meant never to raise; if it does, the page is counted, not lost
             tally.add("pages", "extract-error")
             return
