@@ -1,6 +1,7 @@
 """Build entry point: parse our options, pass every other flag to Beam, run, return the manifest."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any, Optional, Sequence
@@ -16,6 +17,7 @@ from m3w_pipeline.core.config import BuildConfig
 # The embedded runner the DirectRunner itself would choose for a batch job. Naming it
 # skips the DirectRunner's attempt to download the Prism runner, which fails offline.
 DEFAULT_RUNNER = "FnApiRunner"
+logger = logging.getLogger(__name__)
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -28,7 +30,8 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
 
 
 def finished_manifest(output_dir: str, inputs: list[str], config: BuildConfig) -> Optional[dict[str, Any]]:
-    """The existing manifest when OUTPUT already holds this exact build (same inputs and config)."""
+    """The existing manifest when OUTPUT already holds this exact build (same inputs and config) and
+    every file it lists is there, whole: same size and sha256. Otherwise None, saying why."""
     path = fsio.join(output_dir, MANIFEST_NAME)
     if not fsio.exists(path):
         return None
@@ -38,7 +41,38 @@ def finished_manifest(output_dir: str, inputs: list[str], config: BuildConfig) -
         return None
     # Compare as JSON: tuples in the config come back from the manifest as lists.
     same = manifest.get("inputs") == sorted(inputs) and manifest.get("config") == json.loads(json.dumps(config.to_dict()))
-    return manifest if same and manifest.get("reconciles") else None
+    if not (same and manifest.get("reconciles")):
+        return None
+    problems = output_problems(output_dir, manifest)
+    if problems:
+        logger.warning("%s holds this build, but %s: rebuilding", output_dir, "; ".join(problems[:5]))
+        return None
+    return manifest
+
+
+def output_problems(output_dir: str, manifest: dict[str, Any]) -> list[str]:
+    """Every file the manifest lists that is missing, of another size or another sha256."""
+    expected = [(f"{s['name']}.{kind}", s.get(f"{kind}_bytes"), s.get(f"{kind}_sha256"))
+                for s in manifest.get("shards", []) for kind in ("tar", "parquet")]
+    expected += [(name, None, None) for name in [*manifest.get("other_files", []), *manifest.get("fetch_status_files", [])]]
+    problems = []
+    for name, size, sha in expected:
+        path = fsio.join(output_dir, name)
+        if not fsio.exists(path):
+            problems.append(f"{name} is missing")
+            continue
+        if size is None and sha is None:
+            continue
+        digest, n = hashlib.sha256(), 0
+        with fsio.open_input(path) as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+                n += len(chunk)
+        if size is not None and n != size:
+            problems.append(f"{name} has {n} bytes, not {size}")
+        elif sha is not None and digest.hexdigest() != sha:
+            problems.append(f"{name} has another sha256")
+    return problems
 
 
 def run_build(

@@ -231,7 +231,7 @@ class _QuietBeam(logging.Filter):
 
 def _configure_logging(verbose: bool) -> None:
     # Set up before Beam is imported: its import-time warning otherwise configures the root logger itself.
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietBeam())

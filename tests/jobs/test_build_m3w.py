@@ -211,3 +211,23 @@ def test_sample_crawl_build_matches_the_generators_truth(sample_build, sample_cr
     assert m["reconciles"] and m["stages"]["records"]["dropped"]["http-status"] == 2  # the 404 and the 301
     broken = sample_crawl.broken_record
     assert [(Path(b["warc_file"]).name, b["reason"]) for b in m["broken_files"]] == [(broken.warc_path.name, "record-cut-short")]
+
+
+@pytest.mark.parametrize("damage", ["delete-tar", "flip-byte"])  # a missing file; same size, another sha256
+def test_rerun_verifies_the_files_before_it_skips(tmp_path, damage, caplog):
+    out = tmp_path / "out"
+    inputs = [str(GOV_UK)]
+    first = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")
+    intact = {p.name: p.read_bytes() for p in out.iterdir()}
+    tar, parquet = out / f"{first['shards'][-1]['name']}.tar", out / f"{first['shards'][-1]['name']}.parquet"
+    if damage == "delete-tar":
+        tar.unlink()
+    else:
+        data = bytearray(parquet.read_bytes())
+        data[len(data) // 2] ^= 1
+        parquet.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="beam_jobs.runner"):
+        again = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")
+    assert "skipped" not in again  # rebuilt, not skipped
+    assert "rebuilding" in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == intact  # the rebuild restores every byte
