@@ -1,10 +1,11 @@
 """Beam wiring for media fetching: distinct media URLs -> fetched, processed media per reference.
 
-    refs (url, (doc key, node index))
+    refs (url, (doc key, node index, rank, fallbacks))  the best candidate of each node the crawl lacks
       -> GroupByKey(url)                 one element per distinct URL
       -> BatchElements                   a batch keeps every fetch thread of a worker busy
-      -> FetchMediaFn                    fetch each URL once, process_image once, fan out to refs
-           main:          (doc key, (node index, ImageResult))  for every ref
+      -> FetchMediaFn                    fetch each URL once, process_image once, fan out to refs;
+                                         a failed fetch sends its refs on to their next candidate
+           main:          (doc key, (node index, rank, ImageResult))  for every ref
            "fetch_status": one status row per URL (schemas/fetch_status.arrow.json)
            "counts":       fetch/in and fetch/<status> per URL
 
@@ -29,7 +30,7 @@ FETCH_STATUS = "fetch_status"
 FETCH_STAGE = "fetch"
 UNRESOLVED = "unresolved"  # the output tag of resolve DoFns for URLs no record holds: (url, refs)
 
-Ref = tuple  # (doc key, node index) for images; any tuple for other media
+Ref = tuple  # (doc key, node index, candidate rank, fallback (rank, url)s) for images; any tuple for other media
 
 
 def _merge_refs(batch: Iterable[tuple[str, Iterable[Ref]]]) -> dict[str, list[Ref]]:
@@ -92,7 +93,10 @@ class FetchFn(beam.DoFn):
         if self._fetcher is None:  # runners call setup first; this keeps direct calls working
             self.setup()
         assert self._fetcher is not None
-        refs_by_url = _merge_refs(_as_batch(element))
+        yield from self.fetch_and_count(_merge_refs(_as_batch(element)))
+
+    def fetch_and_count(self, refs_by_url: dict[str, list[Ref]]) -> Iterator[Any]:
+        assert self._fetcher is not None
         for fetched in self._fetcher.fetch_many(refs_by_url):
             refs = refs_by_url[fetched.url]
             wanted = self.wanted_kinds(refs)
@@ -117,9 +121,17 @@ class FetchMediaFn(FetchFn):
         return ("image", "video")  # a video body fails in process_image, counted there
 
     def results(self, fetched: FetchResult, refs: list[Ref]) -> Iterator[Any]:
+        """A result per ref; refs whose best candidate failed try their next candidates, in order."""
         result = image_result_for(fetched, self.image_config)
-        for doc_key, node_index in refs:
-            yield (doc_key, (node_index, result))
+        retry: dict[str, list[Ref]] = {}
+        for doc_key, node_index, rank, fallbacks in refs:
+            if result.image is None and fallbacks:
+                (next_rank, next_url), rest = fallbacks[0], tuple(fallbacks[1:])
+                retry.setdefault(next_url, []).append((doc_key, node_index, next_rank, rest))
+            else:
+                yield (doc_key, (node_index, rank, result))
+        if retry:
+            yield from self.fetch_and_count(retry)
 
 
 def fetch_batches(

@@ -1,8 +1,9 @@
 """The corpus build as a Beam pipeline: a list of named stages over `m3w_pipeline` functions.
 
     WARC files -> ReadWarc -> pages -> Extract ------------------------------------+
-                           -> media records (by URL) -+                             |
-                              image refs (by URL) ----+-> ResolveImages (once per URL; FetchMedia for the rest)
+                           -> media records (by URL) ---------------------------+     |
+                              every candidate URL of every image + URLs held ---+-> ChooseCandidate (per node, URLs only)
+                              chosen URL (by URL) + media records -> ResolveImages (once per URL; FetchMedia for the rest)
                                                                                     |
     JoinByDocument (page + its image results) -> AssembleAndFilter -> M3W: Dedup -> FinalImageCheck -> shards
                                               -> AssemblePairInputs -> pairs (ALIGN, LTIP) and video corpora
@@ -27,7 +28,7 @@ from beam_jobs.outputs import Corpus, write_m3w_shards, write_manifests
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
 from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import BuildConfig, ExtractConfig, FilterConfig, ImageConfig, WarcConfig
-from m3w_pipeline.core.document import Document, assemble_document, choose_record, document_key
+from m3w_pipeline.core.document import Document, assemble_document, choose_candidates, choose_record, document_key, image_candidates
 from m3w_pipeline.extract.optout import page_opt_out
 from m3w_pipeline.extract.timed import ExtractTimeout, TimedExtractor
 from m3w_pipeline.filter.filters import M3WFilters, enough_images_after_dedup
@@ -97,26 +98,46 @@ class ExtractFn(CountingFn):
             yield (document_key(page.url, page.provenance), (extracted, page.provenance, opt_out.images))
 
 
-def image_refs(keyed_doc: tuple[str, Any]) -> Iterator[tuple[str, tuple[str, int]]]:
-    """(doc key, page) -> (normalised image URL, (doc key, node index)) per image node we may use."""
+def image_refs(keyed_doc: tuple[str, Any]) -> Iterator[tuple[str, tuple[str, int, int]]]:
+    """(doc key, page) -> (normalised candidate URL, (doc key, node index, candidate rank)) for every
+    candidate URL of every image node we may use: the crawl may hold any of them."""
     key, (page, _, images_opted_out) = keyed_doc
     if images_opted_out:
         return
     for index, node in enumerate(page.nodes):
         if node.type == "image" and node.image is not None:
-            yield (warc_lib.normalize_url(node.image.url), (key, index))
+            for rank, url in enumerate(image_candidates(node.image)):
+                yield (warc_lib.normalize_url(url), (key, index, rank))
+
+
+def candidate_presence(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[tuple[str, int], tuple[int, str, bool]]]:
+    """(candidate URL, {refs, held}) -> ((doc key, node index), (rank, URL, whether the crawl holds it)) per ref."""
+    url, grouped = element
+    held = bool(list(grouped["held"]))
+    for key, index, rank in grouped["refs"]:
+        yield ((key, index), (rank, url, held))
+
+
+def choose_candidate(element: tuple[tuple[str, int], Iterable[tuple[int, str, bool]]]) -> Iterator[Any]:
+    """Per image node: the best-ranked candidate the crawl holds -> (URL, (doc key, node index, rank));
+    none held -> UNRESOLVED (best URL, (doc key, node index, rank, fallback (rank, URL)s)) for the fetcher."""
+    (key, index), options = element
+    options = sorted(options)
+    held = [(rank, url) for rank, url, present in options if present]
+    if held:
+        rank, url = held[0]
+        yield (url, (key, index, rank))
+    else:
+        (rank, url), fallbacks = options[0][:2], tuple((r, u) for r, u, _ in options[1:])
+        yield TaggedOutput(UNRESOLVED, (url, (key, index, rank, fallbacks)))
 
 
 class ResolveImagesFn(CountingFn):
-    """Per URL: choose one media record, process it once, hand the result to every referencing node.
+    """Per URL: choose one media record, process it once, hand the result to every node that chose
+    this URL. Records no node chose are counted as unreferenced. Stage `media_records`."""
 
-    A URL no record holds goes to the UNRESOLVED output (for the fetch stage) when fetching
-    is on; otherwise its refs stay missing. Stage `media_records`.
-    """
-
-    def __init__(self, config: ImageConfig, fetch: bool = False):
+    def __init__(self, config: ImageConfig):
         self.config = config
-        self.fetch = fetch
 
     def step(self, element: tuple[str, dict[str, Iterable[Any]]], tally: Tally) -> Iterator[Any]:
         url, grouped = element
@@ -126,10 +147,8 @@ class ResolveImagesFn(CountingFn):
             record = choose_record(records, bool(refs), "media_records", tally)
             if refs:
                 result = process_image(record.data, self.config)
-                for doc_key, node_index in refs:
-                    yield (doc_key, (node_index, result))
-        elif refs and self.fetch:
-            yield TaggedOutput(UNRESOLVED, (url, refs))
+                for doc_key, node_index, rank in refs:
+                    yield (doc_key, (node_index, rank, result))
 
 
 class AssembleFn(CountingFn):
@@ -144,7 +163,8 @@ class AssembleFn(CountingFn):
     def step(self, element: tuple[str, dict[str, Iterable[Any]]], tally: Tally) -> Iterator[Document]:
         key, grouped = element
         for page, provenance, images_opted_out in list(grouped["page"])[:1]:  # image results exist only for extracted pages
-            doc, outcomes = assemble_document(key, page, provenance, dict(grouped["images"]), images_opted_out)
+            page, results = choose_candidates(page, grouped["images"])
+            doc, outcomes = assemble_document(key, page, provenance, results, images_opted_out)
             tally.add_all("image_refs", outcomes)
             kept = self.filters(doc, tally)
             if kept is not None:
@@ -173,12 +193,22 @@ def corpus_dirs(corpus: str, output_dir: str) -> dict[str, str]:
 def resolve_images(steps: CountedSteps, pages: beam.PCollection, media: beam.PCollection,
                    config: BuildConfig) -> tuple[beam.PCollection, Optional[beam.PCollection]]:
     """(doc key, (node index, ImageResult)) for every image ref, and the fetch status rows when fetching is on."""
-    refs = pages | "ImageRefs" >> beam.FlatMap(image_refs)
-    joined = {"refs": refs, "media": media} | "JoinMediaByUrl" >> beam.CoGroupByKey()
-    resolved = steps(joined, "ResolveImages", ResolveImagesFn(config.image, config.fetch.enabled), UNRESOLVED, main="images")
+    # Which candidate each node uses is decided on URLs alone, before any bytes move or decode.
+    candidates = pages | "ImageCandidates" >> beam.FlatMap(image_refs)
+    held = media | "HeldUrls" >> beam.Map(lambda kv: (kv[0], True)) | "DistinctHeld" >> beam.Distinct()
+    chosen = (
+        {"refs": candidates, "held": held}
+        | "JoinCandidatesWithCrawl" >> beam.CoGroupByKey()
+        | "CandidatesByNode" >> beam.FlatMap(candidate_presence)
+        | "GroupByNode" >> beam.GroupByKey()
+        | "ChooseCandidate" >> beam.FlatMap(choose_candidate).with_outputs(UNRESOLVED, main="refs")
+    )
+    joined = {"refs": chosen.refs, "media": media} | "JoinMediaByUrl" >> beam.CoGroupByKey()
+    resolved = steps(joined, "ResolveImages", ResolveImagesFn(config.image), main="images")
     if not config.fetch.enabled:
         return resolved.images, None
-    fetched = fetch_batches(resolved[UNRESOLVED], FetchMediaFn(config.fetch, config.image), "FetchMedia")
+    unresolved = chosen[UNRESOLVED] | "GroupByBestUrl" >> beam.GroupByKey() | "SortRefs" >> beam.MapTuple(lambda url, refs: (url, sorted(refs)))
+    fetched = fetch_batches(unresolved, FetchMediaFn(config.fetch, config.image), "FetchMedia")
     steps.add(fetched[COUNTS])
     return (resolved.images, fetched.images) | "AllImageResults" >> beam.Flatten(), fetched[FETCH_STATUS]
 

@@ -35,7 +35,7 @@ from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batch
 from beam_jobs.outputs import Corpus, n_shards, shard_of, write_shard_files
 from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import BuildConfig, FetchConfig, ImageConfig, PairConfig, VideoConfig
-from m3w_pipeline.core.document import choose_record
+from m3w_pipeline.core.document import choose_candidates, choose_record
 from m3w_pipeline.media.fetch import FetchResult
 from m3w_pipeline.media.images import ImageResult
 from m3w_pipeline.media.video import VideoResult, media_kind, process_video, webvtt_text
@@ -79,7 +79,8 @@ class AssemblePairInputsFn(beam.DoFn):
         key, grouped = element
         for value in list(grouped["page"])[:1]:  # none cannot happen: results exist only for pages
             page, provenance, opted_out = (tuple(value) + (None,))[:3]  # (page, provenance[, images opt-out])
-            results: dict[int, Optional[ImageResult]] = {} if opted_out else dict(grouped["images"])
+            page, chosen = choose_candidates(page, grouped["images"])
+            results: dict[int, Optional[ImageResult]] = {} if opted_out else dict(chosen)
             yield assemble_pair_input(key, page, provenance, results, opted_out)
 
 

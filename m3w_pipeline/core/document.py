@@ -9,7 +9,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Optional, Sequence, TypeVar
+from typing import Iterable, Optional, Sequence, TypeVar
 
 from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, VideoRef
@@ -112,6 +112,31 @@ def choose_record(records: Sequence[Record], referenced: bool, stage: str, tally
     tally.add(stage, "duplicate-url", len(duplicates))
     tally.add(stage, "used" if referenced else "unreferenced")
     return chosen
+
+
+def image_candidates(ref: ImageRef) -> list[str]:
+    """Every URL of the picture, best first, without repeats: the join and the fetcher try them in this order."""
+    return list(dict.fromkeys([ref.url, *ref.candidates]))
+
+
+def choose_candidates(page: ExtractedPage, entries: Iterable[tuple[int, int, ImageResult]]) -> tuple[ExtractedPage, dict[int, ImageResult]]:
+    """(node index, candidate rank, result) for whatever candidates the crawl or the fetcher had ->
+    one result per image node: the best-ranked candidate that decoded, else the best-ranked failure.
+
+    A node resolved through a candidate other than its first takes that candidate's URL, so the
+    document names the bytes it holds (an archive often has only the variant the browser loaded).
+    """
+    best: dict[int, tuple[bool, int, ImageResult]] = {}
+    for index, rank, result in entries:
+        option = (result.image is None, rank, result)
+        if index not in best or option[:2] < best[index][:2]:
+            best[index] = option
+    nodes = list(page.nodes)
+    for index, (_, rank, _) in best.items():
+        if rank > 0 and nodes[index].image is not None:
+            image = nodes[index].image
+            nodes[index] = replace(nodes[index], image=replace(image, url=image_candidates(image)[rank]))
+    return replace(page, nodes=nodes), {index: result for index, (_, _, result) in best.items()}
 
 
 def assemble_document(

@@ -13,7 +13,7 @@ import webdataset as wds
 from conftest import CORPUS, build
 from PIL import Image
 
-import beam_jobs.m3w_job as m3w_job
+import m3w_pipeline.extract.page as page_module
 from helpers.warc_builder import response, write_warc
 from m3w_pipeline.extract.page import extract_page
 
@@ -75,11 +75,13 @@ def all_build(tmp_path_factory):
     crawl = write_warc(tmp / "html-and-video.warc.gz", records)
 
     calls: Counter = Counter()
-    real = m3w_job.extract_page
     mp = pytest.MonkeyPatch()
-    mp.setattr(m3w_job, "extract_page", lambda html, url, config: (calls.update([url]), real(html, url, config))[1])
+    # extraction in-process (no time budget), so the calls can be counted here
+    (tmp / "in-process.toml").write_text("[extract]\ntimeout_s = 0.0\n")
+    mp.setattr(page_module, "extract_page", lambda html, url, config: (calls.update([url]), extract_page(html, url, config))[1])
     try:
-        manifests = build("all", [str(crawl), str(CORPUS / "warc" / "*")], tmp / "out", "--min-words", "10")
+        manifests = build("all", [str(crawl), str(CORPUS / "warc" / "*")], tmp / "out", "--min-words", "10",
+                          "--config", str(tmp / "in-process.toml"))
     finally:
         mp.undo()
     return tmp / "out", manifests, calls

@@ -638,14 +638,18 @@ def test_fetch_media_fn_in_a_beam_pipeline(server):
     good = [f"http://media.test/img/beam{i}.png?w=200&h=150" for i in range(3)]
     bad = {"http://media.test/status/404?beam": "fetch-http-4xx", "http://media.test/page.html?ct=image/png&beam": "fetch-not-media",
            "http://media.test/img/tiny.png?w=20&h=20": "too-small"}
-    refs = [(url, (f"doc{d}", n)) for d in range(5) for n, url in enumerate(good + list(bad))]
-    expected = sorted((key, node, bad.get(url, "ok")) for url, (key, node) in refs)
+    refs = [(url, (f"doc{d}", n, 0, ())) for d in range(5) for n, url in enumerate(good + list(bad))]
+    # a node whose best candidate is missing falls back to its next candidate, fetched once for both docs
+    fallback = "http://media.test/img/fallback.png?w=120&h=90"
+    refs += [("http://media.test/status/404?best", (f"doc{d}", 9, 0, ((2, fallback),))) for d in range(2)]
+    expected = sorted((key, node, rank, bad.get(url, "ok")) for url, (key, node, rank, _) in refs if node != 9)
+    expected += [(f"doc{d}", 9, 2, "ok") for d in range(2)]
     fetch_config = config(server, max_retries=0)
 
     def summarise(element):
-        key, (node, result) = element
+        key, (node, rank, result) = element
         assert (result.image is not None) == (result.reason == "ok")
-        return key, node, result.reason
+        return key, node, rank, result.reason
 
     pipeline = beam.Pipeline(runner="FnApiRunner")
     outputs = fetch_media(pipeline | beam.Create(refs), fetch_config, ImageConfig(), min_batch_size=2, max_batch_size=4)
@@ -653,11 +657,12 @@ def test_fetch_media_fn_in_a_beam_pipeline(server):
     statuses = outputs[FETCH_STATUS] | beam.Map(lambda row: (row["url"], row["status"]))
     expected_statuses = [(u, "ok") for u in good]
     expected_statuses += [(u, reason.removeprefix("fetch-") if reason.startswith("fetch-") else "ok") for u, reason in bad.items()]
+    expected_statuses += [("http://media.test/status/404?best", "http-4xx"), (fallback, "ok")]
     assert_that(statuses, equal_to(expected_statuses), label="statuses")
     result = pipeline.run()
     result.wait_until_finish()
 
-    for url in good + list(bad):  # 5 documents reference each URL; it was requested once
+    for url in good + list(bad) + [fallback]:  # several documents reference each URL; it was requested once
         assert server.count(url.removeprefix("http://media.test")) == 1, url
     counters = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter().with_namespace("m3w.fetch"))["counters"]}
-    assert counters == {"in": 6, "ok": 4, "http-4xx": 1, "not-media": 1}
+    assert counters == {"in": 8, "ok": 5, "http-4xx": 2, "not-media": 1}
