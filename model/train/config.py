@@ -43,7 +43,7 @@ class SourceConfig:
     urls: list[str]
     weight: float = 1.0  # accumulate: loss weight; sample: relative draw probability
     batch_size: int = 8
-    max_tokens: int = 256  # tokens per sequence, after truncation (see model/data.py)
+    max_tokens: int = 256  # tokens per sequence, after truncation (see model/train/samples.py)
     max_images: int = 5  # m3w: images per sequence (Flamingo: 5)
     min_images: int = 1  # m3w: sequences with fewer images are skipped (counted as no_media)
     max_frames: int = 8  # video: frames per clip, evenly spaced (Flamingo trains on 8)
@@ -88,7 +88,7 @@ class DataConfig:
             raise ValueError(f"data.sources: need at least one source and unique names, got {names}")
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
-        if not any(s.weight > 0 for s in self.sources):  # nothing would train (see model/mixing.py)
+        if not any(s.weight > 0 for s in self.sources):  # nothing would train (see model/train/mixing.py)
             raise ValueError(f"data.sources: every weight is 0 ({', '.join(names)}): at least one must be positive")
 
 
@@ -111,7 +111,7 @@ class EvalConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
-    weight_decay: float = 0.1  # on weight matrices only; see model/train.py `param_groups`
+    weight_decay: float = 0.1  # on weight matrices only; see model/train/step.py `param_groups`
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 100  # linear from 0

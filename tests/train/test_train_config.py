@@ -1,4 +1,4 @@
-"""Training config (model/train_config.py): TOML and YAML, strict keys and types, overrides, round trip."""
+"""Training config (model/train/config.py): TOML and YAML, strict keys and types, overrides, round trip."""
 
 from __future__ import annotations
 

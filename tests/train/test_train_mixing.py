@@ -1,4 +1,4 @@
-"""Mixing (model/mixing.py) and the accumulate step (model/train.py): gradients, clipping, sampling."""
+"""Mixing (model/train/mixing.py) and the accumulate step (model/train/step.py): gradients, clipping, sampling."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from test_data_shards import TINY_MODEL, tiny_corpus
 from model.config import FlamingoConfig
 from model.factory import build_flamingo
 from model.train.config import SourceConfig
-from model.train.data import ImageSpec, SourceLoader
-from model.train.loop import Runtime, accumulate_gradients, forward_loss_sum, optimizer_step
+from model.train.data import SourceLoader
 from model.train.mixing import Mixer, StepPlan
+from model.train.samples import ImageSpec
+from model.train.step import Runtime, accumulate_gradients, forward_loss_sum, optimizer_step
 
 
 def _setup(tmp_path, weights, accum=None):

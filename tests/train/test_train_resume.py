@@ -1,4 +1,4 @@
-"""Checkpoints and resume (model/train.py): bit-exact continuation in a new process, strictness, atomicity."""
+"""Checkpoints and resume (model/train/state.py, loop.py): bit-exact continuation in a new process, strictness, atomicity."""
 
 from __future__ import annotations
 
@@ -16,16 +16,9 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import FlamingoConfig
 from model.factory import build_flamingo
 from model.train.config import TrainConfig, dump_toml
-from model.train.loop import (
-    TRAINER_STATE,
-    build_model,
-    build_optimizer,
-    latest_checkpoint,
-    load_training_state,
-    lr_lambda,
-    save_training_state,
-    train,
-)
+from model.train.loop import train
+from model.train.state import TRAINER_STATE, TrainState, latest_checkpoint
+from model.train.step import build_optimizer, lr_lambda
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,11 +134,12 @@ def test_resume_with_the_same_config_restores_the_optimizer_exactly(tmp_path, ca
     cfg = TrainConfig.from_dict(data)
     saved = torch.load(train(cfg).checkpoint / TRAINER_STATE, weights_only=True)
 
-    model, _ = build_model(cfg)
+    model, tok = build_flamingo(cfg.model)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.run.steps)
     path = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    state = load_training_state(path, model, optimizer, scheduler, cfg, world_size=1)
-    assert state["optim_changes"] == {}
+    state = TrainState(model, tok, optimizer, scheduler)
+    assert state.load(path, cfg, world_size=1) == {}  # no optimizer setting differs
+    assert state.step == 2
     loaded = optimizer.state_dict()
     assert loaded["param_groups"] == saved["optimizer"]["param_groups"]  # lr, initial_lr, betas, ...: exact floats
     assert loaded["state"].keys() == saved["optimizer"]["state"].keys()
@@ -173,7 +167,7 @@ def test_checkpoint_write_removes_stale_temporaries_and_makes_the_pointer_durabl
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
                                                  fsync(fd)))
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b)))
-    final = save_training_state(root, 2, model, tok, optimizer, scheduler, [{}], [{}], cfg, keep=2)
+    final = TrainState(model, tok, optimizer, scheduler, step=2, loader=[{}], rng=[{}]).save(root, cfg, keep=2)
 
     assert not crashed.exists() and mine.is_dir() and (root / ".notes").is_dir()  # only other pids' temporaries
     assert (root / "latest").read_text() == final.name
