@@ -111,6 +111,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     bar = tqdm(total=cfg.run.steps, initial=state.step, disable=not (master and cfg.run.progress), file=sys.stderr,
                dynamic_ncols=True, desc="train", mininterval=2.0)
     log = MetricsLog(out_dir / "metrics.jsonl", master, bar if master and cfg.run.progress else None)
+    dropped = log.start_at(state.step)
+    if dropped:
+        print(f"m3w train: {log.path}: dropped {dropped} lines of steps after {state.step} (an earlier run's, past "
+              "the checkpoint this run starts from)", file=sys.stderr)
     losses: list[tuple[int, float]] = []
     evals: list[dict[str, Any]] = []
     window = Window(cfg.data.sources)

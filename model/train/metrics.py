@@ -16,6 +16,7 @@ N x `batches` batches, each rank on its share of the set.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,35 @@ SUMMED_STATS = ("tokens", "pad", "media", "frames")  # per source, summed over r
 
 
 class MetricsLog:
-    """metrics.jsonl (rank 0) + one terminal line per record under the progress bar."""
+    """metrics.jsonl (rank 0) + one terminal line per record under the progress bar.
+
+    Every step's records appear once: a run that starts at step k (0, or the checkpoint it resumes
+    from) first drops the records of later steps, which a run that died after its last checkpoint
+    had already written, and a last line torn by the crash (`start_at`)."""
 
     def __init__(self, path: Path, enabled: bool, bar: Any) -> None:
         self.path, self.enabled, self.bar = path, enabled, bar
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
+
+    def start_at(self, step: int) -> int:
+        """Keep only the records of steps <= `step` (rewritten atomically); returns how many lines went."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept: list[str] = []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for line in lines:
+            try:
+                record_step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                continue  # torn by a crash mid-write
+            if isinstance(record_step, int) and record_step <= step:
+                kept.append(line + "\n")
+        if len(kept) < len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        return len(lines) - len(kept)
 
     def write(self, record: dict[str, Any], line: str | None = None) -> None:
         if not self.enabled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,31 @@ def test_checkpoint_write_removes_stale_temporaries_and_makes_the_pointer_durabl
     latest = events.index(("replace", str(root / "latest")))
     assert ("fsync", str(root / ".latest.tmp")) in events[:latest]  # the pointer's content, before the rename
     assert ("fsync", str(root.resolve())) in events[latest + 1:]  # the rename itself
+
+
+def test_resume_after_a_crash_logs_every_step_once(tmp_path, capsys):
+    """Issue 11: a run killed after logging steps past its last checkpoint, then resumed: metrics.jsonl
+    holds every step once, with the values of a run that never stopped."""
+    corpus = tiny_corpus(tmp_path / "data")
+    straight = tiny_train_dict(tmp_path / "straight", corpus, steps=6, checkpoint_every=3)  # log every step, eval every 2
+    train(TrainConfig.from_dict(straight))
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=6, checkpoint_every=3, stop_at=5)
+    train(TrainConfig.from_dict(data))
+    root = tmp_path / "run" / "checkpoints"
+    # the crash: steps 4 and 5 (and evaluations at 4 and 5) logged, the checkpoint at 5 never written,
+    # and the last line torn mid-write
+    shutil.rmtree(root / "step-00000005")
+    (root / "latest").write_text("step-00000003")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a", encoding="utf-8") as f:
+        f.write('{"step": 6, "loss": 5.9')
+    capsys.readouterr()
+    del data["run"]["stop_at"]
+    train(TrainConfig.from_dict(data))
+
+    err = capsys.readouterr().err
+    assert "dropped 5 lines of steps after 3" in err, err  # steps 4 and 5, evaluations at 4 and 5, the torn line
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" not in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "eval" in r] == [2, 4, 6]
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")  # and the values of the run that never stopped
