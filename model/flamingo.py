@@ -106,10 +106,19 @@ class PerceiverResampler(nn.Module):
         stretched = F.interpolate(self.time_emb.T[None], size=n_frames, mode="linear", align_corners=True)
         return stretched[0].T
 
+    def clip_time_embeddings(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """(n, T, dim): each clip's time embeddings for its own frame count (real frames first,
+        padding rows zero), so a clip is encoded the same whatever it is batched with."""
+        counts = frame_mask.sum(1).tolist()
+        by_count = {c: self.time_embeddings(c) for c in set(counts)}
+        return torch.stack([F.pad(by_count[c], (0, 0, 0, frame_mask.shape[1] - c)) for c in counts])
+
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """features (n, T, P, D_media), frame_mask (n, T) True = real frame -> latents (n, n_latents, dim)."""
+        """features (n, T, P, D_media), frame_mask (n, T) True = real frame, real frames first
+        (clips padded to the longest) -> latents (n, n_latents, dim)."""
         n, t, p, _ = features.shape
-        x = (self.proj_in(features) + self.time_embeddings(t)[None, :, None, :]).flatten(1, 2)
+        time = self.time_embeddings(t)[None] if frame_mask is None else self.clip_time_embeddings(frame_mask)
+        x = (self.proj_in(features) + time[:, :, None, :]).flatten(1, 2)
         mask = None if frame_mask is None else frame_mask.repeat_interleave(p, dim=1)
         latents = self.latents.expand(n, -1, -1)
         for attn, ff in self.layers:

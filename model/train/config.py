@@ -147,6 +147,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        learned = self.model.resampler.max_frames
+        for s in [*self.data.sources, *self.eval.sets]:
+            if s.kind == "video" and s.max_frames > learned:  # its clips would train stretched time embeddings
+                raise ValueError(f"source {s.name}: max_frames {s.max_frames} exceeds model.resampler.max_frames "
+                                 f"{learned}, the time embeddings the model learns")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
