@@ -29,6 +29,7 @@ SourceKind = Literal["m3w", "pairs", "video"]
 Truncation = Literal["first_image", "head", "random"]
 ResizeMode = Literal["crop", "pad"]
 MixMode = Literal["accumulate", "sample"]
+LossNormalisation = Literal["per_token", "per_sequence"]
 Schedule = Literal["cosine", "linear", "constant"]
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -79,6 +80,10 @@ class SourceConfig:
 class DataConfig:
     sources: list[SourceConfig]
     mode: MixMode = "accumulate"  # Flamingo: every source every step, weighted loss sum
+    # a source's summed loss of a step is divided by its target tokens (per_token: mean loss per token) or by its
+    # sequences (per_sequence: Flamingo's Eq. 2, the expected loss of a sequence, for which the paper's weights
+    # were chosen); see model/train/step.py. Logged losses are per token either way.
+    loss_normalisation: LossNormalisation = "per_token"
     num_workers: int = 1  # loader processes per source and rank (0: in the training process)
     seed: int = 0  # shard order, shuffle buffers and truncation windows derive from it
 

@@ -9,7 +9,8 @@ One straight function (`train`), nanoGPT-style:
     resume: strict, from the latest checkpoint or a given one (state.py)
     data: one SourceLoader per source (data.py) -> Mixer (mixing.py)
     loop: plan = mixer.next_step()
-          accumulate_gradients: every micro-batch of every source, backward, one all-reduce
+          accumulate_gradients: every micro-batch of every source, its loss normalised per
+              token or per sequence and weighted, backward; one all-reduce
           optimizer_step: clip the full accumulated gradient, AdamW step, schedule step
           log (metrics.py), evaluate (loss, blind gap), checkpoint (state.py)
 
@@ -123,7 +124,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         t0 = time.perf_counter()
         plan = mixer.next_step()
         t_data = time.perf_counter()
-        out = accumulate_gradients(model, plan, rt)
+        out = accumulate_gradients(model, plan, rt, cfg.data.loss_normalisation)
         lr = optimizer.param_groups[0]["lr"]  # this step's (after a resume, recomputed from the config)
         grad_norm = optimizer_step(model, optimizer, cfg.optim.grad_clip)
         scheduler.step()

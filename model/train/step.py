@@ -1,9 +1,13 @@
 """One optimizer step: the loss of a batch, the weighted sum over the step's micro-batches, the
 gradient all-reduce, clipping and AdamW; and the optimizer with its learning-rate schedule.
 
-Losses are normalised by the number of target tokens summed over every rank and micro-batch
-of the step (one small all-reduce before backward), and gradients are summed across ranks, so
-N processes on batches b_1..b_N apply exactly the update of one process on their union.
+Each source's summed loss is divided by its number of target tokens (`per_token`) or of
+sequences (`per_sequence`, Flamingo's Eq. 2: sum_s w_s E[loss of a sequence of s]), counted over
+every rank and micro-batch of the step (one small all-reduce before backward), and gradients are
+summed across ranks, so N processes on batches b_1..b_N apply exactly the update of one process on
+their union. Per token, a source of short sequences (pairs) weighs more against M3W's long ones
+than under the paper's normalisation, for the same weights. Per sequence, losses and gradients are
+about tokens-per-sequence times larger: AdamW does not mind a constant scale, `grad_clip` does.
 
 Data parallelism is that gradient all-reduce, over the trainable parameters only: the frozen
 backbones are never synchronised (identical by construction: built from the seed and the same
@@ -23,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model.flamingo import Flamingo, next_token_loss
-from model.train.config import OptimConfig
+from model.train.config import LossNormalisation, OptimConfig
 from model.train.mixing import StepPlan
 from model.train.samples import Batch
 
@@ -53,17 +57,21 @@ def forward_loss_sum(model: Flamingo, batch: Batch, rt: Runtime, blind: bool = F
     return next_token_loss(out.logits, b.labels, reduction="sum")
 
 
-def accumulate_gradients(model: Flamingo, plan: StepPlan, rt: Runtime) -> dict[str, Any]:
+def accumulate_gradients(model: Flamingo, plan: StepPlan, rt: Runtime,
+                         normalisation: LossNormalisation = "per_token") -> dict[str, Any]:
     """Backward over every micro-batch of the step; leaves sum_s w_s * dL_s/dtheta in .grad, where
-    L_s is source s's mean loss over all its target tokens of this step on all ranks."""
+    L_s is source s's loss summed over all its target tokens of this step on all ranks, divided by
+    their number (per_token) or by the number of its sequences (per_sequence). The returned losses
+    are per target token in both cases."""
     params = [p for p in model.parameters() if p.requires_grad]
-    counts = torch.tensor([[float(sum(b.stats["targets"] for b in batches))] for _, _, batches in plan.parts],
-                          dtype=torch.float64, device=rt.device)
+    counts = torch.tensor([[float(sum(b.stats[k] for b in batches)) for k in ("targets", "sequences")]
+                           for _, _, batches in plan.parts], dtype=torch.float64, device=rt.device)
     if rt.distributed:
         dist.all_reduce(counts)
+    divide_by = 0 if normalisation == "per_token" else 1
     sums = torch.zeros(len(plan.parts), dtype=torch.float64, device=rt.device)
     for i, (_, weight, batches) in enumerate(plan.parts):
-        scale = weight / max(1.0, float(counts[i, 0]))
+        scale = weight / max(1.0, float(counts[i, divide_by]))
         for batch in batches:
             total = forward_loss_sum(model, batch, rt)
             (total * scale).backward()
