@@ -138,5 +138,7 @@ def test_shipped_configs_load():
     hf = load_train_config(configs[[p.name for p in configs].index("flamingo.yaml")])
     assert [s.weight for s in hf.data.sources] == [1.0, 0.2, 0.2, 0.03] and hf.model.xattn.every_n_layers == 4
     assert hf.data.loss_normalisation == "per_sequence"  # the paper's, for the paper's weights
+    text = configs[[p.name for p in configs].index("flamingo.yaml")].read_text()  # says what to download, to where
+    assert f"--local-dir {hf.model.lm_path}" in text and f"--local-dir {hf.model.vision_path}" in text
     demo = load_train_config(configs[[p.name for p in configs].index("demo.toml")])
     assert demo.data.loss_normalisation == "per_token"  # the default: what the demo has always trained with
