@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 from model.config import FlamingoConfig
 from model.factory import build_flamingo
 from model.flamingo import Flamingo
-from model.train.data import Sample, collate
-from model.train.loop import Runtime, enable_activation_checkpointing, forward_loss_sum, param_groups
+from model.train.samples import Sample, collate
+from model.train.step import Runtime, forward_loss_sum, param_groups
 
 SIZES: dict[str, dict[str, Any]] = {
     "large": {
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_tokens, n_targets = batch.stats["tokens"], batch.stats["targets"]
     flops = count_flops(model, batch, rt)
     if args.checkpointing:
-        enable_activation_checkpointing(model)
+        model.enable_activation_checkpointing()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.999))
 

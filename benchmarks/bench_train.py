@@ -13,7 +13,7 @@ when present): real JPEGs (up to 512 px) as the pipeline writes them.
    Wall-clock seconds, best of `--repeats` interleaved rounds.
 2. Vision-encoder inputs per M3W batch: the real images we send vs padding every sequence to
    `max_images` (OpenFlamingo's layout).
-3. Train-step throughput of the demo model (model/demo.py sizes) per mixing mode: `accumulate`
+3. Train-step throughput of the demo model (model/train/demo.py sizes) per mixing mode: `accumulate`
    (a batch of every source per step, Flamingo's weights) and `sample` (one source per step), with
    loading in the training process; steps/s, tokens/s and images/s (frames) over `--steps` steps.
 
@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from model.tokenizer import ByteTokenizer
 from model.train.config import SourceConfig, TrainConfig
-from model.train.data import ImageSpec, SourceLoader
+from model.train.data import SourceLoader
 from model.train.demo import demo_config, demo_model, find_shards
+from model.train.samples import ImageSpec
 
 WORK = ROOT / "benchmarks" / "_work" / "train"
 SPEC = ImageSpec(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -126,14 +127,15 @@ def padding_table(shards: dict[str, list[str]]) -> list[str]:
 
 
 def train_table(shards: dict[str, list[str]], steps: int) -> list[str]:
-    from model.train.loop import Runtime, accumulate_gradients, build_model, lr_lambda, optimizer_step, param_groups
+    from model.factory import build_flamingo
     from model.train.mixing import Mixer
+    from model.train.step import Runtime, accumulate_gradients, lr_lambda, optimizer_step, param_groups
 
     rows = ["| mode | sources per step | step | steps/s | tokens/s | images/s |", "|---|---:|---:|---:|---:|---:|"]
     for mode in ("accumulate", "sample"):
         data = demo_config(WORK / "run", shards, {}, steps, None, None, mode, 0, 0)
         cfg = TrainConfig.from_dict(data)
-        model, tok = build_model(cfg)
+        model, tok = build_flamingo(cfg.model)
         model.train()
         spec = ImageSpec.for_encoder(model.vision)
         loaders = {s.name: SourceLoader(s, tok, spec, seed=0) for s in cfg.data.sources}

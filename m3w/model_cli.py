@@ -12,6 +12,7 @@ The top-level CLI (m3w/cli.py) mounts these with `add_generate_arguments` / `run
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -105,7 +106,7 @@ if __name__ == "__main__":
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config, TOML or YAML (model/train_config.py)")
+    parser.add_argument("--config", required=True, help="training config, TOML or YAML (model/train/config.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set run.steps=100 --set optim.lr=3e-4 (repeatable)")
 
@@ -131,7 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-    if result.checkpoint is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+    if result.checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {result.checkpoint}")
     return 0
 

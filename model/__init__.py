@@ -4,7 +4,7 @@ Main names are re-exported here; see model/flamingo.py for the architecture and 
 input format. Never imports apache_beam.
 """
 
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_tiny_checkpoint
 from model.config import (
     BuiltinLMConfig,
     BuiltinViTConfig,
@@ -13,7 +13,7 @@ from model.config import (
     XAttnConfig,
     tiny_config,
 )
-from model.factory import build_flamingo, build_tiny_flamingo, save_tiny_checkpoint
+from model.factory import build_flamingo, build_tiny_flamingo
 from model.flamingo import (
     IGNORE_INDEX,
     Flamingo,

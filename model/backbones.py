@@ -16,13 +16,18 @@ A vision encoder maps pixels (N, C, H, W) -> features (N, patches, out_dim) and 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.config import BuiltinLMConfig, BuiltinViTConfig
@@ -180,6 +185,7 @@ class BuiltinViT(nn.Module):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError("image_size must be a multiple of patch_size")
+        self.cfg = cfg
         self.image_size, self.out_dim = cfg.image_size, cfg.dim
         n_patches = (cfg.image_size // cfg.patch_size) ** 2
         self.patch = nn.Conv2d(cfg.channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
@@ -214,9 +220,6 @@ class CLIPVisionEncoder(nn.Module):
 
 def _preprocessor_stats(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation from the checkpoint's preprocessor_config.json when present, else CLIP's."""
-    import json
-    from pathlib import Path
-
     cfg_file = Path(path) / "preprocessor_config.json"
     if cfg_file.is_file():
         data = json.loads(cfg_file.read_text())
@@ -225,13 +228,67 @@ def _preprocessor_stats(path: str) -> tuple[tuple[float, ...], tuple[float, ...]
     return CLIP_MEAN, CLIP_STD
 
 
+# --- pre-trained built-in weights -----------------------------------------------------------
+# The built-in backbones are pre-trained at toy scale by model/train/pretrain_lm.py and
+# pretrain_vision.py. One safetensors file each, whose metadata holds the format and the exact
+# config the weights were trained with: a model config of another shape is refused, never
+# silently given mismatched weights.
+
+LM_WEIGHTS_FORMAT = "m3w-builtin-lm/1"
+VIT_WEIGHTS_FORMAT = "m3w-builtin-vit/1"
+
+
+def save_pretrained_backbone(state: dict[str, torch.Tensor], out: str | Path, fmt: str, cfg: Any, **metadata: str) -> Path:
+    """Weights of a pre-trained built-in backbone, tagged with their format and config; written
+    to a temporary name and renamed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+              metadata={"format": fmt, "config": json.dumps(dataclasses.asdict(cfg)), **metadata})
+    tmp.replace(out)
+    return out
+
+
+def read_pretrained_backbone(path: str | Path, fmt: str, cfg: Any, section: str) -> dict[str, torch.Tensor]:
+    """The state written by `save_pretrained_backbone`; a file of another format, or one trained with
+    another config than `cfg` (the `section` of the model config), is refused with both named."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path}: not a {fmt} file (format {meta.get('format')!r})")
+    saved = json.loads(meta["config"])
+    if saved != dataclasses.asdict(cfg):
+        raise ValueError(f"{path}: trained with {section} {saved}, model config is {dataclasses.asdict(cfg)}")
+    return load_file(str(path))
+
+
+def load_pretrained_lm(lm: BuiltinLM, path: str | Path) -> None:
+    """Load weights written by `pretrain_lm` into a built-in LM of exactly the same config (the
+    file leaves out the output head: it is tied to the token embeddings)."""
+    state = read_pretrained_backbone(path, LM_WEIGHTS_FORMAT, lm.cfg, "builtin_lm")
+    state["lm_head.weight"] = state["tok_emb.weight"]
+    lm.load_state_dict(state, strict=True)
+
+
+def load_pretrained_vision(vit: BuiltinViT, path: str | Path) -> None:
+    """Load weights written by `pretrain_vision` into a built-in ViT of exactly the same config."""
+    vit.load_state_dict(read_pretrained_backbone(path, VIT_WEIGHTS_FORMAT, vit.cfg, "builtin_vision"), strict=True)
+
+
 # --- loading and locating layers ------------------------------------------------------------
 
 
-def load_language_model(path: str | None, builtin: BuiltinLMConfig, dtype: str = "float32") -> nn.Module:
-    """A frozen causal LM: the built-in one (path None) or any local Hugging Face causal LM."""
+def load_language_model(path: str | None, builtin: BuiltinLMConfig, dtype: str = "float32",
+                        weights: str | None = None) -> nn.Module:
+    """A frozen causal LM: the built-in one (path None; pre-trained `weights` from `pretrain_lm`
+    if given, else random) or any local Hugging Face causal LM."""
     if path is None:
         lm: nn.Module = BuiltinLM(builtin)
+        if weights is not None:
+            load_pretrained_lm(lm, weights)
+    elif weights is not None:
+        raise ValueError("run.lm_weights is for the built-in LM; with model.lm_path the weights come from there")
     else:
         from transformers import AutoModelForCausalLM
 
@@ -241,9 +298,18 @@ def load_language_model(path: str | None, builtin: BuiltinLMConfig, dtype: str =
     return freeze(lm.to(DTYPES[dtype]))
 
 
-def load_vision_encoder(path: str | None, builtin: BuiltinViTConfig, dtype: str = "float32") -> nn.Module:
-    """A frozen vision encoder: the built-in ViT (path None) or a local Hugging Face CLIP vision model."""
-    vision: nn.Module = BuiltinViT(builtin) if path is None else CLIPVisionEncoder(path, dtype)
+def load_vision_encoder(path: str | None, builtin: BuiltinViTConfig, dtype: str = "float32",
+                        weights: str | None = None) -> nn.Module:
+    """A frozen vision encoder: the built-in ViT (path None; pre-trained `weights` from
+    `pretrain_vision` if given, else random) or a local Hugging Face CLIP vision model."""
+    if path is None:
+        vision: nn.Module = BuiltinViT(builtin)
+        if weights is not None:
+            load_pretrained_vision(vision, weights)
+    elif weights is not None:
+        raise ValueError("run.vision_weights is for the built-in ViT; with model.vision_path the weights come from there")
+    else:
+        vision = CLIPVisionEncoder(path, dtype)
     return freeze(vision.to(DTYPES[dtype]))
 
 

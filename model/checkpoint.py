@@ -11,16 +11,15 @@ Loading is strict: a missing, unexpected or mis-shaped key is an error that name
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, load_model, safe_open, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from model.config import FlamingoConfig
-from model.factory import build_flamingo
+from model.factory import build_flamingo, build_tiny_flamingo
 from model.flamingo import Flamingo
 from model.tokenizer import FlamingoTokenizer
 
@@ -34,31 +33,6 @@ BUILTIN_VISION = "builtin_vision.safetensors"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that does not match the model it is loaded into."""
-
-
-def save_pretrained_backbone(state: dict[str, torch.Tensor], out: str | Path, fmt: str, cfg: Any, **metadata: str) -> Path:
-    """Weights of a pre-trained built-in backbone (`pretrain_lm`, `pretrain_vision`), tagged with their
-    format and the exact config they were trained with; written to a temp name and renamed."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"format": fmt, "config": json.dumps(dataclasses.asdict(cfg)), **metadata})
-    tmp.replace(out)
-    return out
-
-
-def read_pretrained_backbone(path: str | Path, fmt: str, cfg: Any, section: str) -> dict[str, torch.Tensor]:
-    """The state written by `save_pretrained_backbone`; a file of another format, or one trained with
-    another config than `cfg` (the `section` of the model config), is refused with both named."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != fmt:
-        raise ValueError(f"{path}: not a {fmt} file (format {meta.get('format')!r})")
-    saved = json.loads(meta["config"])
-    if saved != dataclasses.asdict(cfg):
-        raise ValueError(f"{path}: trained with {section} {saved}, model config is {dataclasses.asdict(cfg)}")
-    return load_file(str(path))
 
 
 def save_checkpoint(
@@ -144,6 +118,12 @@ def load_checkpoint(
                 raise CheckpointError(f"{src / name}: {err}") from err
     load_trainable_state(model, load_file(str(src / TRAINABLE)))
     return model.to(device), tokenizer
+
+
+def save_tiny_checkpoint(directory: str | Path, seed: int = 0) -> Path:
+    """Build the tiny built-in model and save it as a checkpoint directory (tests, the CLI demo)."""
+    model, tokenizer = build_tiny_flamingo(seed)
+    return save_checkpoint(model, tokenizer, directory)
 
 
 def _special_dict(tokenizer: FlamingoTokenizer) -> dict[str, Any]:

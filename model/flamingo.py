@@ -27,11 +27,12 @@ setting also uses it when no sequence holds more than one media (same cost, no g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.backbones import cache_argument, cache_length, find_decoder_layers, freeze, lm_dims, output_cache
 from model.config import FlamingoConfig, ResamplerConfig, XAttnConfig
@@ -105,10 +106,19 @@ class PerceiverResampler(nn.Module):
         stretched = F.interpolate(self.time_emb.T[None], size=n_frames, mode="linear", align_corners=True)
         return stretched[0].T
 
+    def clip_time_embeddings(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """(n, T, dim): each clip's time embeddings for its own frame count (real frames first,
+        padding rows zero), so a clip is encoded the same whatever it is batched with."""
+        counts = frame_mask.sum(1).tolist()
+        by_count = {c: self.time_embeddings(c) for c in set(counts)}
+        return torch.stack([F.pad(by_count[c], (0, 0, 0, frame_mask.shape[1] - c)) for c in counts])
+
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """features (n, T, P, D_media), frame_mask (n, T) True = real frame -> latents (n, n_latents, dim)."""
+        """features (n, T, P, D_media), frame_mask (n, T) True = real frame, real frames first
+        (clips padded to the longest) -> latents (n, n_latents, dim)."""
         n, t, p, _ = features.shape
-        x = (self.proj_in(features) + self.time_embeddings(t)[None, :, None, :]).flatten(1, 2)
+        time = self.time_embeddings(t)[None] if frame_mask is None else self.clip_time_embeddings(frame_mask)
+        x = (self.proj_in(features) + time[:, :, None, :]).flatten(1, 2)
         mask = None if frame_mask is None else frame_mask.repeat_interleave(p, dim=1)
         latents = self.latents.expand(n, -1, -1)
         for attn, ff in self.layers:
@@ -277,24 +287,35 @@ class _MediaSlot:
 
 
 class FlamingoLayer(nn.Module):
-    """Wraps a frozen decoder layer: gated cross-attention first, then the original layer."""
+    """Wraps a frozen decoder layer: gated cross-attention first, then the original layer.
+
+    With `activation_checkpointing` on, a training forward keeps only the layer's inputs and
+    recomputes the pair (cross-attention + decoder layer) in backward. The recomputation runs
+    after `Flamingo.decode` has cleared the slot, so the media context is passed in explicitly."""
 
     def __init__(self, decoder_layer: nn.Module, xattn: GatedCrossAttentionBlock, slot: _MediaSlot) -> None:
         super().__init__()
         self.decoder_layer = decoder_layer
+        self.activation_checkpointing = False
         # not registered as a submodule: the block lives on Flamingo, so checkpoint keys do not depend on the LM's layout
         object.__setattr__(self, "xattn", xattn)
         object.__setattr__(self, "slot", slot)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.slot.active:
-            by_name = "hidden_states" in kwargs
-            h = kwargs["hidden_states"] if by_name else args[0]
-            h = self.xattn(h.to(self.xattn.attn_gate.dtype), self.slot.value).to(h.dtype)
-            if by_name:
-                kwargs["hidden_states"] = h
-            else:
-                args = (h, *args[1:])
+        if not self.slot.active:
+            return self.decoder_layer(*args, **kwargs)
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._cross_attend_then_decode, self.slot.value, *args, use_reentrant=False, **kwargs)
+        return self._cross_attend_then_decode(self.slot.value, *args, **kwargs)
+
+    def _cross_attend_then_decode(self, media: MediaContext | None, *args: Any, **kwargs: Any) -> Any:
+        by_name = "hidden_states" in kwargs
+        h = kwargs["hidden_states"] if by_name else args[0]
+        h = self.xattn(h.to(self.xattn.attn_gate.dtype), media).to(h.dtype)
+        if by_name:
+            kwargs["hidden_states"] = h
+        else:
+            args = (h, *args[1:])
         return self.decoder_layer(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -321,13 +342,15 @@ def text_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, sp
     return labels
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over all target tokens of the batch. A sequence without targets
-    contributes nothing; a batch without any gives 0 (not NaN), still differentiable."""
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """Cross-entropy of each position's prediction of the next token, over all target tokens of the
+    batch: their mean, or their sum (the trainer normalises sums over a whole step itself). A
+    sequence without targets contributes nothing; a batch without any gives 0 (not NaN), still
+    differentiable."""
     logits, targets = logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()
     valid = targets != IGNORE_INDEX  # ignored positions are never evaluated, so they cannot inject NaN
     total = F.cross_entropy(logits[valid].float(), targets[valid], reduction="sum")
-    return total / valid.sum().clamp(min=1)
+    return total if reduction == "sum" else total / valid.sum().clamp(min=1)
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -401,6 +424,13 @@ class Flamingo(nn.Module):
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def enable_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute every wrapped LM layer (gated cross-attention + frozen layer) in backward
+        instead of keeping its activations: less memory for one more forward of those layers."""
+        for layer in find_decoder_layers(self.lm):
+            if isinstance(layer, FlamingoLayer):
+                layer.activation_checkpointing = enabled
 
     # media ---------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ SourceKind = Literal["m3w", "pairs", "video"]
 Truncation = Literal["first_image", "head", "random"]
 ResizeMode = Literal["crop", "pad"]
 MixMode = Literal["accumulate", "sample"]
+LossNormalisation = Literal["per_token", "per_sequence"]
 Schedule = Literal["cosine", "linear", "constant"]
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -43,7 +44,7 @@ class SourceConfig:
     urls: list[str]
     weight: float = 1.0  # accumulate: loss weight; sample: relative draw probability
     batch_size: int = 8
-    max_tokens: int = 256  # tokens per sequence, after truncation (see model/data.py)
+    max_tokens: int = 256  # tokens per sequence, after truncation (see model/train/samples.py)
     max_images: int = 5  # m3w: images per sequence (Flamingo: 5)
     min_images: int = 1  # m3w: sequences with fewer images are skipped (counted as no_media)
     max_frames: int = 8  # video: frames per clip, evenly spaced (Flamingo trains on 8)
@@ -79,6 +80,10 @@ class SourceConfig:
 class DataConfig:
     sources: list[SourceConfig]
     mode: MixMode = "accumulate"  # Flamingo: every source every step, weighted loss sum
+    # a source's summed loss of a step is divided by its target tokens (per_token: mean loss per token) or by its
+    # sequences (per_sequence: Flamingo's Eq. 2, the expected loss of a sequence, for which the paper's weights
+    # were chosen); see model/train/step.py. Logged losses are per token either way.
+    loss_normalisation: LossNormalisation = "per_token"
     num_workers: int = 1  # loader processes per source and rank (0: in the training process)
     seed: int = 0  # shard order, shuffle buffers and truncation windows derive from it
 
@@ -88,7 +93,7 @@ class DataConfig:
             raise ValueError(f"data.sources: need at least one source and unique names, got {names}")
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
-        if not any(s.weight > 0 for s in self.sources):  # nothing would train (see model/mixing.py)
+        if not any(s.weight > 0 for s in self.sources):  # nothing would train (see model/train/mixing.py)
             raise ValueError(f"data.sources: every weight is 0 ({', '.join(names)}): at least one must be positive")
 
 
@@ -111,7 +116,7 @@ class EvalConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
-    weight_decay: float = 0.1  # on weight matrices only; see model/train.py `param_groups`
+    weight_decay: float = 0.1  # on weight matrices only; see model/train/step.py `param_groups`
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 100  # linear from 0
@@ -146,6 +151,13 @@ class TrainConfig:
     model: FlamingoConfig = field(default_factory=FlamingoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        learned = self.model.resampler.max_frames
+        for s in [*self.data.sources, *self.eval.sets]:
+            if s.kind == "video" and s.max_frames > learned:  # its clips would train stretched time embeddings
+                raise ValueError(f"source {s.name}: max_frames {s.max_frames} exceeds model.resampler.max_frames "
+                                 f"{learned}, the time embeddings the model learns")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,83 +1,56 @@
-"""Per-source loaders: webdataset shards -> token ids with `<image>`/`<|endofchunk|>` + media -> batches.
+"""Per-source loaders: webdataset shards -> samples (samples.py) -> batches, resumable to the batch.
 
-Three sample kinds, one pipeline shape (read tar -> group by key -> shuffle -> decode -> collate):
+One pipeline shape for every sample kind: read tar -> group members by key -> shuffle ->
+decode (`SampleDecoder`) -> collate.
 
-  m3w    KEY.json (aligned `texts`/`images`, schemas/m3w_document.schema.json) + KEY.N.jpg
-  pairs  KEY.jpg|png|webp + KEY.txt (+ KEY.json), img2dataset layout (ALIGN, LTIP)
-  video  KEY.json (`frames`) + KEY.txt + KEY.NNN.jpg frames, video2dataset layout (VTP)
+Who reads what (the three names used below):
+  worker   a loader process of one rank, 0..workers-1 with workers = max(1, num_workers) (with
+           num_workers = 0 the training process itself is worker 0). The DataLoader takes
+           batches from its processes round-robin; `next_worker` is the worker whose batch comes
+           next, so a resumed loader starts the round-robin there (DataLoader process p serves
+           worker (p + next_worker) % workers).
+  reader   one (rank, worker) pair: reader = rank * workers + worker, of n_readers =
+           world_size * workers. Each reader reads its own share of a source's shards.
+  ReaderState  where one reader stands: (epoch, shard position, samples emitted from that shard)
+           and its counters.
 
-Token layout (OpenFlamingo's): text before the first image, then for every image
-`<image>` + its text, each image's text closed by `<|endofchunk|>` (the chunk ends where the
-next `<image>` starts and at the end of the document); BOS first when the tokenizer uses one,
-EOS last when it has one. Pairs and videos are one chunk: `<image>caption<|endofchunk|>`.
-Text nodes are joined by "\n". Text is encoded as plain text: a literal "<image>" in a page
-stays text and never creates a media slot.
-
-M3W truncation policy (per sequence, `SourceConfig.max_tokens`, `max_images`, `min_images`):
-  1. images that are missing or do not decode are dropped (the latter counted in
-     `corrupt_images`); their text stays;
-  2. a window of `max_tokens` tokens is taken from the whole document's tokens, starting
-       first_image  `lead_tokens` before the first `<image>` (default: captions follow images),
-       head         at the document start,
-       random       uniformly over the starts whose window holds an `<image>` with text after
-                    it (Flamingo's "random subsequence", minus the windows that would be
-                    skipped for having no image), seeded by (seed, epoch, key);
-  3. the window is cut right before its (max_images+1)-th `<image>`, so the window never ends
-     in the text of an image it dropped; an `<image>` that ends the window (no text) is
-     dropped. (A window that starts inside a chunk, possible with head/random, begins with
-     the end of a text whose image lies before it.)
-  4. only images whose `<image>` survives are decoded; fewer than `min_images`: skipped.
-Pair and video captions longer than the window are cut at `max_tokens`. With
-`samples_per_sequence` k > 1, k consecutive pairs (clips) share one sequence,
-`<image>a<|endofchunk|><image>b<|endofchunk|>...` (cut at `max_tokens` with rule 3): less padding,
-and the few-shot prompt layout; each caption still attends only to its own image. A clip
-shorter than `max_frames` keeps its own frame count (no repeated frames through the encoder).
-
-Determinism and resume. Shards are split over "slots" = ranks x loader workers: shard i of
-the epoch's (seeded) permutation goes to slot i mod n_slots; with fewer shards than slots
-every slot reads every shard and keeps every n_slots-th sample (rotating with epoch and shard,
-so no slot starves and nothing hangs). Samples are shuffled inside a shard with a buffer
-whose RNG is seeded by (seed, source, epoch, shard), so a slot's position is fully described
-by (epoch, shard position, samples emitted from that shard): `SlotState`. Every batch carries
-the state of the slot that made it; `SourceLoader.state_dict()` keeps the last consumed one per
-slot plus where the round-robin over workers stands, and a loader built from that state
-replays the exact same batch sequence (skipped samples are re-read but not decoded).
+Determinism and resume. Shard i of the epoch's (seeded) permutation goes to reader
+i mod n_readers; with fewer shards than readers every reader reads every shard and keeps every
+n_readers-th sample (which one turns with epoch and shard, so no reader starves and nothing
+hangs). Samples are shuffled inside a shard with a buffer whose RNG is seeded by (seed, source,
+epoch, shard), so a `ReaderState` fully describes a reader's position. Every batch carries the
+state of the reader that made it; `SourceLoader.state_dict()` keeps the last consumed one per
+worker plus `next_worker`, and a loader built from that state replays the exact same batch
+sequence (skipped samples are re-read but not decoded).
 
 Robustness: a sample that fails to decode is skipped (`corrupt_samples`); a tar that cannot
 be opened or breaks part-way ends that shard (`corrupt_shards`, its complete samples are
-kept). A slot that finds no usable sample (nothing readable, nothing decodes, or the limits
-skip everything) in n_slots consecutive epochs raises instead of spinning.
+kept). A reader that finds no usable sample (nothing readable, nothing decodes, or the limits
+skip everything) in n_readers consecutive epochs raises instead of spinning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import io
-import json
 import random
 import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from model.flamingo import text_labels
-from model.image_prep import preprocess_image
 from model.tokenizer import FlamingoTokenizer
 from model.train.config import SourceConfig
+from model.train.samples import Batch, ImageSpec, Sample, SampleDecoder, SkipSample, collate
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # samples: decoded and used; corrupt_samples: skipped, undecodable; corrupt_images: images of M3W
 # documents dropped because they do not decode (the document stays); corrupt_shards: shard reads
-# that failed to open or broke part-way (once per read: every epoch, every slot reading it);
+# that failed to open or broke part-way (once per read: every epoch, every reader reading it);
 # no_media: samples with too few images under the source's limits; epochs: passes over the shards.
 COUNTERS = ("samples", "corrupt_samples", "corrupt_images", "corrupt_shards", "no_media", "epochs")
-EXIF_ORIENTATION = 0x0112
 
 
 # --- shards --------------------------------------------------------------------------------
@@ -123,7 +96,10 @@ def read_tar_samples(url: str, counters: dict[str, int]) -> Iterator[dict[str, A
                 key, suffix = split_member(info.name)
                 if key.startswith("__") or not suffix:
                     continue
-                data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                member = tar.extractfile(info)
+                if member is None:  # not a regular file after all
+                    continue
+                data = member.read()
                 if sample is not None and sample["__key__"] != key:
                     yield sample
                     sample = None
@@ -138,268 +114,12 @@ def read_tar_samples(url: str, counters: dict[str, int]) -> Iterator[dict[str, A
         yield sample
 
 
-# --- samples -------------------------------------------------------------------------------
+# --- one reader's stream -------------------------------------------------------------------
 
 
 @dataclass
-class ImageSpec:
-    """What the vision encoder wants: square size, normalisation, and how to get to the square."""
-
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: str = "crop"  # crop | pad
-
-    @classmethod
-    def for_encoder(cls, encoder: Any, resize: str = "crop") -> ImageSpec:
-        return cls(int(encoder.image_size), tuple(encoder.image_mean), tuple(encoder.image_std), resize)
-
-
-def decode_image(data: bytes, spec: ImageSpec) -> torch.Tensor:
-    """Bytes -> (3, size, size) float32, normalised. JPEGs are decoded at reduced scale when
-    much larger than needed (Pillow's draft mode: DCT scaling, far cheaper than a full decode).
-    EXIF orientation is applied and transparency goes over white, as the corpus build does, so
-    shards written by other tools read the same way."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (spec.size, spec.size))
-        if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
-            im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-            rgba = im.convert("RGBA")
-            image = Image.new("RGB", rgba.size, (255, 255, 255))
-            image.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            image = im.convert("RGB")
-    if spec.resize == "crop":  # shorter side to size, centre crop: the same as model.image_prep
-        return preprocess_image(image, spec.size, spec.mean, spec.std)
-    w, h = image.size  # pad: longer side to size, centred on a mean-coloured canvas (normalises to 0)
-    scale = spec.size / max(w, h)
-    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-    fill = tuple(round(m * 255) for m in spec.mean)
-    canvas = Image.new("RGB", (spec.size, spec.size), fill)  # type: ignore[arg-type]
-    canvas.paste(image, ((spec.size - image.width) // 2, (spec.size - image.height) // 2))
-    array = np.asarray(canvas, dtype=np.float32) / 255.0
-    array = (array - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
-
-
-@dataclass
-class Sample:
-    ids: list[int]
-    media: list[torch.Tensor]  # (T, C, H, W) each, in `<image>` order
-    key: str
-    corrupt_images: int = 0  # M3W images dropped because they did not decode
-
-
-class SkipSample(Exception):
-    """A well-formed sample that has nothing to train on under this source's limits."""
-
-
-class SampleDecoder:
-    """Raw tar sample -> `Sample` for one source kind (tokenisation, truncation, media prep).
-
-    Text is encoded as plain text (`encode_text`) and the special ids are placed here, so a
-    literal "<image>" in a page or caption stays text. A sequence is BOS (when the tokenizer uses
-    one) + content + EOS (when it has one): one of each per sequence, also when pairs are packed,
-    as in a few-shot prompt."""
-
-    def __init__(self, cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec) -> None:
-        self.cfg, self.tok = cfg, tokenizer
-        self.image = dataclasses.replace(image, resize=cfg.resize)
-        self.special = tokenizer.special
-        self.head = [self.special.bos] if self.special.bos is not None else []
-        self.tail = [self.special.eos] if self.special.eos is not None else []
-
-    def __call__(self, raw: dict[str, Any], rng: random.Random) -> Sample:
-        """M3W: a finished sequence. Pairs and video: one `<image>caption<|endofchunk|>` chunk,
-        made a sequence by `join` (alone or packed with the next ones)."""
-        kind = self.cfg.kind
-        if kind == "m3w":
-            return self.m3w(raw, rng)
-        if kind == "pairs":
-            return self.pair(raw)
-        if kind == "video":
-            return self.video(raw)
-        raise ValueError(f"unknown source kind {kind!r}")
-
-    def _chunk(self, caption: str) -> list[int]:
-        return [self.special.image] + self.tok.encode_text(caption.strip()) + [self.special.end_of_chunk]
-
-    def pair(self, raw: dict[str, Any]) -> Sample:
-        ext = next((e for e in IMAGE_EXTS if e in raw), None)
-        if ext is None or "txt" not in raw:
-            raise ValueError("pair sample needs an image and a .txt caption")
-        caption = raw["txt"].decode("utf-8")
-        return Sample(self._chunk(caption), [decode_image(raw[ext], self.image)[None]], raw["__key__"])
-
-    def video(self, raw: dict[str, Any]) -> Sample:
-        meta = json.loads(raw["json"])
-        files = [f["file"].lower() for f in meta.get("frames", [])] or sorted(
-            k for k in raw if k.endswith(".jpg") and k.split(".")[0].isdigit())
-        if not files:
-            raise ValueError("video sample without frames")
-        caption = raw["txt"].decode("utf-8") if "txt" in raw else meta["caption"]
-        n = min(self.cfg.max_frames, len(files))  # evenly spaced slot midpoints; a short clip keeps all its frames
-        frames = [decode_image(raw[files[int((i + 0.5) * len(files) / n)]], self.image) for i in range(n)]
-        return Sample(self._chunk(caption), [torch.stack(frames)], raw["__key__"])
-
-    def m3w(self, raw: dict[str, Any], rng: random.Random) -> Sample:
-        doc = json.loads(raw["json"])
-        if len(doc["texts"]) != len(doc["images"]):
-            raise ValueError("texts and images are not aligned")
-        rng_state = rng.getstate()
-        broken: set[str] = set()
-        while True:  # rule 1: an image that does not decode is dropped and the window chosen again
-            ids, files = self._document_ids(doc, raw, broken)
-            rng.setstate(rng_state)  # the window as if the broken images had never been there
-            window, kept = self._window(ids, rng)
-            if len(kept) < self.cfg.min_images:
-                raise SkipSample("too few images")
-            media = []
-            for i in kept:
-                try:
-                    media.append(decode_image(raw[files[i]], self.image)[None])
-                except Exception:  # noqa: BLE001 - counted in corrupt_images
-                    broken.add(files[i])
-                    break
-            else:
-                return Sample(self.head + window, media, raw["__key__"], len(broken))
-
-    def _document_ids(self, doc: dict[str, Any], raw: dict[str, Any], broken: set[str]) -> tuple[list[int], list[str]]:
-        """The whole document as content ids + EOS (no BOS: that starts the window), and the files
-        of its `<image>`s in order. Consecutive text nodes are joined by newlines."""
-        ids: list[int] = []
-        files: list[str] = []
-        run: list[str] = []
-        for text, image in zip(doc["texts"], doc["images"]):
-            if text is not None:
-                run.append(text)
-                continue
-            name = (image or {}).get("file")
-            if image and image.get("status") == "ok" and name and name.lower() in raw and name.lower() not in broken:
-                if run:
-                    ids += self.tok.encode_text("\n".join(run))
-                    run = []
-                ids += ([self.special.end_of_chunk] if files else []) + [self.special.image]
-                files.append(name.lower())
-        if run:
-            ids += self.tok.encode_text("\n".join(run))
-        return ids + ([self.special.end_of_chunk] if files else []) + self.tail, files
-
-    def join(self, samples: Sequence[Sample]) -> Sample:
-        """Pair/clip chunks -> one sequence (BOS, chunks, EOS), cut at max_tokens (media follow their tokens)."""
-        ids = self.head + [t for s in samples for t in s.ids] + self.tail
-        media = [m for s in samples for m in s.media]
-        window, kept = self._cut(ids[: self.cfg.max_tokens], 0)
-        return Sample(window, media[: len(kept)], samples[0].key)
-
-    def _cut(self, window: list[int], first: int) -> tuple[list[int], list[int]]:
-        """Rule 3: at most max_images `<image>`s, none ending the window; (ids, indices of kept media)."""
-        image_id = self.special.image
-        inside = [i for i, t in enumerate(window) if t == image_id]
-        if len(inside) > self.cfg.max_images and self.cfg.kind == "m3w":
-            window = window[: inside[self.cfg.max_images]]
-            inside = inside[: self.cfg.max_images]
-        if inside and inside[-1] == len(window) - 1:  # an image with no text after it
-            window, inside = window[:-1], inside[:-1]
-        return window, [first + k for k in range(len(inside))]
-
-    def _window(self, ids: list[int], rng: random.Random) -> tuple[list[int], list[int]]:
-        """Truncation steps 2-3 of the policy: (window ids, document indices of its images)."""
-        cfg = self.cfg
-        size = cfg.max_tokens - len(self.head)
-        positions = [i for i, t in enumerate(ids) if t == self.special.image]
-        if cfg.truncation == "head" or not positions:
-            start = 0
-        elif cfg.truncation == "first_image":
-            start = max(0, positions[0] - cfg.lead_tokens)
-        else:
-            start = random_start(positions, len(ids), size, rng)
-        first = sum(1 for p in positions if p < start)  # images before the window
-        return self._cut(ids[start : start + size], first)
-
-
-def random_start(positions: Sequence[int], n_ids: int, size: int, rng: random.Random) -> int:
-    """Uniform over the window starts whose window holds an `<image>` with text after it (a
-    uniform start over the whole document mostly misses the images of long pages); uniform over
-    all starts when there is none."""
-    last = max(0, n_ids - size)
-    spans: list[list[int]] = []
-    for p in positions:  # sorted, so the spans come sorted by their low end
-        lo, hi = max(0, p - (size - 2)), min(p, last)
-        if lo > hi:
-            continue
-        if spans and lo <= spans[-1][1] + 1:
-            spans[-1][1] = max(spans[-1][1], hi)
-        else:
-            spans.append([lo, hi])
-    if not spans:
-        return rng.randint(0, last)
-    r = rng.randrange(sum(hi - lo + 1 for lo, hi in spans))
-    for lo, hi in spans:
-        if r <= hi - lo:
-            return lo + r
-        r -= hi - lo + 1
-    raise AssertionError("unreachable")
-
-
-# --- batches -------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """One source's collated batch; media holds only the real images/clips of the batch."""
-
-    source: str
-    input_ids: torch.Tensor  # (B, L), right-padded
-    attention_mask: torch.Tensor  # (B, L)
-    labels: torch.Tensor  # (B, L), IGNORE_INDEX on `<image>`, padding
-    media: torch.Tensor | list[torch.Tensor] | None  # (n, T, C, H, W), or a list when T differs
-    media_batch_idx: torch.Tensor  # (n,)
-    keys: list[str]
-    stats: dict[str, int]  # tokens, pad, targets, media, frames, sequences
-    state: dict[str, Any] = field(default_factory=dict)  # loader bookkeeping (see SourceLoader)
-
-    def to(self, device: torch.device | str) -> Batch:
-        media = self.media
-        if isinstance(media, torch.Tensor):
-            media = media.to(device, non_blocking=True)
-        elif media is not None:
-            media = [m.to(device, non_blocking=True) for m in media]
-        return dataclasses.replace(
-            self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device),
-            labels=self.labels.to(device), media=media, media_batch_idx=self.media_batch_idx.to(device))
-
-
-def collate(samples: Sequence[Sample], tokenizer: FlamingoTokenizer, source: str = "") -> Batch:
-    """Right-pad ids to the longest sequence; media flattened in (sequence, `<image>`) order."""
-    special = tokenizer.special
-    length = max(len(s.ids) for s in samples)
-    ids = torch.full((len(samples), length), special.pad, dtype=torch.long)
-    mask = torch.zeros((len(samples), length), dtype=torch.long)
-    for row, s in enumerate(samples):
-        ids[row, : len(s.ids)] = torch.tensor(s.ids, dtype=torch.long)
-        mask[row, : len(s.ids)] = 1
-    labels = text_labels(ids, mask, special)
-    flat = [m for s in samples for m in s.media]
-    batch_idx = torch.tensor([row for row, s in enumerate(samples) for _ in s.media], dtype=torch.long)
-    media: torch.Tensor | list[torch.Tensor] | None = None
-    if flat:
-        media = torch.stack(flat) if len({m.shape for m in flat}) == 1 else flat
-    n_tokens = int(mask.sum())
-    stats = {
-        "sequences": len(samples), "tokens": n_tokens, "pad": ids.numel() - n_tokens,
-        "targets": int((labels[:, 1:] != -100).sum()), "media": len(flat), "frames": sum(m.shape[0] for m in flat),
-    }
-    return Batch(source, ids, mask, labels, media, batch_idx, [s.key for s in samples], stats)
-
-
-# --- the per-slot stream -------------------------------------------------------------------
-
-
-@dataclass
-class SlotState:
-    """Where one slot (rank x worker) stands: skip `offset` samples of shard `shard` in `epoch`."""
+class ReaderState:
+    """Where one reader stands: skip `offset` samples of shard `shard` in `epoch`; its counters."""
 
     epoch: int = 0
     shard: int = 0
@@ -410,19 +130,20 @@ class SlotState:
         return {"epoch": self.epoch, "shard": self.shard, "offset": self.offset, "counters": dict(self.counters)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SlotState:
+    def from_dict(cls, d: dict[str, Any]) -> ReaderState:
         counters = dict.fromkeys(COUNTERS, 0)
         counters.update(d["counters"])
         return cls(int(d["epoch"]), int(d["shard"]), int(d["offset"]), counters)
 
 
-def slot_shards(shards: Sequence[str], epoch: int, slot: int, n_slots: int, seed: str, shuffle: bool) -> tuple[list[str], bool]:
-    """This slot's shards for an epoch, and whether it must split them by sample instead."""
+def reader_shards(shards: Sequence[str], epoch: int, reader: int, n_readers: int, seed: str,
+                  shuffle: bool) -> tuple[list[str], bool]:
+    """This reader's shards for an epoch, and whether it must split them by sample instead."""
     order = list(shards)
     if shuffle:
         random.Random(f"{seed}/shards/{epoch}").shuffle(order)
-    if len(order) >= n_slots:
-        return order[slot::n_slots], False
+    if len(order) >= n_readers:
+        return order[reader::n_readers], False
     return order, True
 
 
@@ -445,11 +166,11 @@ def shuffled(samples: Iterator[dict[str, Any]], buffer: int, rng: random.Random)
 
 
 class SourceStream(IterableDataset):
-    """Batches of one source for one rank; inside a DataLoader worker it serves that worker's slot."""
+    """Batches of one source for one rank; inside a DataLoader process it serves that process's worker."""
 
     def __init__(self, cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec, *, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 states: dict[int, SlotState] | None = None, rotation: int = 0, infinite: bool = True,
+                 states: dict[int, ReaderState] | None = None, next_worker: int = 0, infinite: bool = True,
                  shuffle: bool = True) -> None:
         super().__init__()
         self.cfg, self.tok = cfg, tokenizer
@@ -458,27 +179,28 @@ class SourceStream(IterableDataset):
         if not self.shards:
             raise FileNotFoundError(f"source {cfg.name}: no shards match {cfg.urls}")
         self.seed = f"{seed}/{cfg.name}"
-        self.rank, self.world_size, self.n_roles = rank, world_size, max(1, num_workers)
-        self.states, self.rotation = dict(states or {}), rotation
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
+        self.states, self.next_worker = dict(states or {}), next_worker
         self.infinite, self.shuffle = infinite, shuffle
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
-        role = ((info.id if info is not None else 0) + self.rotation) % self.n_roles
-        state = dataclasses.replace(self.states.get(role, SlotState()))
+        worker = ((info.id if info is not None else 0) + self.next_worker) % self.workers
+        state = dataclasses.replace(self.states.get(worker, ReaderState()))
         state.counters = dict(state.counters)
-        return self.batches(role, state)
+        return self.batches(worker, state)
 
-    def raw(self, role: int, state: SlotState, used: list[bool]) -> Iterator[dict[str, Any]]:
-        """Raw samples of this slot from `state` on; `state` is advanced in place per sample. The
-        consumer sets `used[0]` when a sample gave something to train on: an epoch without one
-        (nothing readable, or nothing decodes, or the limits skip everything) counts as empty."""
-        n_slots = self.world_size * self.n_roles
-        slot = self.rank * self.n_roles + role
+    def raw(self, worker: int, state: ReaderState, used: list[bool]) -> Iterator[dict[str, Any]]:
+        """Raw samples of this worker's reader from `state` on; `state` is advanced in place per
+        sample. The consumer sets `used[0]` when a sample gave something to train on: an epoch
+        without one (nothing readable, or nothing decodes, or the limits skip everything) counts
+        as empty."""
+        n_readers = self.world_size * self.workers
+        reader = self.rank * self.workers + worker
         empty_epochs = 0
         while True:
-            mine, by_sample = slot_shards(self.shards, state.epoch, slot, n_slots, self.seed,
-                                          self.shuffle and self.cfg.shuffle_shards)
+            mine, by_sample = reader_shards(self.shards, state.epoch, reader, n_readers, self.seed,
+                                            self.shuffle and self.cfg.shuffle_shards)
             used[0] = False
             whole_epoch = state.shard == 0 and state.offset == 0  # a resumed epoch's tail may be empty
             while state.shard < len(mine):
@@ -487,7 +209,7 @@ class SourceStream(IterableDataset):
                 samples = read_tar_samples(url, state.counters)
                 if by_sample:
                     turn = state.epoch + state.shard
-                    samples = (s for i, s in enumerate(samples) if (i + turn) % n_slots == slot)
+                    samples = (s for i, s in enumerate(samples) if (i + turn) % n_readers == reader)
                 emitted = 0
                 buffer = self.cfg.shuffle_buffer if self.shuffle else 0
                 for sample in shuffled(samples, buffer, rng):
@@ -502,17 +224,17 @@ class SourceStream(IterableDataset):
             if not self.infinite:
                 return
             empty_epochs = 0 if used[0] or not whole_epoch else empty_epochs + 1
-            if empty_epochs >= n_slots:
+            if empty_epochs >= n_readers:
                 raise RuntimeError(
-                    f"source {self.cfg.name}: rank {self.rank} worker slot {role} found no usable sample in "
+                    f"source {self.cfg.name}: rank {self.rank} worker {worker} found no usable sample in "
                     f"{empty_epochs} epochs over {len(self.shards)} shards ({state.counters})")
 
-    def batches(self, role: int, state: SlotState) -> Iterator[Batch]:
+    def batches(self, worker: int, state: ReaderState) -> Iterator[Batch]:
         pending: list[Sample] = []
         group: list[Sample] = []  # pairs/video: the chunks of the sequence being packed
         pack = self.cfg.samples_per_sequence if self.cfg.kind != "m3w" else 0
         used = [False]
-        for raw in self.raw(role, state, used):
+        for raw in self.raw(worker, state, used):
             rng = random.Random(f"{self.seed}/{state.epoch}/{raw['__key__']}")
             try:
                 sample = self.decoder(raw, rng)
@@ -532,40 +254,40 @@ class SourceStream(IterableDataset):
                 sample, group = self.decoder.join(group), []
             pending.append(sample)
             if len(pending) == self.cfg.batch_size:
-                yield self._emit(pending, role, state)
+                yield self._emit(pending, worker, state)
                 pending = []
         if group:
             pending.append(self.decoder.join(group))
         if pending:  # finite (evaluation) streams only: the last, smaller batch
-            yield self._emit(pending, role, state)
+            yield self._emit(pending, worker, state)
 
-    def _emit(self, samples: list[Sample], role: int, state: SlotState) -> Batch:
+    def _emit(self, samples: list[Sample], worker: int, state: ReaderState) -> Batch:
         batch = collate(samples, self.tok, self.cfg.name)
-        batch.state = {"role": role, "slot": state.to_dict()}
+        batch.state = {"worker": worker, "reader": state.to_dict()}
         return batch
 
 
 class SourceLoader:
     """One source's batches for this rank, through `num_workers` DataLoader processes.
 
-    Workers are visited round-robin, so the batch sequence is a pure function of the slot
-    states and which worker is next (`rotation`); both are in `state_dict()`. `wait_s` sums the
-    time spent waiting for batches (data starvation)."""
+    Workers are visited round-robin, so the batch sequence is a pure function of the reader
+    states and `next_worker`; both are in `state_dict()`. `wait_s` sums the time spent waiting
+    for batches (data starvation)."""
 
     def __init__(self, cfg: SourceConfig, tokenizer: FlamingoTokenizer, image: ImageSpec, *, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  state: dict[str, Any] | None = None, infinite: bool = True, shuffle: bool = True) -> None:
         self.cfg, self.num_workers = cfg, num_workers
-        self.n_roles = max(1, num_workers)
-        self.slots = {r: SlotState() for r in range(self.n_roles)}
-        self.rotation, self.consumed = 0, 0
+        self.workers = max(1, num_workers)
+        self.readers = {w: ReaderState() for w in range(self.workers)}  # by worker
+        self.next_worker, self.consumed = 0, 0
         if state is not None:
-            if int(state["n_roles"]) != self.n_roles:
-                raise ValueError(f"source {cfg.name}: loader state has {state['n_roles']} workers, config {self.n_roles}")
-            self.slots = {int(r): SlotState.from_dict(s) for r, s in state["slots"].items()}
-            self.rotation = int(state["rotation"])
+            if int(state["workers"]) != self.workers:
+                raise ValueError(f"source {cfg.name}: loader state has {state['workers']} workers, config {self.workers}")
+            self.readers = {int(w): ReaderState.from_dict(s) for w, s in state["readers"].items()}
+            self.next_worker = int(state["next_worker"])
         self.dataset = SourceStream(cfg, tokenizer, image, seed=seed, rank=rank, world_size=world_size,
-                                    num_workers=num_workers, states=self.slots, rotation=self.rotation,
+                                    num_workers=num_workers, states=self.readers, next_worker=self.next_worker,
                                     infinite=infinite, shuffle=shuffle)
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=num_workers,
                                  prefetch_factor=4 if num_workers else None, persistent_workers=False,
@@ -582,17 +304,17 @@ class SourceLoader:
         t0 = time.perf_counter()
         batch = next(self._it)
         self.wait_s += time.perf_counter() - t0
-        self.slots[batch.state["role"]] = SlotState.from_dict(batch.state["slot"])
+        self.readers[batch.state["worker"]] = ReaderState.from_dict(batch.state["reader"])
         self.consumed += 1
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"n_roles": self.n_roles, "rotation": (self.rotation + self.consumed) % self.n_roles,
-                "slots": {str(r): s.to_dict() for r, s in self.slots.items()}}
+        return {"workers": self.workers, "next_worker": (self.next_worker + self.consumed) % self.workers,
+                "readers": {str(w): s.to_dict() for w, s in self.readers.items()}}
 
     def counters(self) -> dict[str, int]:
         total = dict.fromkeys(COUNTERS, 0)
-        for s in self.slots.values():
+        for s in self.readers.values():
             for k, v in s.counters.items():
                 total[k] = total.get(k, 0) + v
         return total

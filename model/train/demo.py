@@ -114,7 +114,8 @@ def few_shot(checkpoint: Path, pair_shards: list[str], out: Path, n_shots: int =
     after `n_shots` captioned examples (`<image>caption<|endofchunk|>... <image>`)."""
     from model.checkpoint import load_checkpoint
     from model.generate import generate_text
-    from model.train.data import IMAGE_EXTS, ImageSpec, decode_image, read_tar_samples
+    from model.train.data import read_tar_samples
+    from model.train.samples import IMAGE_EXTS, ImageSpec, decode_image
 
     model, tokenizer = load_checkpoint(checkpoint)
     model.eval()
@@ -210,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
     lap("generate")
 
     final = result.evals[-1] if result.evals else {"eval": {}}
-    summary = {"corpora": {"train": train_counts, "heldout": heldout_counts}, "timings_s": timings, "total_s": round(time.perf_counter() - t0, 1), "steps": result.step,
+    summary = {"corpora": {"train": train_counts, "heldout": heldout_counts}, "timings_s": timings,
+               "total_s": round(time.perf_counter() - t0, 1), "steps": result.step,
                "lm": {"train_loss": lm.train_loss, "heldout_loss": lm.eval_loss},
                "vit": {"train_loss": vit.train_loss, "heldout_top1": vit.heldout_accuracy}, "eval": final["eval"],
                "evals": result.evals, "gates": result.gates, "few_shot": shots, "checkpoint": str(result.checkpoint),

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.train.config import MixMode
-from model.train.data import Batch, SourceLoader
+from model.train.data import SourceLoader
+from model.train.samples import Batch
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Mixer:
             if state["mode"] != mode or state["sources"] != self.names:
                 raise ValueError(f"mixer state is for {state['mode']} over {state['sources']}, "
                                  f"config is {mode} over {self.names}")
-            self.rng.setstate(_as_rng_state(state["rng"]))
+            self.rng.setstate(random_state(state["rng"]))
 
     def next_step(self) -> StepPlan:
         if self.mode == "accumulate":
@@ -59,7 +60,8 @@ class Mixer:
             loader.close()
 
 
-def _as_rng_state(state: Any) -> tuple[Any, ...]:
-    """random.Random state after a round trip through lists (JSON/torch.save may turn tuples into lists)."""
+def random_state(state: Any) -> tuple[Any, ...]:
+    """A `random.Random().getstate()` as `setstate` wants it, also after a serialisation round trip
+    that turned its tuples into lists (JSON, some pickle-free formats)."""
     version, internal, gauss = state
     return (version, tuple(internal), gauss)

@@ -5,7 +5,7 @@ inject what the images add. At toy scale that LM is the built-in byte-level deco
 for a minute on the text of our own shards (M3W documents' texts, pair and video captions).
 
 Output: one safetensors file whose metadata holds the `BuiltinLMConfig` it was trained with;
-`load_pretrained_lm` refuses a config that differs, so a Flamingo config cannot silently get
+`model.backbones.load_pretrained_lm` refuses a config that differs, so a Flamingo config cannot silently get
 an LM of another shape. Text is read into memory (toy scale; `max_bytes` caps it).
 """
 
@@ -22,13 +22,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from model.backbones import BuiltinLM
-from model.checkpoint import read_pretrained_backbone, save_pretrained_backbone
+from model.backbones import LM_WEIGHTS_FORMAT, BuiltinLM, save_pretrained_backbone
 from model.config import BuiltinLMConfig
 from model.tokenizer import ByteTokenizer
 from model.train.data import expand_shards, read_tar_samples
-
-FORMAT = "m3w-builtin-lm/1"
 
 
 def corpus_texts(urls: Sequence[str], max_bytes: int = 50_000_000) -> tuple[list[str], list[str]]:
@@ -146,12 +143,6 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
             xy = _windows(*eval_pools, 64, seq_len, torch.Generator().manual_seed(seed + 1))
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
     state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
-    out = save_pretrained_backbone(state, out, FORMAT, cfg, tokenizer=tok.name)
+    out = save_pretrained_backbone(state, out, LM_WEIGHTS_FORMAT, cfg, tokenizer=tok.name)
     return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0)
 
-
-def load_pretrained_lm(lm: BuiltinLM, path: str | Path) -> None:
-    """Load weights written by `pretrain_lm` into a built-in LM of exactly the same config."""
-    state = read_pretrained_backbone(path, FORMAT, lm.cfg, "builtin_lm")
-    state["lm_head.weight"] = state["tok_emb.weight"]
-    lm.load_state_dict(state, strict=True)

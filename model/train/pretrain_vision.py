@@ -6,7 +6,7 @@ minutes, not days, to dig it out. At toy scale: the built-in ViT (mean-pooled pa
 a linear head) against a bag-of-words caption encoder, symmetric InfoNCE with a learned
 temperature, on the ALIGN/LTIP pairs. Only the ViT is kept (Flamingo uses its patch features).
 
-Output: one safetensors file whose metadata holds the `BuiltinViTConfig`; `load_pretrained_vision`
+Output: one safetensors file whose metadata holds the `BuiltinViTConfig`; `model.backbones.load_pretrained_vision`
 refuses any other config.
 """
 
@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbones import BuiltinViT
-from model.checkpoint import read_pretrained_backbone, save_pretrained_backbone
+from model.backbones import VIT_WEIGHTS_FORMAT, BuiltinViT, save_pretrained_backbone
 from model.config import BuiltinViTConfig
 from model.image_prep import BUILTIN_MEAN, BUILTIN_STD
-from model.train.data import IMAGE_EXTS, ImageSpec, decode_image, expand_shards, read_tar_samples
+from model.train.data import expand_shards, read_tar_samples
+from model.train.samples import IMAGE_EXTS, ImageSpec, decode_image
 
-FORMAT = "m3w-builtin-vit/1"
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -141,10 +140,6 @@ def pretrain_vision(pair_urls: Sequence[str], out: str | Path, cfg: BuiltinViTCo
     if heldout_urls:
         held_images, held_captions = load_pairs(heldout_urls, spec)
         accuracy = _retrieval_accuracy(vit, head, text, held_images, held_captions)
-    out = save_pretrained_backbone(vit.state_dict(), out, FORMAT, cfg, resize=resize)
+    out = save_pretrained_backbone(vit.state_dict(), out, VIT_WEIGHTS_FORMAT, cfg, resize=resize)
     return VisionPretrainResult(out, float(loss_ema or 0.0), accuracy, steps, time.perf_counter() - t0)
 
-
-def load_pretrained_vision(vit: BuiltinViT, path: str | Path, cfg: BuiltinViTConfig) -> None:
-    """Load weights written by `pretrain_vision` into a built-in ViT of exactly the same config."""
-    vit.load_state_dict(read_pretrained_backbone(path, FORMAT, cfg, "builtin_vision"), strict=True)

@@ -200,3 +200,20 @@ def test_resampler_padding_frames_do_not_change_a_shorter_video():
     mask = torch.tensor([[True] * 3 + [False] * 5])
     torch.testing.assert_close(resampler(padded, mask), alone, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(resampler(padded), alone)  # unmasked, the garbage frames would matter
+
+
+def test_a_clip_is_resampled_the_same_alone_and_in_any_batch():
+    """Each clip gets the time embeddings of its own frame count: batched with a clip longer than
+    max_frames (whose embeddings are stretched) a short clip must not get slices of those."""
+    torch.manual_seed(0)
+    from model.config import tiny_config
+    from model.factory import build_flamingo
+
+    model, _ = build_flamingo(tiny_config(resampler=ResamplerConfig(n_latents=8, depth=1, heads=2, dim_head=16, max_frames=8)))
+    clips = {t: torch.randn(t, 3, 16, 16) for t in (1, 4, 8, 30)}
+    with torch.no_grad():
+        alone = {t: model.encode_media([clip])[0] for t, clip in clips.items()}
+        for batch in ([4, 30], [30, 4, 1], [8, 4], [1, 30, 8, 4]):
+            out = model.encode_media([clips[t] for t in batch])
+            for i, t in enumerate(batch):
+                torch.testing.assert_close(out[i], alone[t], rtol=0, atol=1e-5, msg=f"{t} frames in {batch}")

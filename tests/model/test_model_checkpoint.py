@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from helpers.tiny_hf import make_tiny_lm
 from m3w.model_cli import add_generate_arguments, build_prompt, run_generate
-from model.checkpoint import MANIFEST, TRAINABLE, CheckpointError, load_checkpoint, save_checkpoint
+from model.checkpoint import MANIFEST, TRAINABLE, CheckpointError, load_checkpoint, save_checkpoint, save_tiny_checkpoint
 from model.config import tiny_config
-from model.factory import build_flamingo, build_tiny_flamingo, save_tiny_checkpoint
+from model.factory import build_flamingo, build_tiny_flamingo
 from model.generate import generate_text
 from model.image_prep import CLIP_MEAN, CLIP_STD, preprocess_for, preprocess_image
 

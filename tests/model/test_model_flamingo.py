@@ -152,7 +152,10 @@ def test_mixed_images_and_8_frame_videos_forward_and_backward():
     model.train()
     _open_gates(model)
     ids, mask = tok.batch_encode(["<image>a photo<|endofchunk|><image>a clip", "<image>a video <image>an image"])
-    frame = lambda t: torch.randn(t, 3, IMAGE, IMAGE)  # noqa: E731
+
+    def frame(t):
+        return torch.randn(t, 3, IMAGE, IMAGE)
+
     media = [frame(1), frame(8), frame(8), frame(1)]  # image, video | video, image
     out = model(ids, mask, media, torch.tensor([0, 0, 1, 1]), labels=text_labels(ids, mask, tok.special))
     out.loss.backward()

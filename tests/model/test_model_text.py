@@ -57,8 +57,8 @@ def test_labels_policy_excludes_media_and_padding_only():
     ids = torch.tensor([[a, s.image, b, s.end_of_chunk, s.image, a, s.pad]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0]])
     labels = text_labels(ids, mask, s)
-    I = IGNORE_INDEX  # noqa: E741
-    assert labels.tolist() == [[a, I, b, s.end_of_chunk, I, a, I]]
+    x = IGNORE_INDEX
+    assert labels.tolist() == [[a, x, b, s.end_of_chunk, x, a, x]]
 
 
 def test_next_token_loss_is_cross_entropy_over_targets():

@@ -1,4 +1,4 @@
-"""Per-source loaders (model/data.py): token layout, truncation, media, collate, sharding, resume, corruption."""
+"""Per-source loaders (model/train/samples.py, data.py): token layout, truncation, media, collate, sharding, resume, corruption."""
 
 from __future__ import annotations
 
@@ -17,20 +17,8 @@ from test_data_shards import jpeg, key_of, m3w_members, make_shards, pair_member
 from model.image_prep import preprocess_image
 from model.tokenizer import ByteTokenizer
 from model.train.config import SourceConfig
-from model.train.data import (
-    COUNTERS,
-    ImageSpec,
-    SampleDecoder,
-    SkipSample,
-    SlotState,
-    SourceLoader,
-    SourceStream,
-    collate,
-    decode_image,
-    eval_batches,
-    expand_shards,
-    read_tar_samples,
-)
+from model.train.data import COUNTERS, ReaderState, SourceLoader, SourceStream, eval_batches, expand_shards, read_tar_samples
+from model.train.samples import ImageSpec, SampleDecoder, SkipSample, collate, decode_image
 
 TOK = ByteTokenizer()
 SPEC = ImageSpec(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -264,7 +252,7 @@ def test_collate_pads_masks_and_routes_media():
     assert isinstance(mixed.media, list) and [m.shape[0] for m in mixed.media] == [2, 3]
 
 
-# --- shards, slots, resume -----------------------------------------------------------------
+# --- shards, readers, resume ---------------------------------------------------------------
 
 
 def _keys_of(stream_kwargs, cfg):
@@ -276,17 +264,17 @@ def _keys_of(stream_kwargs, cfg):
 
 
 @pytest.mark.parametrize("n_shards", [4, 1])
-def test_slots_split_samples_disjointly_also_with_fewer_shards_than_slots(tmp_path, n_shards):
+def test_readers_split_samples_disjointly_also_with_fewer_shards_than_readers(tmp_path, n_shards):
     pattern = make_shards(tmp_path, "pairs", n_shards, 12 // n_shards)
     cfg = SourceConfig(name="p", kind="pairs", urls=[pattern], batch_size=1, shuffle_buffer=4)
     all_keys = _keys_of({}, cfg)
     assert len(all_keys) == 12
     parts = []
     for rank in range(2):
-        for role in range(2):  # a worker's slot: rank * workers + role
+        for worker in range(2):  # reader rank * workers + worker
             stream = SourceStream(cfg, TOK, SPEC, seed=0, rank=rank, world_size=2, num_workers=2, infinite=False)
-            parts.append([b.keys[0] for b in stream.batches(role, SlotState())])
-    assert all(parts), "no slot may starve"
+            parts.append([b.keys[0] for b in stream.batches(worker, ReaderState())])
+    assert all(parts), "no reader may starve"
     flat = [k for p in parts for k in p]
     assert sorted(flat) == sorted(all_keys) and len(set(flat)) == len(flat)
 
@@ -368,8 +356,11 @@ def test_shard_patterns_globs_and_remote_urls(tmp_path):
     assert expand_shards(pattern) == [str(tmp_path / f"pairs-{i:05d}.tar") for i in range(3)]
     assert expand_shards([str(tmp_path / "pairs-*.tar")]) == expand_shards(pattern)
     assert expand_shards("a-{0..1}.tar::b.tar") == ["a-0.tar", "a-1.tar", "b.tar"]
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -1,4 +1,4 @@
-"""Training config (model/train_config.py): TOML and YAML, strict keys and types, overrides, round trip."""
+"""Training config (model/train/config.py): TOML and YAML, strict keys and types, overrides, round trip."""
 
 from __future__ import annotations
 
@@ -94,6 +94,22 @@ def test_source_limits_that_would_skip_every_sample_are_errors(fields, message):
                                           "max_images": 1, "max_frames": 1})  # the same source, usable
 
 
+def test_video_clips_longer_than_the_learned_time_embeddings_are_refused():
+    """A clip of more frames than model.resampler.max_frames would train on stretched time embeddings."""
+    data = read_config_file_from_text(TOML)
+    data["model"]["resampler"] = {"max_frames": 4}
+    video = {"name": "vtp", "kind": "video", "urls": "v.tar", "max_frames": 4}
+    data["data"]["sources"].append(dict(video))
+    assert TrainConfig.from_dict(data).data.sources[-1].max_frames == 4  # as many as learned: fine
+    data["data"]["sources"][-1]["max_frames"] = 5
+    with pytest.raises(ValueError, match="source vtp: max_frames 5 exceeds model.resampler.max_frames 4"):
+        TrainConfig.from_dict(data)
+    data["data"]["sources"].pop()
+    data["eval"]["sets"].append({**video, "name": "heldout_vtp", "max_frames": 6})
+    with pytest.raises(ValueError, match="source heldout_vtp: max_frames 6 exceeds"):
+        TrainConfig.from_dict(data)
+
+
 def read_config_file_from_text(text):
     import tomllib
 
@@ -121,3 +137,8 @@ def test_shipped_configs_load():
         assert cfg.data.sources and cfg.run.steps > 0, path
     hf = load_train_config(configs[[p.name for p in configs].index("flamingo.yaml")])
     assert [s.weight for s in hf.data.sources] == [1.0, 0.2, 0.2, 0.03] and hf.model.xattn.every_n_layers == 4
+    assert hf.data.loss_normalisation == "per_sequence"  # the paper's, for the paper's weights
+    text = configs[[p.name for p in configs].index("flamingo.yaml")].read_text()  # says what to download, to where
+    assert f"--local-dir {hf.model.lm_path}" in text and f"--local-dir {hf.model.vision_path}" in text
+    demo = load_train_config(configs[[p.name for p in configs].index("demo.toml")])
+    assert demo.data.loss_normalisation == "per_token"  # the default: what the demo has always trained with

@@ -1,4 +1,4 @@
-"""Data parallelism (model/train.py): 2 gloo processes == 1 process on the doubled batch; frozen parts untouched;
+"""Data parallelism (model/train/step.py, loop.py): 2 gloo processes == 1 process on the doubled batch; frozen parts untouched;
 metrics summed over ranks; a failed checkpoint write stops every rank."""
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from test_data_shards import TINY_MODEL, make_shards, tiny_corpus, tiny_train_di
 from model.config import FlamingoConfig
 from model.factory import build_flamingo
 from model.train.config import SourceConfig, TrainConfig, dump_toml
-from model.train.data import ImageSpec, SampleDecoder, SourceLoader, collate, read_tar_samples
-from model.train.loop import Runtime, accumulate_gradients, optimizer_step, param_groups, train
+from model.train.data import SourceLoader, read_tar_samples
+from model.train.loop import train
 from model.train.mixing import StepPlan
+from model.train.samples import ImageSpec, SampleDecoder, collate
+from model.train.step import Runtime, accumulate_gradients, optimizer_step, param_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = {"m3w": 1.0, "align": 0.2}

@@ -1,7 +1,8 @@
-"""Mixing (model/mixing.py) and the accumulate step (model/train.py): gradients, clipping, sampling."""
+"""Mixing (model/train/mixing.py) and the accumulate step (model/train/step.py): gradients, clipping, sampling."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -11,9 +12,10 @@ from test_data_shards import TINY_MODEL, tiny_corpus
 from model.config import FlamingoConfig
 from model.factory import build_flamingo
 from model.train.config import SourceConfig
-from model.train.data import ImageSpec, SourceLoader
-from model.train.loop import Runtime, accumulate_gradients, forward_loss_sum, optimizer_step
+from model.train.data import SourceLoader
 from model.train.mixing import Mixer, StepPlan
+from model.train.samples import ImageSpec
+from model.train.step import Runtime, accumulate_gradients, forward_loss_sum, optimizer_step
 
 
 def _setup(tmp_path, weights, accum=None):
@@ -82,6 +84,37 @@ def test_accumulate_applies_the_weighted_sum_of_per_source_gradients(tmp_path):
     assert all(p.grad is None for p in model.parameters())  # cleared for the next step
 
 
+@pytest.mark.parametrize("normalisation, count", [("per_token", "targets"), ("per_sequence", "sequences")])
+def test_each_source_s_share_of_the_gradient_follows_the_loss_normalisation(tmp_path, normalisation, count):
+    """per_token: w_s x (summed loss / target tokens of s); per_sequence (Flamingo's Eq. 2): w_s x (summed
+    loss / sequences of s). An M3W sequence here holds ~2.6x the targets of a pair's: the two
+    normalisations give the sources clearly different shares."""
+    weights = {"m3w": 1.0, "align": 0.2}
+    model, loaders = _setup(tmp_path, weights, accum={"align": 2})
+    _open_gates(model)
+    plan = Mixer({n: loaders[n] for n in weights}, weights, "accumulate", seed=0).next_step()
+    per_source = {}  # each source alone: the gradient of its summed loss, and its counts
+    for name, _, batches in plan.parts:
+        model.zero_grad(set_to_none=True)
+        total = sum(forward_loss_sum(model, b, Runtime()) for b in batches)
+        total.backward()
+        per_source[name] = ({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                            sum(b.stats[count] for b in batches), float(total.detach()) / sum(b.stats["targets"] for b in batches))
+    model.zero_grad(set_to_none=True)
+    stats = accumulate_gradients(model, plan, Runtime(), normalisation)
+    applied = _grads(model)
+    shares = {name: weights[name] / n for name, (_, n, _) in per_source.items()}
+    for n in applied:
+        expected = sum(shares[name] * g[n] for name, (g, _, _) in per_source.items() if n in g)
+        torch.testing.assert_close(applied[n], expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()), msg=n)
+    # the logged losses are per target token whatever the normalisation
+    assert stats["per_source"] == pytest.approx({name: mean for name, (_, _, mean) in per_source.items()}, rel=1e-5)
+    targets = {name: sum(b.stats["targets"] for b in batches) for name, _, batches in plan.parts}
+    sequences = {name: sum(b.stats["sequences"] for b in batches) for name, _, batches in plan.parts}
+    assert sequences == {"m3w": 3, "align": 8}
+    assert targets["m3w"] / sequences["m3w"] > 2 * targets["align"] / sequences["align"]
+
+
 def test_text_only_micro_batches_give_explicit_zero_gradients(tmp_path):
     """Parameters a step does not touch get a zero gradient (same on every rank, same AdamW behaviour)."""
     model, loaders = _setup(tmp_path, {"m3w": 1.0})
@@ -131,3 +164,24 @@ def test_all_zero_weights_are_an_error_naming_the_sources(mode):
     with pytest.raises(ValueError, match=r"every source has weight 0 \(m3w, align\)"):
         Mixer(loaders, {"m3w": 0.0, "align": 0.0}, mode, seed=0)
     assert Mixer(loaders, {"m3w": 0.0, "align": 0.2}, mode, seed=0).next_step().parts[0][0] == "align"
+
+
+def test_the_trainer_uses_the_configured_normalisation(tmp_path):
+    """data.loss_normalisation reaches the step: the same first step, per sequence, has a gradient
+    about tokens-per-sequence times larger (every sequence here holds several targets)."""
+    from test_data_shards import tiny_train_dict
+
+    from model.train.config import TrainConfig
+    from model.train.loop import train
+
+    corpus = tiny_corpus(tmp_path / "data")
+    norms = {}
+    for normalisation in ("per_token", "per_sequence"):
+        data = tiny_train_dict(tmp_path / normalisation, corpus, steps=1)
+        data["eval"]["sets"] = []
+        data["data"]["loss_normalisation"] = normalisation
+        result = train(TrainConfig.from_dict(data))
+        records = [json.loads(line) for line in (tmp_path / normalisation / "metrics.jsonl").read_text().splitlines()]
+        norms[normalisation] = (records[0]["grad_norm"], result.losses)
+    assert norms["per_sequence"][0] > 5 * norms["per_token"][0]
+    assert norms["per_sequence"][1] == norms["per_token"][1]  # the logged loss is per token either way

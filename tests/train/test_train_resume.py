@@ -1,9 +1,10 @@
-"""Checkpoints and resume (model/train.py): bit-exact continuation in a new process, strictness, atomicity."""
+"""Checkpoints and resume (model/train/state.py, loop.py): bit-exact continuation in a new process, strictness, atomicity."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +17,9 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import FlamingoConfig
 from model.factory import build_flamingo
 from model.train.config import TrainConfig, dump_toml
-from model.train.loop import (
-    TRAINER_STATE,
-    build_model,
-    build_optimizer,
-    latest_checkpoint,
-    load_training_state,
-    lr_lambda,
-    save_training_state,
-    train,
-)
+from model.train.loop import train
+from model.train.state import TRAINER_STATE, TrainState, latest_checkpoint
+from model.train.step import build_optimizer, lr_lambda
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,11 +135,12 @@ def test_resume_with_the_same_config_restores_the_optimizer_exactly(tmp_path, ca
     cfg = TrainConfig.from_dict(data)
     saved = torch.load(train(cfg).checkpoint / TRAINER_STATE, weights_only=True)
 
-    model, _ = build_model(cfg)
+    model, tok = build_flamingo(cfg.model)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.run.steps)
     path = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    state = load_training_state(path, model, optimizer, scheduler, cfg, world_size=1)
-    assert state["optim_changes"] == {}
+    state = TrainState(model, tok, optimizer, scheduler)
+    assert state.load(path, cfg, world_size=1) == {}  # no optimizer setting differs
+    assert state.step == 2
     loaded = optimizer.state_dict()
     assert loaded["param_groups"] == saved["optimizer"]["param_groups"]  # lr, initial_lr, betas, ...: exact floats
     assert loaded["state"].keys() == saved["optimizer"]["state"].keys()
@@ -173,10 +168,38 @@ def test_checkpoint_write_removes_stale_temporaries_and_makes_the_pointer_durabl
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
                                                  fsync(fd)))
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b)))
-    final = save_training_state(root, 2, model, tok, optimizer, scheduler, [{}], [{}], cfg, keep=2)
+    final = TrainState(model, tok, optimizer, scheduler, step=2, loader=[{}], rng=[{}]).save(root, cfg, keep=2)
 
     assert not crashed.exists() and mine.is_dir() and (root / ".notes").is_dir()  # only other pids' temporaries
     assert (root / "latest").read_text() == final.name
     latest = events.index(("replace", str(root / "latest")))
     assert ("fsync", str(root / ".latest.tmp")) in events[:latest]  # the pointer's content, before the rename
     assert ("fsync", str(root.resolve())) in events[latest + 1:]  # the rename itself
+
+
+def test_resume_after_a_crash_logs_every_step_once(tmp_path, capsys):
+    """Issue 11: a run killed after logging steps past its last checkpoint, then resumed: metrics.jsonl
+    holds every step once, with the values of a run that never stopped."""
+    corpus = tiny_corpus(tmp_path / "data")
+    straight = tiny_train_dict(tmp_path / "straight", corpus, steps=6, checkpoint_every=3)  # log every step, eval every 2
+    train(TrainConfig.from_dict(straight))
+    data = tiny_train_dict(tmp_path / "run", corpus, steps=6, checkpoint_every=3, stop_at=5)
+    train(TrainConfig.from_dict(data))
+    root = tmp_path / "run" / "checkpoints"
+    # the crash: steps 4 and 5 (and evaluations at 4 and 5) logged, the checkpoint at 5 never written,
+    # and the last line torn mid-write
+    shutil.rmtree(root / "step-00000005")
+    (root / "latest").write_text("step-00000003")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with open(metrics, "a", encoding="utf-8") as f:
+        f.write('{"step": 6, "loss": 5.9')
+    capsys.readouterr()
+    del data["run"]["stop_at"]
+    train(TrainConfig.from_dict(data))
+
+    err = capsys.readouterr().err
+    assert "dropped 5 lines of steps after 3" in err, err  # steps 4 and 5, evaluations at 4 and 5, the torn line
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" not in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "eval" in r] == [2, 4, 6]
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")  # and the values of the run that never stopped

@@ -1,4 +1,4 @@
-"""The trainer end to end (model/train.py), its pieces, LM pretraining and `m3w train`."""
+"""The trainer end to end (model/train/loop.py), its pieces, LM pretraining and `m3w train`."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import yaml
 from safetensors.torch import load_file
 from test_data_shards import TINY_MODEL, key_of, pair_members, tiny_corpus, tiny_train_dict, write_tar
 
-from model.backbones import BuiltinLM, BuiltinViT
+from model.backbones import BuiltinLM, BuiltinViT, load_pretrained_lm, load_pretrained_vision
 from model.config import BuiltinLMConfig, BuiltinViTConfig, FlamingoConfig
 from model.factory import build_flamingo
 from model.train.config import OptimConfig, SourceConfig, TrainConfig
-from model.train.data import ImageSpec, SourceLoader
-from model.train.loop import Runtime, build_model, enable_activation_checkpointing, forward_loss_sum, lr_lambda, param_groups, train
-from model.train.pretrain_lm import load_pretrained_lm, pretrain_lm
-from model.train.pretrain_vision import load_pretrained_vision, pretrain_vision
+from model.train.data import SourceLoader
+from model.train.loop import train
+from model.train.pretrain_lm import pretrain_lm
+from model.train.pretrain_vision import pretrain_vision
+from model.train.samples import ImageSpec
+from model.train.step import Runtime, forward_loss_sum, lr_lambda, param_groups
 
 
 def test_training_runs_logs_everything_and_survives_a_corrupt_source(tmp_path):
@@ -83,8 +85,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
         with torch.no_grad():
             for block in model.gated_xattn:
                 block.attn_gate.fill_(0.5)
-        if checkpointing:
-            enable_activation_checkpointing(model)
+        model.enable_activation_checkpointing(checkpointing)
         batch = next(SourceLoader(SourceConfig(name="m", kind="m3w", urls=[corpus["m3w"]], batch_size=4, max_tokens=40),
                                   tok, ImageSpec.for_encoder(model.vision), seed=0))
         forward_loss_sum(model, batch, Runtime()).backward()
@@ -119,7 +120,8 @@ def test_pretrained_lm_is_loaded_before_the_new_token_rows_and_stays_frozen(tmp_
                       batch_size=8, seq_len=32, eval_urls=[corpus["heldout"]], log=False)
     assert res.eval_loss is not None and res.eval_loss < math.log(256)  # learned something about the text
     data = tiny_train_dict(tmp_path / "run", corpus, steps=1, lm_weights=str(tmp_path / "lm.safetensors"))
-    model, _ = build_model(TrainConfig.from_dict(data))
+    cfg = TrainConfig.from_dict(data)
+    model, _ = build_flamingo(cfg.model, lm_weights=cfg.run.lm_weights)
     saved = load_file(str(tmp_path / "lm.safetensors"))
     lm_state = {k.replace(".decoder_layer", ""): v for k, v in model.lm.state_dict().items()}  # unwrap FlamingoLayer
     for name, tensor in saved.items():
@@ -139,14 +141,14 @@ def test_contrastive_vision_pretraining_learns_and_is_loaded_frozen(tmp_path):
                           heldout_urls=[corpus["heldout"]], log=False)
     assert res.heldout_accuracy is not None and res.heldout_accuracy >= 0.5  # chance: 1/8
     data = tiny_train_dict(tmp_path / "run", corpus, steps=1, vision_weights=str(tmp_path / "vit.safetensors"))
-    model, _ = build_model(TrainConfig.from_dict(data))
+    cfg = TrainConfig.from_dict(data)
+    model, _ = build_flamingo(cfg.model, vision_weights=cfg.run.vision_weights)
     for name, tensor in load_file(str(tmp_path / "vit.safetensors")).items():
         assert torch.equal(model.vision.state_dict()[name], tensor), name
     assert not any(p.requires_grad for p in model.vision.parameters())
     with pytest.raises(ValueError, match="trained with builtin_vision"):
         other = BuiltinViTConfig(image_size=16, patch_size=4, dim=32, depth=1, heads=2)
-        load_pretrained_vision(BuiltinViT(other), tmp_path / "vit.safetensors",
-                               other)
+        load_pretrained_vision(BuiltinViT(other), tmp_path / "vit.safetensors")
 
 
 def test_m3w_train_cli_yaml_and_errors(tmp_path, capsys):
