@@ -26,6 +26,7 @@ from beam_jobs.dedup_stages import Dedup
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchMediaFn, fetch_batches
 from beam_jobs.outputs import Corpus, write_m3w_shards, write_manifests
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
+from m3w_pipeline.core import web
 from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import BuildConfig, ExtractConfig, FilterConfig, ImageConfig, WarcConfig
 from m3w_pipeline.core.document import Document, assemble_document, choose_candidates, choose_record, document_key, image_candidates
@@ -64,7 +65,7 @@ class ReadWarcFn(CountingFn):
                     yield item
                 elif isinstance(item, warc_lib.MediaRecord):
                     tally.add("records", "media")
-                    yield TaggedOutput(MEDIA, (warc_lib.normalize_url(item.url), item))
+                    yield TaggedOutput(MEDIA, (web.normalize_url(item.url), item))
                 else:
                     tally.add("records", item.reason)
 
@@ -107,7 +108,7 @@ def image_refs(keyed_doc: tuple[str, Any]) -> Iterator[tuple[str, tuple[str, int
     for index, node in enumerate(page.nodes):
         if node.type == "image" and node.image is not None:
             for rank, url in enumerate(image_candidates(node.image)):
-                yield (warc_lib.normalize_url(url), (key, index, rank))
+                yield (web.normalize_url(url), (key, index, rank))
 
 
 def candidate_presence(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[tuple[tuple[str, int], tuple[int, str, bool]]]:

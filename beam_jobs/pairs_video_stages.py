@@ -33,6 +33,7 @@ from apache_beam.pvalue import AsDict, TaggedOutput
 from beam_jobs.counting import COUNTS, CountedSteps, CountingFn, counting
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batches
 from beam_jobs.outputs import Corpus, n_shards, shard_of, write_shard_files
+from m3w_pipeline.core import web
 from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import BuildConfig, FetchConfig, ImageConfig, PairConfig, VideoConfig
 from m3w_pipeline.core.document import choose_candidates, choose_record
@@ -127,9 +128,9 @@ class VideoCandidatesFn(CountingFn):
                 continue
             yield (cand.key, cand)
             for rank, url in enumerate(cand.fetchable):
-                yield TaggedOutput(VIDEO_REFS, (warc_lib.normalize_url(url), (cand.key, rank, SOURCE, url)))
+                yield TaggedOutput(VIDEO_REFS, (web.normalize_url(url), (cand.key, rank, SOURCE, url)))
             for rank, url in enumerate(cand.tracks):
-                yield TaggedOutput(VIDEO_REFS, (warc_lib.normalize_url(url), (cand.key, rank, TRACK, url)))
+                yield TaggedOutput(VIDEO_REFS, (web.normalize_url(url), (cand.key, rank, TRACK, url)))
 
 
 def source_results(refs: Iterable[tuple], result: VideoResult) -> Iterator[Any]:

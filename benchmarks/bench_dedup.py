@@ -37,9 +37,9 @@ from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import DedupConfig
 from m3w_pipeline.core.document import DocImage, Document
 from m3w_pipeline.core.nodes import ImageRef
+from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.filter import dedup as dd
 from m3w_pipeline.media.images import ProcessedImage
-from m3w_pipeline.read.warc import Provenance
 
 SECTION = "## Dedup (issue 3)"
 CONFIG = DedupConfig()

@@ -27,8 +27,8 @@ from PIL import Image
 from m3w_pipeline.core.accounting import build_manifest
 from m3w_pipeline.core.document import DocImage, Document, document_key
 from m3w_pipeline.core.nodes import ImageRef
+from m3w_pipeline.core.web import Provenance, url_domain
 from m3w_pipeline.media.images import process_image
-from m3w_pipeline.read.warc import Provenance, url_domain
 from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, write_m3w_shard
 
 WORDS = "the a river bridge garden mural lamp old quiet city harbour painted framed restored gallery".split()

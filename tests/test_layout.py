@@ -17,10 +17,10 @@ ALLOWED = {
     "m3w_pipeline/core": set(),
     "m3w_pipeline/read": {"m3w_pipeline/core", "m3w_pipeline/media"},  # media: magic-byte sniffing classifies payloads
     "m3w_pipeline/extract": {"m3w_pipeline/core", "m3w_pipeline/read"},
-    "m3w_pipeline/media": {"m3w_pipeline/core", "m3w_pipeline/read"},  # read: URL normalisation
-    "m3w_pipeline/filter": {"m3w_pipeline/core", "m3w_pipeline/read", "m3w_pipeline/extract"},  # extract: language id
-    "m3w_pipeline/write": {"m3w_pipeline/core", "m3w_pipeline/read", "m3w_pipeline/extract", "m3w_pipeline/filter", "m3w_pipeline/media"},
-    "m3w_pipeline/inspect": {"m3w_pipeline/core", "m3w_pipeline/read", "m3w_pipeline/write"},
+    "m3w_pipeline/media": {"m3w_pipeline/core"},
+    "m3w_pipeline/filter": {"m3w_pipeline/core", "m3w_pipeline/extract"},  # extract: language id
+    "m3w_pipeline/write": {"m3w_pipeline/core", "m3w_pipeline/extract", "m3w_pipeline/filter", "m3w_pipeline/media"},
+    "m3w_pipeline/inspect": {"m3w_pipeline/core", "m3w_pipeline/write"},
     "m3w_pipeline/sample": {"m3w_pipeline/core"},
     "beam_jobs": {"beam_jobs", *(f"m3w_pipeline/{f}" for f in PIPELINE)},
     "model": {"model", "m3w_pipeline/core"},  # only core/typed_config, checked in tests/model/test_model_imports.py
@@ -32,7 +32,6 @@ THIRD_PARTY_ONLY_IN = {"apache_beam": {"beam_jobs", "m3w"}, "torch": {"model", "
 # (importing folder, imported folder): why it is still here. Remove a line when its import goes.
 KNOWN_EXCEPTIONS = {
     ("m3w_pipeline/core", "m3w_pipeline/media"): "Document holds ImageResult/ProcessedImage, defined beside process_image",
-    ("m3w_pipeline/core", "m3w_pipeline/read"): "Document holds Provenance and uses url_domain, defined in read/warc.py",
     ("m3w_pipeline/extract", "m3w_pipeline/media"): "optout.py shares the header opt-out rule with the fetcher (media/fetch)",
     ("m3w_pipeline/media", "m3w_pipeline/write"): "fetch status rows use write/shards.load_arrow_schema",
 }

@@ -13,8 +13,8 @@ from typing import Iterable, Optional, Sequence, TypeVar
 
 from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, VideoRef
+from m3w_pipeline.core.web import Provenance, url_domain
 from m3w_pipeline.media.images import ImageResult, ProcessedImage
-from m3w_pipeline.read.warc import Provenance, url_domain
 
 # A word is a maximal run of Unicode word characters. Every word count and word list of the
 # pipeline (filters, quality scores, dedup keys and shingles, the shards' n_words) uses it.

@@ -38,7 +38,7 @@ import numpy as np
 from m3w_pipeline.core.accounting import KEPT, Tally
 from m3w_pipeline.core.config import DedupConfig
 from m3w_pipeline.core.document import Document, remove_positions, words
-from m3w_pipeline.read.warc import normalize_url
+from m3w_pipeline.core.web import normalize_url
 
 # Stage names and drop reasons, as counted (stage, outcome) in the manifest.
 URL_STAGE, URL_REASON = "dedup_url", "duplicate-url"

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Sequenc
 import pyarrow.parquet as pq
 
 from m3w_pipeline.core.document import count_words
+from m3w_pipeline.core.web import url_domain
 from m3w_pipeline.inspect.corpus import (
     IMAGE_EXTS,
     VIDEO_EXTS,
@@ -37,7 +38,6 @@ from m3w_pipeline.inspect.corpus import (
     sample_text,
     seekable,
 )
-from m3w_pipeline.read.warc import url_domain
 
 TokenCounter = Callable[[str], int]
 # Funnel stages in the order a build runs them (m3w_pipeline.core.accounting lists what each

@@ -12,12 +12,13 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, Optional, Union
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
 from m3w_pipeline.core.config import WarcConfig
+from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.read.decode import charset_from_content_type, decode_html
 
 # Record types we never turn into documents, each counted under its own reason.
@@ -42,17 +43,6 @@ COMMON_CRAWL_BASE_URL = "https://data.commoncrawl.org/"
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _MEDIA_PREFIXES = ("image/", "video/")
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where a record came from, precise enough to fetch it again with a range request."""
-
-    warc_file: str
-    offset: int
-    length: int
-    record_id: str
-    capture_date: str
 
 
 @dataclass
@@ -345,29 +335,6 @@ def classify_payload(content_type: str, payload: bytes) -> str:
 def _looks_like_html(payload: bytes) -> bool:
     head = payload[:1024].lstrip().lower()
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head[:512]
-
-
-def normalize_url(url: str) -> str:
-    """Join key for media: lower-case scheme/host, no fragment, default port dropped, path quoted once."""
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return url.strip()
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets (RFC 3986)
-    port = parts.port if parts.port not in (None, 80 if scheme == "http" else 443 if scheme == "https" else None) else None
-    netloc = host + (f":{port}" if port else "")
-    path = quote(unquote(parts.path or "/"), safe="/%:@!$&'()*+,;=-._~")
-    query = quote(unquote(parts.query), safe="=&%:@!$'()*+,;/?-._~")
-    return urlunsplit((scheme, netloc, path, query, ""))
-
-
-def url_domain(url: str) -> str:
-    try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -19,8 +19,8 @@ from typing import Any, BinaryIO, Iterable, Optional, Union
 
 import pyarrow as pa
 
+from m3w_pipeline.core.web import Provenance, url_domain
 from m3w_pipeline.media.video import frame_file
-from m3w_pipeline.read.warc import Provenance, url_domain
 from m3w_pipeline.write.pairs import Pair
 from m3w_pipeline.write.shards import DeterministicTarWriter, ShardInfo, canonical_json, load_arrow_schema
 from m3w_pipeline.write.video_samples import VideoSample

@@ -40,8 +40,8 @@ from typing import Iterable, Optional, Protocol, Sequence, TypeVar
 from m3w_pipeline.core.config import PairConfig
 from m3w_pipeline.core.document import DocImage, Document, assemble_document
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef
+from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.media.images import ImageResult, ProcessedImage
-from m3w_pipeline.read.warc import Provenance
 from m3w_pipeline.write.captions import caption_problem, clean_caption, context_caption
 
 PAIR_KINDS: tuple[str, ...] = ("align", "ltip")

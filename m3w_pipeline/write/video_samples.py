@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 from m3w_pipeline.core.config import PairConfig, VideoConfig
 from m3w_pipeline.core.document import Document
 from m3w_pipeline.core.nodes import VideoRef
+from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.media.video import ProcessedVideo, VideoProbe, VideoResult
-from m3w_pipeline.read.warc import Provenance
 from m3w_pipeline.write.captions import caption_problem, clean_caption, context_caption
 from m3w_pipeline.write.pairs import STATUS_FAILED_TO_DOWNLOAD, STATUS_SUCCESS
 

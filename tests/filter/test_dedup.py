@@ -26,9 +26,9 @@ from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import DedupConfig
 from m3w_pipeline.core.document import DocImage, Document, DocVideo, words
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
+from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.filter import dedup as dd
 from m3w_pipeline.media.images import ProcessedImage
-from m3w_pipeline.read.warc import Provenance
 
 CONFIG = DedupConfig()
 K = CONFIG.shingle_size

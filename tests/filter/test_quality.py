@@ -13,6 +13,7 @@ from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import BuildConfig, FilterConfig, ImageConfig
 from m3w_pipeline.core.document import DocImage, Document, DocVideo, words
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
+from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.filter import quality as q
 from m3w_pipeline.filter.filters import (
     blocked_image_url,
@@ -24,7 +25,6 @@ from m3w_pipeline.filter.filters import (
     url_host_path,
 )
 from m3w_pipeline.media.images import ProcessedImage, process_image
-from m3w_pipeline.read.warc import Provenance
 
 CONFIG = FilterConfig()
 

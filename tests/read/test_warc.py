@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from m3w_pipeline.core import web
 from m3w_pipeline.core.config import WarcConfig
 from m3w_pipeline.read import warc
 
@@ -124,7 +125,7 @@ def test_size_limit_drops_large_pages():
 
 
 def test_normalize_url_makes_equal_urls_equal():
-    n = warc.normalize_url
+    n = web.normalize_url
     assert n("HTTP://Example.COM:80/a%20b?x=1#frag") == n("http://example.com/a b?x=1")
     assert n("https://example.com") == "https://example.com/"
     assert n("https://example.com/a") != n("https://example.com/b")

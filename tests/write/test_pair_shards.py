@@ -29,9 +29,10 @@ from m3w_pipeline.core.accounting import STAGE_LINKS
 from m3w_pipeline.core.config import BuildConfig, PairConfig, VideoConfig
 from m3w_pipeline.core.document import DocVideo, assemble_document
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, Node, VideoRef
+from m3w_pipeline.core.web import Provenance, normalize_url
 from m3w_pipeline.media.images import process_image
 from m3w_pipeline.media.video import process_video
-from m3w_pipeline.read.warc import MediaRecord, Provenance, normalize_url
+from m3w_pipeline.read.warc import MediaRecord
 from m3w_pipeline.sample.crawl import SampleCrawl, write_sample_crawl
 from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
 from m3w_pipeline.write.pairs import PairInput, extract_pairs

@@ -13,11 +13,11 @@ from PIL import Image
 from m3w_pipeline.core.config import PairConfig, VideoConfig
 from m3w_pipeline.core.document import Document, DocVideo, assemble_document
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, Node, VideoRef
+from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.extract.page import extract_page
 from m3w_pipeline.media.images import ImageResult, process_image
 from m3w_pipeline.media.video import process_video
 from m3w_pipeline.read.decode import decode_html
-from m3w_pipeline.read.warc import Provenance
 from m3w_pipeline.write.captions import caption_problem, clean_caption
 from m3w_pipeline.write.pairs import (
     STATUS_FAILED_TO_DOWNLOAD,
