@@ -35,7 +35,7 @@ def dask_missing() -> Optional[str]:
 
 def wants_dask(runner: Optional[str], beam_args: Sequence[str], workers: Optional[int]) -> bool:
     """Whether this run goes to Dask: --dask-workers, --runner DaskRunner, or any --dask_* flag."""
-    return bool(workers) or is_dask_runner(runner) or any(a.startswith("--dask_") for a in beam_args)
+    return workers is not None or is_dask_runner(runner) or any(a.startswith("--dask_") for a in beam_args)
 
 
 def runner_flag(beam_args: Sequence[str]) -> Optional[str]:
@@ -56,11 +56,23 @@ def local_cluster(workers: int) -> Iterator[str]:
 
     # Start-up and shutdown chatter belongs to -v, like Beam's; ":0": no fixed port to collide on.
     level = logging.INFO if logging.getLogger().getEffectiveLevel() <= logging.INFO else logging.WARNING
+    quiet_workers = {"preload": [__name__]} if level > logging.INFO else {}
     scheduler_log = logging.getLogger("distributed")  # the scheduler runs in this process
     old_level = scheduler_log.level
     scheduler_log.setLevel(level)
     try:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=level) as cluster:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=level,
+                          **quiet_workers) as cluster:
             yield cluster.scheduler_address
     finally:
         scheduler_log.setLevel(old_level)
+
+
+def _not_beams_import_warning(record: logging.LogRecord) -> bool:
+    return "apitools not found" not in record.getMessage()
+
+
+def dask_setup(worker: object) -> None:
+    """Run in each worker process of a cluster started without -v (its preload): Beam's import-time
+    warning, printed by every process that imports Beam, stays as quiet there as in the CLI."""
+    logging.getLogger().addFilter(_not_beams_import_warning)

@@ -128,7 +128,7 @@ def _engine(runner: Optional[str], beam_args: Sequence[str], workers: Optional[i
     if runner and not is_dask_runner(runner):
         raise UsageError(f"--runner {runner} cannot take Dask flags (--dask-workers, --dask_*): use --runner DaskRunner")
     runner = runner or "DaskRunner"
-    if not workers:
+    if workers is None:
         yield runner, beam_args
         return
     if workers < 1:
