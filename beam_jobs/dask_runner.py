@@ -14,7 +14,8 @@ results for our pipelines (reproducers: tests/jobs/test_dask.py::test_beam_dask_
 
 The translation below builds a plain Dask task graph, one list of partition keys per
 PCollection: a ParDo is one task per partition (a Beam bundle, from `start_bundle` to
-`finish_bundle`) and one small task per output tag that selects it; a side input is one task
+`finish_bundle`; each worker thread sets a DoFn up once per job and reuses it) and one small
+task per output tag that selects it; a side input is one task
 that gathers the PCollection, a dependency of every task that reads it; Flatten is the union
 of partition lists; GroupByKey is a hash shuffle into a fixed number of partitions (twice the
 cluster's worker threads), keys hashed with `dask.base.tokenize`, which is the same in every
@@ -26,8 +27,11 @@ stateful DoFn, or a primitive without a translation is refused before anything r
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import operator
+import threading
+import uuid
 from collections import defaultdict
 from typing import Any, Optional
 
@@ -56,8 +60,8 @@ def _in_global_window(value: Any) -> WindowedValue:
 
 
 class _TagReceiver(Receiver):
-    def __init__(self, out: list):
-        self.out = out
+    def __init__(self) -> None:
+        self.out: list[Any] = []
 
     def receive(self, windowed_value: WindowedValue) -> None:
         self.out.append(windowed_value.value)
@@ -66,32 +70,59 @@ class _TagReceiver(Receiver):
 class _Receivers(dict):
     """tag -> receiver; outputs to a tag the transform did not declare are dropped, as the DirectRunner does."""
 
+    def __init__(self, tags: tuple[Optional[str], ...]):
+        super().__init__({tag: _TagReceiver() for tag in tags})
+
     def __missing__(self, tag: Optional[str]) -> Receiver:
-        return _TagReceiver([])
+        return _TagReceiver()
+
+    def take(self) -> dict[Optional[str], list[Any]]:
+        """The outputs received since the last take, by tag."""
+        taken = {}
+        for tag, receiver in self.items():
+            taken[tag], receiver.out = receiver.out, []
+        return taken
+
+
+# Per worker thread: the DoFns of the current job, set up once and reused for each bundle (Beam
+# allows a DoFn instance to process many bundles). A new job's first bundle tears the old ones down.
+_worker = threading.local()
+
+
+def _dofn_runner(job: str, payload: bytes, side_values: tuple[list[Any], ...]) -> tuple[DoFnRunner, _Receivers]:
+    runners = getattr(_worker, "runners", {})
+    if getattr(_worker, "job", None) != job:
+        for runner, _ in runners.values():
+            runner.teardown()
+        runners = _worker.runners = {}
+        _worker.job = job
+    key = hashlib.sha1(payload).digest()
+    if key not in runners:
+        fn, args, kwargs, windowing, views, tags, label = pickler.loads(payload)
+        side_inputs = [SideInputMap(view, options, [_in_global_window(v) for v in values]) for (view, options), values in zip(views, side_values)]
+        receivers = _Receivers(tags)
+        runner = DoFnRunner(fn, args, kwargs, side_inputs, windowing, tagged_receivers=receivers, step_name=label)
+        runner.setup()
+        runners[key] = (runner, receivers)
+    return runners[key]
 
 
 def _create(payload: bytes) -> list[Any]:
     return pickler.loads(payload)
 
 
-def _run_bundle(items: list[Any], payload: bytes, *side_values: list[Any]) -> dict[Optional[str], list[Any]]:
-    """One partition = one Beam bundle: setup, start_bundle, process each, finish_bundle, teardown.
+def _run_bundle(items: list[Any], job: str, payload: bytes, *side_values: list[Any]) -> dict[Optional[str], list[Any]]:
+    """One partition = one Beam bundle (start_bundle, process each, finish_bundle) -> {tag: outputs}.
 
-    The DoFn comes from Beam's pickler (a fresh copy per bundle); side inputs arrive as whole
-    lists, in the order of the transform's side inputs. Returns {tag: outputs}.
+    `payload` is the DoFn and its arguments from Beam's pickler; side inputs arrive as whole
+    lists, in the order of the transform's side inputs (the same for every bundle of a job).
     """
-    fn, args, kwargs, windowing, views, tags, label = pickler.loads(payload)
-    side_inputs = [SideInputMap(view, options, [_in_global_window(v) for v in values]) for (view, options), values in zip(views, side_values)]
-    outputs: dict[Optional[str], list[Any]] = {tag: [] for tag in tags}
-    receivers = _Receivers({tag: _TagReceiver(out) for tag, out in outputs.items()})
-    runner = DoFnRunner(fn, args, kwargs, side_inputs, windowing, tagged_receivers=receivers, step_name=label)
-    runner.setup()
+    runner, receivers = _dofn_runner(job, payload, side_values)
     runner.start()
     for item in items:
         runner.process(_in_global_window(item))
     runner.finish()
-    runner.teardown()
-    return outputs
+    return receivers.take()
 
 
 def _concat(*partitions: list[Any]) -> list[Any]:
@@ -128,6 +159,7 @@ class _TaskGraph(PipelineVisitor):
     """Beam primitives -> a Dask task graph; each PCollection is a list of partition keys."""
 
     def __init__(self, create_partitioning: dict[str, int], shuffle_partitions: int):
+        self.job = uuid.uuid4().hex  # DoFns set up on a worker are reused within this job only
         self.create_partitioning = create_partitioning
         self.shuffle_partitions = shuffle_partitions
         self.tasks: dict[str, tuple] = {}
@@ -179,7 +211,7 @@ class _TaskGraph(PipelineVisitor):
         tags = tuple(node.outputs)
         payload = pickler.dumps((transform.dofn, transform.args, transform.kwargs, main.windowing, views, tags, node.full_label))
         sides = [self._side_input(si.pvalue) for si in node.side_inputs]
-        bundles = [self._add(f"{node.full_label}/{i}", (_run_bundle, part, payload, *sides)) for i, part in enumerate(self.parts[main])]
+        bundles = [self._add(f"{node.full_label}/{i}", (_run_bundle, part, self.job, payload, *sides)) for i, part in enumerate(self.parts[main])]
         return {tag: [self._add(f"{node.full_label}[{tag}]/{i}", (operator.getitem, b, tag)) for i, b in enumerate(bundles)] for tag in tags}
 
     def _side_input(self, pcoll: PCollection) -> str:
