@@ -14,11 +14,11 @@ results for our pipelines (reproducers: tests/jobs/test_dask.py::test_beam_dask_
 
 The translation below builds a plain Dask task graph, one list of partition keys per
 PCollection: a ParDo is one task per partition (a Beam bundle, from `start_bundle` to
-`finish_bundle`; each worker thread sets a DoFn up once per job and reuses it) and one small
-task per output tag that selects it; a side input is one task
+`finish_bundle`; each worker thread sets a DoFn up once per job and reuses it) whose outputs,
+by tag, are picked by the tasks that read them; a side input is one task
 that gathers the PCollection, a dependency of every task that reads it; Flatten is the union
-of partition lists; GroupByKey is a hash shuffle into a fixed number of partitions (twice the
-cluster's worker threads), keys hashed with `dask.base.tokenize`, which is the same in every
+of partition lists; GroupByKey is a hash shuffle into a fixed number of partitions (the
+cluster's worker threads, or `--dask_npartitions`), keys hashed with `dask.base.tokenize`, which is the same in every
 worker process (`hash()` of a str or None is not). Every PCollection nothing consumes is a
 sink, and the job is one future that depends on all of them.
 
@@ -156,14 +156,15 @@ def _done(*sizes: int) -> int:
 
 
 class _TaskGraph(PipelineVisitor):
-    """Beam primitives -> a Dask task graph; each PCollection is a list of partition keys."""
+    """Beam primitives -> a Dask task graph; each PCollection is a list of partitions, each a task
+    key or `(getitem, key, tag)` (one output of a multi-output bundle, taken where it is read)."""
 
     def __init__(self, create_partitioning: dict[str, int], shuffle_partitions: int):
         self.job = uuid.uuid4().hex  # DoFns set up on a worker are reused within this job only
         self.create_partitioning = create_partitioning
         self.shuffle_partitions = shuffle_partitions
         self.tasks: dict[str, tuple] = {}
-        self.parts: dict[PCollection, list[str]] = {}
+        self.parts: dict[PCollection, list[Any]] = {}
         self.side_keys: dict[PCollection, str] = {}
         self.consumed: set[PCollection] = set()
 
@@ -203,7 +204,7 @@ class _TaskGraph(PipelineVisitor):
         chunks = [values[i:i + size] for i in range(0, len(values), size)] or [[]]
         return [self._add(f"{label}/{i}", (_create, pickler.dumps(chunk))) for i, chunk in enumerate(chunks)]
 
-    def _par_do(self, node: AppliedPTransform, main: PCollection) -> dict[Optional[str], list[str]]:
+    def _par_do(self, node: AppliedPTransform, main: PCollection) -> dict[Optional[str], list[Any]]:
         transform = node.transform
         if is_stateful_dofn(transform.dofn):
             raise NotImplementedError(f"the Dask runner does not run stateful DoFns ({node.full_label})")
@@ -212,7 +213,8 @@ class _TaskGraph(PipelineVisitor):
         payload = pickler.dumps((transform.dofn, transform.args, transform.kwargs, main.windowing, views, tags, node.full_label))
         sides = [self._side_input(si.pvalue) for si in node.side_inputs]
         bundles = [self._add(f"{node.full_label}/{i}", (_run_bundle, part, self.job, payload, *sides)) for i, part in enumerate(self.parts[main])]
-        return {tag: [self._add(f"{node.full_label}[{tag}]/{i}", (operator.getitem, b, tag)) for i, b in enumerate(bundles)] for tag in tags}
+        # Each output is selected inside the tasks that read it: no task of its own to schedule.
+        return {tag: [(operator.getitem, b, tag) for b in bundles] for tag in tags}
 
     def _side_input(self, pcoll: PCollection) -> str:
         """One task gathers the whole PCollection; every task that reads it depends on that task."""
@@ -220,7 +222,7 @@ class _TaskGraph(PipelineVisitor):
             self.side_keys[pcoll] = self._add(f"side input {pcoll.producer.full_label}", (_concat, *self.parts[pcoll]))
         return self.side_keys[pcoll]
 
-    def _shuffle(self, label: str, parts: list[str]) -> list[str]:
+    def _shuffle(self, label: str, parts: list[Any]) -> list[str]:
         n = self.shuffle_partitions
         if len(parts) > n:  # many small inputs (a Flatten of count streams): merge first, so the shuffle has n x n pieces
             parts = [self._add(f"{label}/merge{j}", (_concat, *parts[j::n])) for j in range(n)]
@@ -230,7 +232,8 @@ class _TaskGraph(PipelineVisitor):
 
     def sink(self) -> str:
         """The key of one task that depends on every PCollection nothing consumes: computing it runs the whole job."""
-        sizes = [self._add(f"sink size {k}", (len, k)) for pcoll, keys in self.parts.items() if pcoll not in self.consumed for k in keys]
+        sizes = [self._add(f"sink size {i}", (len, part)) for i, part in enumerate(
+            part for pcoll, parts in self.parts.items() if pcoll not in self.consumed for part in parts)]
         return self._add("all sinks", (_done, *sizes))
 
 
@@ -280,9 +283,12 @@ class DaskRunner(beam_dask.DaskRunner):
         create_partitioning = DaskOptions._extract_bag_kwargs(dask_options) or {"partition_size": 1}
         client = distributed.Client(**dask_options)
         try:
+            # Each shuffle costs about n x n tasks for n partitions, and every task a few ms of
+            # scheduler and worker time: one partition per worker thread keeps them all busy.
             threads = sum(client.nthreads().values())
+            shuffle_partitions = create_partitioning.get("npartitions") or max(2, threads)
             pipeline.replace_all(dask_overrides())
-            graph = _TaskGraph(create_partitioning, shuffle_partitions=max(2, 2 * threads))
+            graph = _TaskGraph(create_partitioning, shuffle_partitions)
             pipeline.visit(graph)
             sink = graph.sink()
             return DaskRunnerResult(client, client.get(graph.tasks, sink, sync=False))

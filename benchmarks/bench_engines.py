@@ -6,8 +6,8 @@ Engines: the embedded FnApiRunner (one process); the same runner in multi-proces
 (`--direct_num_workers 2 --direct_running_mode multi_processing`); Beam's DaskRunner on a local
 cluster of 1 and of 2 single-threaded worker processes (`--dask-workers N`, cluster start-up
 included). Each build runs as its own `m3w` process; a sampler follows that process and all
-its descendants every 0.1 s for peak RSS per process, and CPU time (user + sys) is what the
-kernel accounts to the reaped process tree. Every engine's output must have the same bytes
+its descendants every 0.1 s for peak RSS and CPU time per process; the total CPU time (user +
+sys) is what the kernel accounts to the reaped process tree. Every engine's output must have the same bytes
 (the bench fails otherwise). Prints a Markdown table.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ class TreeSampler(threading.Thread):
         self.root = psutil.Process(pid)
         self.every_s = every_s
         self.peak_rss: dict[int, int] = {}
-        self.names: dict[int, str] = {}
+        self.cpu_s: dict[int, float] = {}  # last seen user+sys: misses at most one interval of each process
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -59,10 +59,10 @@ class TreeSampler(threading.Thread):
             for p in procs:
                 try:
                     rss = p.memory_info().rss
-                    if p.pid not in self.names:
-                        self.names[p.pid] = " ".join(p.cmdline()[1:4])
+                    times = p.cpu_times()
                 except psutil.Error:
                     continue
+                self.cpu_s[p.pid] = times.user + times.system
                 self.peak_rss[p.pid] = max(rss, self.peak_rss.get(p.pid, 0))
             time.sleep(self.every_s)
 
@@ -84,9 +84,10 @@ def run_engine(flags: list[str], workdir: Path, out: str) -> dict:
     if rc != 0:
         raise SystemExit(f"{out}: exit {rc}, see {workdir / (out + '.log')}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    driver = sampler.peak_rss.get(proc.pid, 0)
-    others = sorted((rss for pid, rss in sampler.peak_rss.items() if pid != proc.pid), reverse=True)
-    return {"wall_s": wall, "cpu_s": cpu, "driver_mb": driver / 2**20, "other_mb": [r / 2**20 for r in others], "processes": len(sampler.peak_rss)}
+    others = sorted((pid for pid in sampler.peak_rss if pid != proc.pid), key=lambda pid: -sampler.cpu_s.get(pid, 0))
+    return {"wall_s": wall, "cpu_s": cpu, "processes": len(sampler.peak_rss),
+            "driver": (sampler.cpu_s.get(proc.pid, 0), sampler.peak_rss.get(proc.pid, 0) / 2**20),
+            "others": [(sampler.cpu_s.get(pid, 0), sampler.peak_rss[pid] / 2**20) for pid in others]}
 
 
 def output_hashes(folder: Path) -> dict[str, str]:
@@ -117,12 +118,14 @@ def main() -> None:
         rows.append((label, result))
         print(f"  {key}: {result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s CPU, same bytes ({len(hashes)} files)", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.1f}\n")
-    print("| engine | wall s | CPU s (user+sys, all processes) | CPU / wall | processes | peak RSS driver MB | peak RSS other processes MB |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("| engine | wall s | CPU s (user+sys, all processes) | CPU / wall | processes | driver: CPU s, peak RSS MB | "
+          "other processes: CPU s, peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for label, r in rows:
-        others = ", ".join(f"{mb:.0f}" for mb in r["other_mb"]) or "-"
-        ratio = r["cpu_s"] / r["wall_s"]
-        print(f"| {label} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {ratio:.2f} | {r['processes']} | {r['driver_mb']:.0f} | {others} |")
+        others = ", ".join(f"{cpu:.1f} s {mb:.0f} MB" for cpu, mb in r["others"]) or "-"
+        cpu, mb = r["driver"]
+        print(f"| {label} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['cpu_s'] / r['wall_s']:.2f} | {r['processes']} | "
+              f"{cpu:.1f} s {mb:.0f} MB | {others} |")
     if not args.keep:
         shutil.rmtree(workdir)
 
