@@ -3,24 +3,25 @@
 Beam 2.77 ships `apache_beam.runners.dask.dask_runner.DaskRunner` (experimental). Its options
 (`--dask_client_address`, `--dask_npartitions`, ...), its graph overrides and its Client are
 kept here; its translation into Dask bags is replaced, because as shipped it computes wrong
-results for our pipelines (reproducers: tests/jobs/test_dask.py::test_beam_dask_runner_*):
+results for our pipelines (reproducers: tests/jobs/test_dask.py::test_reproducers_*):
 
 1. every output of a multi-output ParDo (`.with_outputs(...)`) receives all of its outputs,
    main and tagged together;
 2. only the last transform visited is computed: other sinks (a second manifest) never run;
-3. what a DoFn emits from `finish_bundle` (`BatchElements` does) is collected too early, lost;
-4. a side input is a nested `compute()` inside each task that reads it: its whole upstream
-   graph runs again per partition, writes included.
+3. what a DoFn emits from `finish_bundle` (`BatchElements` does) is collected too early, lost.
 
-The translation below builds a plain Dask task graph, one list of partition keys per
-PCollection: a ParDo is one task per partition (a Beam bundle, from `start_bundle` to
-`finish_bundle`; each worker thread sets a DoFn up once per job and reuses it) whose outputs,
-by tag, are picked by the tasks that read them; a side input is one task
-that gathers the PCollection, a dependency of every task that reads it; Flatten is the union
-of partition lists; GroupByKey is a hash shuffle into a fixed number of partitions (the
-cluster's worker threads, or `--dask_npartitions`), keys hashed with `dask.base.tokenize`, which is the same in every
-worker process (`hash()` of a str or None is not). Every PCollection nothing consumes is a
-sink, and the job is one future that depends on all of them.
+It also computes a side input by a nested `compute()` of its bag inside each task that reads it.
+
+The translation below builds a plain Dask task graph, a list of partitions per PCollection:
+- ParDo: one task per partition, a Beam bundle from `start_bundle` to `finish_bundle` (each
+  worker thread sets a DoFn up once per job and reuses it); the tasks that read one of its
+  outputs pick that tag from the bundle's result;
+- side input: one task gathers the PCollection; every task that reads it depends on it;
+- Flatten: the union of the partition lists;
+- GroupByKey: a hash shuffle into as many partitions as the cluster has worker threads (or
+  `--dask_npartitions`), keys hashed with `dask.base.tokenize`, the same in every worker
+  process (`hash()` of a str or None is not);
+- the job: one future that depends on every PCollection nothing consumes (every sink).
 
 Only the global window is supported (our batch jobs use nothing else); another windowing, a
 stateful DoFn, or a primitive without a translation is refused before anything runs.
