@@ -8,12 +8,12 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: run demo corpus test test-fast lint fuzz bench clean
 
-# Everything for the README's two commands: the pipeline, the trainer, HF backbones and the test tools,
+# Everything for the README's two commands: the pipeline, the trainer, HF backbones, Dask and the test tools,
 # at the exact versions in constraints.txt (the wheel itself declares ranges).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,hf,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,hf,dask,test]'
 	touch $(STAMP)
 
 # The whole story on CPU (about 5 minutes): sample crawl -> the three corpora (Beam, embedded runner)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -21,6 +22,9 @@ def unknown_pipeline_flags(args: Sequence[str]) -> list[str]:
     Beam declares its options per class (standard, Google Cloud, portable, worker, ...); a
     runner's own options class registers on import, so import the runner before asking.
     """
+    if any(a.startswith("--dask_") or "DaskRunner" in a for a in args):
+        with contextlib.suppress(ImportError):  # without dask the flags stay unknown, as they are
+            import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
     # "resolve": a flag declared by two classes (it happens across runners) is one flag, not an error.
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, conflict_handler="resolve")
     for cls in dict.fromkeys(_option_classes()):

@@ -10,6 +10,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from beam_jobs import fsio
+from beam_jobs.dask_cluster import DASK_RUNNER, is_dask_runner
 from beam_jobs.m3w_job import build_pipeline, corpus_dirs
 from beam_jobs.outputs import MANIFEST_NAME
 from m3w_pipeline.core.config import BuildConfig
@@ -22,8 +23,11 @@ logger = logging.getLogger(__name__)
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     options = PipelineOptions(list(beam_args))
-    if not options.view_as(StandardOptions).runner:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = DEFAULT_RUNNER
+    elif is_dask_runner(standard.runner):
+        standard.runner = DASK_RUNNER
     # DoFns reference module-level functions; workers must import them, not unpickle a session.
     options.view_as(SetupOptions).save_main_session = False
     return options

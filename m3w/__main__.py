@@ -1,3 +1,5 @@
 from m3w.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes started with `spawn` (a local Dask cluster) import this module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

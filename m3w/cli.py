@@ -5,11 +5,12 @@ Imports are per command, so `m3w extract` does not pay for Beam or torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 
 class UsageError(Exception):
@@ -101,8 +102,41 @@ def _check_beam_flags(command: str, beam_args: Sequence[str]) -> None:
     from beam_jobs.options import unknown_pipeline_flags
 
     unknown = unknown_pipeline_flags(beam_args)
+    if any(flag.startswith("--dask_") for flag in unknown):
+        from beam_jobs.dask_cluster import dask_missing
+
+        missing = dask_missing()
+        if missing:
+            raise UsageError(missing)
     if unknown:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (neither `m3w {command}` nor Beam's pipeline options know them)")
+
+
+@contextlib.contextmanager
+def _engine(runner: Optional[str], beam_args: Sequence[str], workers: Optional[int]) -> Iterator[tuple[Optional[str], list[str]]]:
+    """(runner, Beam flags) for this run. Any Dask flag means the Dask runner; with --dask-workers N
+    a local cluster of N worker processes lives for the block and the flags point at it."""
+    from beam_jobs.dask_cluster import dask_missing, is_dask_runner, local_cluster, wants_dask
+
+    beam_args = list(beam_args)
+    if not wants_dask(runner, beam_args, workers):
+        yield runner, beam_args
+        return
+    missing = dask_missing()
+    if missing:
+        raise UsageError(missing)
+    if runner and not is_dask_runner(runner):
+        raise UsageError(f"--runner {runner} cannot take Dask flags (--dask-workers, --dask_*): use --runner DaskRunner")
+    runner = runner or "DaskRunner"
+    if workers is None:
+        yield runner, beam_args
+        return
+    if workers < 1:
+        raise UsageError(f"--dask-workers must be >= 1, got {workers}")
+    if any(a.startswith("--dask_client_address") or a.startswith("--dask_scheduler_file") for a in beam_args):
+        raise UsageError("--dask-workers starts a cluster; --dask_client_address/--dask_scheduler_file name a running one: give one of them")
+    with local_cluster(workers) as address:
+        yield runner, [*beam_args, "--dask_client_address", address]
 
 
 def _config_sections() -> str:
@@ -114,6 +148,7 @@ def _config_sections() -> str:
 
 
 def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from beam_jobs.dask_cluster import runner_flag
     from beam_jobs.fsio import expand_inputs
     from beam_jobs.runner import run_build
     from m3w_pipeline.core.accounting import summary_lines
@@ -125,7 +160,11 @@ def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     except (OSError, ValueError) as err:  # a glob matching nothing, an unreadable listing
         raise UsageError(str(err)) from None
     print(f"m3w build {args.corpus}: {len(inputs)} input files -> {args.output}", file=sys.stderr)
-    manifests = run_build(args.corpus, inputs, args.output, config, beam_args, force=args.force)
+    given_runner = runner_flag(beam_args)
+    with _engine(given_runner, beam_args, args.dask_workers) as (runner, engine_args):
+        if runner != given_runner:
+            engine_args += ["--runner", runner]
+        manifests = run_build(args.corpus, inputs, args.output, config, engine_args, force=args.force)
     if all(m.get("skipped") for m in manifests.values()):
         print("output already holds this build (same inputs and config); nothing to do. --force rebuilds.")
     # The stage funnel is shared by the corpora of one build: print it once.
@@ -133,6 +172,14 @@ def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         for line in summary_lines(manifest, with_stages=(i == len(manifests) - 1)):
             print(line)
     return 0 if all(m["reconciles"] for m in manifests.values()) else 3
+
+
+def _add_dask_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dask-workers", type=int, metavar="N",
+        help="run on Beam's DaskRunner over a local Dask cluster of N worker processes, started for this run "
+        "(an existing cluster: --runner DaskRunner --dask_client_address tcp://HOST:PORT); needs m3w[dask]",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--user-agent", help="User-Agent for media fetching")
     p.add_argument("--proxy", help="HTTP proxy for media fetching, http://host:port")
+    _add_dask_workers(p)
 
     from m3w.inspect_cli import add_export_arguments, add_stats_arguments, add_validate_arguments
 
@@ -184,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Corpus statistics. With --runner, flags this command does not know are Beam pipeline options.",
     )
     add_stats_arguments(p)
+    _add_dask_workers(p)
     p = sub.add_parser("validate", help="check every shard, sample, index and the manifest; exit 1 listing what is wrong")
     add_validate_arguments(p)
     p = sub.add_parser("export", help="export an M3W corpus as OBELICS-style Parquet or MMC4 webdataset shards")
@@ -257,10 +306,18 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: Sequen
         source = args.src if args.command == "export" else args.path
         if _local_source_missing(source):
             raise UsageError(f"{source}: no such corpus directory")
+        if args.command == "stats":
+            from beam_jobs.dask_cluster import wants_dask
+
+            if rest and (args.runner or wants_dask(args.runner, rest, args.dask_workers)):
+                _check_beam_flags(args.command, rest)
+            with _engine(args.runner, rest, args.dask_workers) as (runner, beam_args):
+                args.runner, args.beam_args = runner, beam_args
+                return inspect_cli.run_stats(args)
         if rest and getattr(args, "runner", None):
             _check_beam_flags(args.command, rest)
         args.beam_args = rest
-        return {"stats": inspect_cli.run_stats, "validate": inspect_cli.run_validate, "export": inspect_cli.run_export}[args.command](args)
+        return {"validate": inspect_cli.run_validate, "export": inspect_cli.run_export}[args.command](args)
     if args.command == "generate":
         from m3w.model_cli import run_generate
 
