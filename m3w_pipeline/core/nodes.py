@@ -22,6 +22,11 @@ class ImageRef:
     width_attr: Optional[int] = None  # the width="" attribute, when numeric
     height_attr: Optional[int] = None
     caption: Optional[str] = None  # text of the enclosing <figure>'s <figcaption>
+    # Every absolute URL the page gives for this picture, best first (`url` is the first):
+    # srcset / <picture> <source> entries by rank, lazy data-* URLs, src, the <noscript> twin.
+    # An archive often holds only the variant the browser loaded (a 1x src, not the 2x srcset
+    # entry), so joining and fetching may fall back through these.
+    candidates: list[str] = field(default_factory=list)
 
 
 @dataclass

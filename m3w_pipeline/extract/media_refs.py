@@ -4,11 +4,12 @@
 and each real ``<video>`` with a placeholder ``<img src="http://m3w.invalid/i/N.png">`` that
 trafilatura always keeps, and records the full reference for N in a `MediaTable`:
 
-  * the image URL: the best srcset / ``<source>`` candidate (decodable formats first, then
-    width descriptors over densities, then size, `ExtractConfig.max_srcset_width` capped),
-    else the first lazy-loading attribute (``data-src`` and kin), else ``src`` unless it is a
-    lazy stand-in (pixel.gif, blank.png, ...); a lazy image with none falls back to the
-    ``<noscript><img>`` after it;
+  * every URL of the picture, best first (`ImageRef.candidates`; `ImageRef.url` is the first):
+    srcset / ``<source>`` entries by rank (decodable formats first, then width descriptors over
+    densities, then size, `ExtractConfig.max_srcset_width` capped), then the lazy-loading
+    attributes (``data-src`` and kin), then ``src`` unless it is a lazy stand-in (pixel.gif,
+    blank.png, ...), then those of the ``<noscript><img>`` twin after it (the whole ref when
+    the image itself has no usable URL);
   * images declared smaller than `min_declared_image_side` are dropped, emoji images become
     their alt text, related-article teaser cards are dropped (`drop_teaser_images`);
   * a ``<video>`` with playable sources becomes a `VideoRef` (mp4 first); a hidden or
@@ -51,8 +52,11 @@ _DISPLAY_NONE_RE = re.compile(r"display\s*:\s*none", re.IGNORECASE)
 _INT_ATTR_RE = re.compile(r"\s*(\d+)(?:\.\d*)?\s*(?:px)?\s*")
 # Characters left as-is when percent-encoding a URL (spaces, non-ASCII get encoded, % kept).
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
-# srcset entry: a URL (non-space run not ending in a comma), then commas or " descriptor".
-_SRCSET_RE = re.compile(r"[\s,]*(\S*[^\s,])(?:,+|\s+([^,]*))?")
+# srcset tokens (HTML "parse a srcset attribute"): each is matched anchored at a position and
+# consumes what it matches, so the whole parse is one left-to-right pass.
+_SRCSET_SEPARATORS = re.compile(r"[\t\n\f\r ,]*")
+_SRCSET_URL = re.compile(r"[^\t\n\f\r ]+")
+_SRCSET_SPACE = frozenset("\t\n\f\r ")
 _HAS_HOST_RE = re.compile(r"https?://[^/\s?#]")
 _WS_RE = re.compile(r"[\t\n\r]")
 
@@ -218,13 +222,14 @@ def _rewrite_image(
 ) -> None:
     """Record an ImageRef for an <img>/<picture> and put a placeholder in its place.
 
-    A lazy image with no usable URL falls back to the <noscript><img> right after it.
+    The <noscript><img> right after a lazy image is its twin: its URLs are further candidates,
+    and the whole ref when the image itself gives no usable URL.
     """
-    ref = _image_ref(img, sources, base, config)
     following = elem.getnext()
-    if ref is None and following is not None and following.tag == "noscript":
-        fallback = next(following.iter("img"), None)
-        ref = _image_ref(fallback, [], base, config) if fallback is not None else None
+    twin = next(following.iter("img"), None) if following is not None and following.tag == "noscript" else None
+    ref = _image_ref(img, sources, base, config, twin)
+    if ref is None and twin is not None:
+        ref = _image_ref(twin, [], base, config)
         if ref is not None and ref.alt is None and img is not None:
             ref.alt = clean_text(img.get("alt"))
     if ref is None:
@@ -234,20 +239,25 @@ def _rewrite_image(
     _replace_with_placeholder(elem, "i", len(table.images) - 1)
 
 
-def _image_ref(img: Optional[HtmlElement], sources: list[HtmlElement], base: str, config: ExtractConfig) -> Optional[ImageRef]:
+def _image_ref(
+    img: Optional[HtmlElement], sources: list[HtmlElement], base: str, config: ExtractConfig, twin: Optional[HtmlElement] = None
+) -> Optional[ImageRef]:
     attrs = img.attrib if img is not None else {}
     width, height = _int_attr(attrs.get("width")), _int_attr(attrs.get("height"))
     if any(side is not None and side < config.min_declared_image_side for side in (width, height)):
         return None
-    url = _best_image_url(img, sources, base, config)
-    if url is None:
+    candidates = _image_candidates(img, sources, base, config)
+    if not candidates:
         return None
+    if twin is not None:
+        candidates = _unique([*candidates, *_image_candidates(twin, [], base, config)])
     return ImageRef(
-        url=url,
+        url=candidates[0],
         alt=clean_text(attrs.get("alt")),
         title=clean_text(attrs.get("title")),
         width_attr=width,
         height_attr=height,
+        candidates=candidates,
     )
 
 
@@ -258,30 +268,29 @@ def _int_attr(value: Optional[str]) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def _best_image_url(img: Optional[HtmlElement], sources: list[HtmlElement], base: str, config: ExtractConfig) -> Optional[str]:
-    """srcset/<source> best candidate, else the first lazy data-* URL, else a non-placeholder src."""
-    candidates: list[tuple[tuple[int, int, float], str]] = []
+def _image_candidates(img: Optional[HtmlElement], sources: list[HtmlElement], base: str, config: ExtractConfig) -> list[str]:
+    """Every absolute URL of the picture, best first: srcset/<source> entries by rank, then the
+    lazy data-* URLs, then a src that is not a lazy stand-in."""
+    ranked: list[tuple[tuple[int, int, float], str]] = []
     for elem in [*sources, *([img] if img is not None else [])]:
         mime = (elem.get("type") or "").strip().lower()
         for attr in _srcset_attrs(elem):
-            for raw, descriptor in _parse_srcset(elem.get(attr) or ""):
+            for raw, descriptors in parse_srcset(elem.get(attr) or ""):
                 url = absolute_url(raw, base)
                 if url is not None:
-                    candidates.append((_candidate_rank(url, mime, descriptor, config), url))
+                    ranked.append((_candidate_rank(url, mime, descriptors, config), url))
         if elem.tag == "source":
             url = absolute_url(elem.get("src") or elem.get("data-src"), base)
             if url is not None:
-                candidates.append((_candidate_rank(url, mime, "", config), url))
-    if candidates:
-        return max(candidates, key=lambda c: c[0])[1]
-    if img is None:
-        return None
-    for attr in _lazy_src_attrs(img):
-        url = absolute_url(img.get(attr), base)
-        if url is not None:
-            return url
-    url = absolute_url(img.get("src"), base)
-    return url if url is not None and not _PLACEHOLDER_SRC_RE.search(url) else None
+                ranked.append((_candidate_rank(url, mime, [], config), url))
+    ranked.sort(key=lambda c: c[0], reverse=True)  # stable: the first of equal ranks stays first
+    found = [url for _, url in ranked]
+    if img is not None:
+        found += [url for url in (absolute_url(img.get(attr), base) for attr in _lazy_src_attrs(img)) if url is not None]
+        url = absolute_url(img.get("src"), base)
+        if url is not None and not _PLACEHOLDER_SRC_RE.search(url):
+            found.append(url)
+    return _unique(found)
 
 
 def _srcset_attrs(elem: HtmlElement) -> list[str]:
@@ -302,15 +311,60 @@ def _lazy_src_attrs(elem: HtmlElement) -> list[str]:
     return known + other
 
 
-def _parse_srcset(value: str) -> list[tuple[str, str]]:
-    """(url, descriptor) pairs per the HTML srcset grammar (URLs may contain commas)."""
-    return [(m.group(1), m.group(2) or "") for m in _SRCSET_RE.finditer(value)]
+def parse_srcset(value: str) -> list[tuple[str, list[str]]]:
+    """(url, descriptors) pairs of a srcset, per the HTML "parse a srcset attribute" algorithm:
+    URLs may contain commas (only trailing ones end a URL), a comma inside parentheses does not
+    end a descriptor list. Candidates with descriptors the spec would reject are kept (their URL
+    still names the picture; `_candidate_rank` treats them as 1x).
+
+    Linear in len(value): every step consumes at least one character and none is read twice.
+    """
+    out: list[tuple[str, list[str]]] = []
+    pos, end = 0, len(value)
+    while True:
+        pos = _SRCSET_SEPARATORS.match(value, pos).end()
+        if pos >= end:
+            return out
+        url = _SRCSET_URL.match(value, pos).group()
+        pos += len(url)
+        if url.endswith(","):
+            out.append((url.rstrip(","), []))
+            continue
+        descriptors, pos = _srcset_descriptors(value, pos)
+        out.append((url, descriptors))
 
 
-def _candidate_rank(url: str, mime: str, descriptor: str, config: ExtractConfig) -> tuple[int, int, float]:
+def _srcset_descriptors(value: str, pos: int) -> tuple[list[str], int]:
+    """The descriptor tokens after a srcset URL, up to the comma that ends the candidate
+    (the spec's tokenizer: in descriptor / in parens / after descriptor); returns the tokens
+    and the position after that comma."""
+    tokens: list[str] = []
+    start: Optional[int] = None  # start of the token being read
+    in_parens = False
+    end = len(value)
+    while pos < end:
+        char = value[pos]
+        if in_parens:
+            in_parens = char != ")"
+        elif char in _SRCSET_SPACE or char == ",":
+            if start is not None:
+                tokens.append(value[start:pos])
+                start = None
+            if char == ",":
+                return tokens, pos + 1
+        else:
+            start = pos if start is None else start
+            in_parens = char == "("
+        pos += 1
+    if start is not None:
+        tokens.append(value[start:pos])
+    return tokens, pos
+
+
+def _candidate_rank(url: str, mime: str, descriptors: list[str], config: ExtractConfig) -> tuple[int, int, float]:
     """Sort key: decodable format first, then width descriptors over densities, then size."""
     decodable = 0 if (mime in _UNDECODABLE_TYPES or url_ext(url) in _UNDECODABLE_EXTS) else 1
-    descriptor = descriptor.lower().split(" ")[0] if descriptor else ""
+    descriptor = descriptors[0].lower() if descriptors else ""
     try:
         if descriptor.endswith("w"):
             width = float(descriptor[:-1])

@@ -254,6 +254,33 @@ def test_srcset_prefers_decodable_then_largest_candidate():
     assert image_urls(capped)[0] == "https://x.example.com/a-800.jpg"
 
 
+def test_every_candidate_url_is_kept_best_first():
+    """A 2013 Wikipedia capture: the browser loaded <img src> (220px), srcset names 1.5x/2x files the
+    archive does not hold. `url` stays the best candidate; `candidates` lists every URL of the picture."""
+    body = """<img src="//upload.wikimedia.org/t/220px-Map.png" srcset="//upload.wikimedia.org/t/330px-Map.png 1.5x,
+//upload.wikimedia.org/t/440px-Map.png 2x" width="220" height="160" alt="Map">
+<p>Paragraph between the map and the picture, long enough to be a real paragraph here.</p>
+<picture><source type="image/webp" srcset="/p-800.webp 800w, /p-1600.webp 1600w"><source srcset="/p-1600.jpg 1600w">
+<img src="/p-400.jpg" alt="P"></picture>
+<p>Paragraph between the picture and the lazy image, long enough to be a paragraph too.</p>
+<img class="lazy" src="/img/blank.gif" data-src="/lazy/full.jpg" data-srcset="/lazy/600.jpg 600w" alt="L">
+<noscript><img src="/lazy/noscript.jpg"></noscript>
+<p>Closing paragraph after the lazy image, long enough to be kept as article text.</p>"""
+    page = extract_page(article_page(body), "https://en.wikipedia.org/wiki/Map")
+    assert [(ref.url, ref.candidates) for ref in page.image_refs()] == [
+        ("https://upload.wikimedia.org/t/440px-Map.png",
+         ["https://upload.wikimedia.org/t/440px-Map.png", "https://upload.wikimedia.org/t/330px-Map.png",
+          "https://upload.wikimedia.org/t/220px-Map.png"]),
+        ("https://en.wikipedia.org/p-1600.webp",
+         ["https://en.wikipedia.org/p-1600.webp", "https://en.wikipedia.org/p-1600.jpg", "https://en.wikipedia.org/p-800.webp",
+          "https://en.wikipedia.org/p-400.jpg"]),
+        ("https://en.wikipedia.org/lazy/600.jpg",
+         ["https://en.wikipedia.org/lazy/600.jpg", "https://en.wikipedia.org/lazy/full.jpg", "https://en.wikipedia.org/lazy/noscript.jpg"]),
+    ]
+    entry = next(n for n in page_to_json(page)["nodes"] if n["type"] == "image")
+    assert entry["image"]["candidates"][-1] == "https://upload.wikimedia.org/t/220px-Map.png"
+
+
 def test_lazy_variants_beat_placeholder_src_and_pixels_are_dropped():
     body = """<img src="/spacer.gif" data-lazy-src="/real/one.jpg" alt="one">
 <p>Text between the lazy images, long enough to be a real paragraph in this article.</p>
