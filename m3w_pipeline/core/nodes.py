@@ -60,8 +60,9 @@ class ExtractedPage:
     robots: list[str] = field(default_factory=list)
     tdm_reservation: bool = False
     # Image elements of the page that did not become image nodes, by reason (no-url, pixel,
-    # emoji, teaser, hidden, icon, logo, share, avatar, ad, chrome, external-link,
-    # outside-content, duplicate): image nodes + these = every image element seen.
+    # emoji, teaser, video-fallback, hidden, icon, logo, share, avatar, ad, chrome,
+    # external-link, outside-content, duplicate): image nodes + these = every image element
+    # (a <picture> counts once, the <noscript> twin of a lazy image not at all).
     dropped_images: dict[str, int] = field(default_factory=dict)
 
     def text_nodes(self) -> list[str]:

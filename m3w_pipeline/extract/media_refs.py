@@ -7,11 +7,14 @@ trafilatura always keeps, and records the full reference for N in a `MediaTable`
   * every URL of the picture, best first (`ImageRef.candidates`; `ImageRef.url` is the first):
     srcset / ``<source>`` entries by rank (decodable formats first, then width descriptors over
     densities, then size, `ExtractConfig.max_srcset_width` capped), then the lazy-loading
-    attributes (``data-src`` and kin), then ``src`` unless it is a lazy stand-in (pixel.gif,
-    blank.png, ...), then those of the ``<noscript><img>`` twin after it (the whole ref when
-    the image itself has no usable URL);
+    attributes (``data-src`` and kin; the "src" values of a JSON one), then ``src`` unless it
+    is a stand-in (pixel.gif, blank.png, a GIF beside a lazy URL, a spacer painting its picture
+    as a CSS background), then those of the ``<noscript><img>`` twin after it (the whole ref
+    when the image itself has no usable URL; the twin is not recorded on its own);
   * images declared smaller than `min_declared_image_side` are dropped, emoji images become
-    their alt text, related-article teaser cards are dropped (`drop_teaser_images`);
+    their alt text, related-article teaser cards are dropped (`drop_teaser_images`), each
+    counted by reason in `MediaTable.dropped`; the class/id words and visibility of each
+    recorded image go with it (`RecordedMedia`) for `content_images`;
   * a ``<video>`` with playable sources becomes a `VideoRef` (mp4 first); a hidden or
     image-only one is unwrapped so its images stay images;
   * each media ``<figure>``'s ``<figcaption>`` text moves onto its refs (and into
@@ -97,7 +100,8 @@ class MediaTable:
     videos: list[RecordedMedia] = field(default_factory=list)
     captions: dict[int, str] = field(default_factory=dict)  # caption_group -> text
     # image elements that got no placeholder, by reason: no-url, pixel, emoji (became its alt
-    # text), teaser (related-article card). With `images` they account for every image element.
+    # text), teaser (related-article card), video-fallback (inside a playable <video>). With
+    # `images` they account for every image element (a <picture> is one, a noscript twin none).
     dropped: Counter = field(default_factory=Counter)
 
 
@@ -157,6 +161,7 @@ def rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig)
         _rewrite_video(video, base, table)
     for picture in list(tree.iter("picture")):
         if config.drop_teaser_images and teasers.is_teaser(picture):
+            _noscript_twin(picture)
             _drop(picture)
             table.dropped["teaser"] += 1
             continue
@@ -166,10 +171,12 @@ def rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig)
         if (img.get("src") or "").startswith(_PLACEHOLDER_PREFIX) or img.get(_TWIN_MARK) is not None:
             continue
         if _EMOJI_CLASS_RE.search(img.get("class") or ""):
+            _noscript_twin(img)
             _replace_with_text(img, clean_text(img.get("alt")) or "")
             table.dropped["emoji"] += 1
             continue
         if config.drop_teaser_images and teasers.is_teaser(img):
+            _noscript_twin(img)
             _drop(img)
             table.dropped["teaser"] += 1
             continue
@@ -264,10 +271,7 @@ def _rewrite_image(
     The <noscript><img> right after a lazy image is its twin: its URLs are further candidates,
     and the whole ref when the image itself gives no usable URL.
     """
-    following = elem.getnext()
-    twin = next(following.iter("img"), None) if following is not None and following.tag == "noscript" else None
-    if twin is not None:
-        twin.set(_TWIN_MARK, "")
+    twin = _noscript_twin(elem)
     ref = _image_ref(img, sources, base, config, twin)
     if ref is None and twin is not None:
         ref = _image_ref(twin, [], base, config)
@@ -287,6 +291,16 @@ def _is_pixel(img: Optional[HtmlElement], config: ExtractConfig) -> bool:
     """Declared smaller than `min_declared_image_side`: a tracking pixel or spacer."""
     sides = (_int_attr(img.get("width")), _int_attr(img.get("height"))) if img is not None else ()
     return any(side is not None and side < config.min_declared_image_side for side in sides)
+
+
+def _noscript_twin(elem: HtmlElement) -> Optional[HtmlElement]:
+    """The <img> of the <noscript> right after `elem`, marked so it is not taken as an image of
+    its own: the same picture for browsers without JavaScript."""
+    following = elem.getnext()
+    twin = next(following.iter("img"), None) if following is not None and following.tag == "noscript" else None
+    if twin is not None:
+        twin.set(_TWIN_MARK, "")
+    return twin
 
 
 def _image_ref(
@@ -475,6 +489,9 @@ def _rewrite_video(video: HtmlElement, base: str, table: MediaTable) -> None:
     (the IE9 picturefill hack) is unwrapped so the images inside it stay images."""
     ref = None if _is_hidden(video) else _video_ref(video, base)
     if ref is not None:
+        # an <img> inside a playable <video> is its fallback for browsers without video
+        table.dropped["video-fallback"] += sum(1 for e in video.iter("img", "amp-img", "picture") if e.tag == "picture" or
+                                               next(e.iterancestors("picture"), None) is None)
         table.videos.append(RecordedMedia(video=ref))
         _replace_with_placeholder(video, "v", len(table.videos) - 1)
     elif video.getparent() is not None:

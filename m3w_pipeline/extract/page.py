@@ -10,7 +10,9 @@ always keeps) while the full ``ImageRef``/``VideoRef`` for N is recorded from th
 original DOM (`media_refs`: srcset, <picture>, lazy attributes, candidate ranking).
 Figcaptions of media figures are lifted out and re-inserted as a text node after their
 media. trafilatura's XML body is then walked once, in order, mapping placeholders back
-to nodes.
+to nodes; trafilatura's text stays as it is, while which images are content (and where
+the ones it dropped go) is decided by `content_images` (`ExtractConfig.select_content_images`).
+Every image element that does not become a node is counted in `ExtractedPage.dropped_images`.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ _BLOCK_TAGS = frozenset({"p", "head", "item", "row", "code", "quote", "list", "t
 
 
 def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractConfig()) -> ExtractedPage:
-    """Parse once, let trafilatura pick main content, return text/image/video nodes in DOM order.
+    """Parse once, let trafilatura pick the main text, choose the content images, return
+    text/image/video nodes in DOM order.
 
     Never raises on bad HTML: garbage or empty input gives a page with no nodes.
     """
@@ -72,6 +75,8 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
         if config.select_content_images and tree is not None:
             nodes, chosen_drops = select_images(nodes, tree, table, url, og_image, config)
             dropped.update(chosen_drops)
+        else:  # trafilatura's choice: what it did not keep was outside its content
+            dropped["outside-content"] += len(table.images) - len({id(n.image) for n in nodes if n.type == "image"})
         page.nodes = _finish_nodes(nodes, table, config, dropped)
         page.dropped_images = dict(sorted(dropped.items()))
         if og_video is not None and page.nodes:
@@ -83,7 +88,8 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
 
 
 def page_to_json(page: ExtractedPage) -> dict[str, Any]:
-    """Plain JSON-able dict of a page (for `m3w extract`): nodes keep only their own field."""
+    """Plain JSON-able dict of a page (for `m3w extract`): nodes keep only their own field (an
+    image its `ImageRef`, candidates included), plus the per-reason count of dropped images."""
     nodes = []
     for node in page.nodes:
         entry: dict[str, Any] = {"type": node.type}
@@ -94,7 +100,7 @@ def page_to_json(page: ExtractedPage) -> dict[str, Any]:
         elif node.type == "video" and node.video is not None:
             entry["video"] = asdict(node.video)
         nodes.append(entry)
-    return {"url": page.url, "title": page.title, "lang": page.lang, "nodes": nodes}
+    return {"url": page.url, "title": page.title, "lang": page.lang, "nodes": nodes, "dropped_images": dict(page.dropped_images)}
 
 
 # --------------------------------------------------------------------------- parsing & metadata
