@@ -20,7 +20,8 @@ returned image for it (e.g. the lazy and the noscript URL of one picture) is a f
   trafilatura's with/without snippet F1 (its eval pages, pooled). "ours" is the text nodes of
   `extract_page` joined; "trafilatura" is plain `trafilatura.extract(html, url=...)`.
 
---detail prints each page's misses and false positives; --json prints everything as JSON.
+--detail prints each page's misses and false positives (and, for ours, how many image elements
+were left out for which reason); --json prints everything as JSON.
 """
 from __future__ import annotations
 
@@ -80,11 +81,12 @@ class Run:
 
     images: list[str]
     text: str
+    dropped: dict[str, int] = field(default_factory=dict)  # image elements left out, by reason (ours only)
 
 
 def run_ours(html: bytes, url: str) -> Run:
     page = extract_page(html, url)
-    return Run([ref.url for ref in page.image_refs()], "\n".join(page.text_nodes()))
+    return Run([ref.url for ref in page.image_refs()], "\n".join(page.text_nodes()), dict(page.dropped_images))
 
 
 def run_trafilatura(html: bytes, url: str) -> Run:
@@ -113,6 +115,7 @@ class PageScore:
     misses: list[int] = field(default_factory=list)  # indices into the page's truth images
     false_positives: list[str] = field(default_factory=list)
     text_f1: Optional[float] = None
+    dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def recall(self) -> Optional[float]:
@@ -167,6 +170,7 @@ def evaluate(systems: dict[str, Callable[[bytes, str], Run]] = SYSTEMS, truth: O
         for name, entry in truth.items():
             result = run(page_bytes(name), entry["url"])
             score = score_images(entry["images"], result.images)
+            score.dropped = result.dropped
             kind, gold = texts.get(name, (None, None))
             if kind == "aeb":
                 score.text_f1 = token_f1(result.text, gold)
@@ -243,7 +247,7 @@ def print_table(report: dict[str, Any], truth: dict[str, Any], detail: bool) -> 
                 p = report["systems"][s]["pages"][name]
                 if not p.misses and not p.false_positives:
                     continue
-                print(f"{name}")
+                print(f"{name}" + (f"  (left out: {p.dropped})" if p.dropped else ""))
                 for i in p.misses:
                     image = entry["images"][i]
                     print(f"  miss #{i}: {image['note']} | {image['candidates'][0]}")

@@ -59,6 +59,11 @@ class ExtractedPage:
     # named crawler's meta) and TDMRep's <meta name="tdm-reservation" content="1">.
     robots: list[str] = field(default_factory=list)
     tdm_reservation: bool = False
+    # Image elements of the page that did not become image nodes, by reason (no-url, pixel,
+    # emoji, teaser, video-fallback, hidden, icon, logo, share, avatar, ad, chrome,
+    # external-link, outside-content, duplicate): image nodes + these = every image element
+    # (a <picture> counts once, the <noscript> twin of a lazy image not at all).
+    dropped_images: dict[str, int] = field(default_factory=dict)
 
     def text_nodes(self) -> list[str]:
         return [n.text for n in self.nodes if n.type == "text" and n.text]

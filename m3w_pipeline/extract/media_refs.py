@@ -7,11 +7,14 @@ trafilatura always keeps, and records the full reference for N in a `MediaTable`
   * every URL of the picture, best first (`ImageRef.candidates`; `ImageRef.url` is the first):
     srcset / ``<source>`` entries by rank (decodable formats first, then width descriptors over
     densities, then size, `ExtractConfig.max_srcset_width` capped), then the lazy-loading
-    attributes (``data-src`` and kin), then ``src`` unless it is a lazy stand-in (pixel.gif,
-    blank.png, ...), then those of the ``<noscript><img>`` twin after it (the whole ref when
-    the image itself has no usable URL);
+    attributes (``data-src`` and kin; the "src" values of a JSON one), then ``src`` unless it
+    is a stand-in (pixel.gif, blank.png, a GIF beside a lazy URL, a spacer painting its picture
+    as a CSS background), then those of the ``<noscript><img>`` twin after it (the whole ref
+    when the image itself has no usable URL; the twin is not recorded on its own);
   * images declared smaller than `min_declared_image_side` are dropped, emoji images become
-    their alt text, related-article teaser cards are dropped (`drop_teaser_images`);
+    their alt text, related-article teaser cards are dropped (`drop_teaser_images`), each
+    counted by reason in `MediaTable.dropped`; the class/id words and visibility of each
+    recorded image go with it (`RecordedMedia`) for `content_images`;
   * a ``<video>`` with playable sources becomes a `VideoRef` (mp4 first); a hidden or
     image-only one is unwrapped so its images stay images;
   * each media ``<figure>``'s ``<figcaption>`` text moves onto its refs (and into
@@ -19,7 +22,9 @@ trafilatura always keeps, and records the full reference for N in a `MediaTable`
 """
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
@@ -32,14 +37,20 @@ from m3w_pipeline.core.nodes import ImageRef, VideoRef
 # Placeholders stand in for media while trafilatura runs: i = image, v = video, N = index in the MediaTable.
 _PLACEHOLDER = "http://m3w.invalid/{kind}/{index}.png"
 _PLACEHOLDER_PREFIX = "http://m3w.invalid/"
+_TWIN_MARK = "data-m3w-noscript-twin"  # set on a <noscript><img> whose URLs went to the image before it
 PLACEHOLDER_RE = re.compile(r"http://m3w\.invalid/([iv])/(\d+)\.png")
 
 _LAZY_SRC_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-hi-res-src", "data-full-src")
 _LAZY_SRCSET_ATTRS = ("data-srcset", "data-lazy-srcset")
 # A src that is only a lazy-loading stand-in (used when no lazy URL is declared).
 _PLACEHOLDER_SRC_RE = re.compile(
-    r"/(?:pixel|blank|spacer|transparent|empty|placeholder|lazy|loading|grey|gray)[^/]*\.(?:gif|png|svg)$", re.IGNORECASE
+    r"/(?:pixel|blank|spacer|transparent|empty|placeholder|lazy|loading|loader|preload|spinner|dummy|grey|gray|1x1)[^/]*\.(?:gif|png|svg)$",
+    re.IGNORECASE,
 )
+# An <img> whose inline style paints the picture as a CSS background: its src is a spacer.
+_CSS_PICTURE_RE = re.compile(r"background(?:-image)?\s*:[^;]*url\(", re.IGNORECASE)
+# Formats of typical stand-ins: a src in one of these beside a lazy URL in another is one.
+_STAND_IN_EXTS = frozenset({"gif", "svg"})
 # Inline emoji/smiley images: their alt text is part of the sentence, not an image node.
 _EMOJI_CLASS_RE = re.compile(r"\b(?:emoji|wp-smiley|emoticon)\b", re.IGNORECASE)
 # Formats Pillow cannot decode: a srcset/<source> candidate in one of these loses to any other.
@@ -49,6 +60,13 @@ _IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "avif", "bmp", "sv
 _VIDEO_PREFERENCE = {"mp4": 0, "m4v": 0, "mov": 1, "webm": 1, "ogv": 2, "ogg": 2}
 _EXT_RE = re.compile(r"\.([a-z0-9]{2,5})$")
 _DISPLAY_NONE_RE = re.compile(r"display\s*:\s*none", re.IGNORECASE)
+_HIDDEN_STYLE_RE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+# Words after "hidden"/"hide" that limit it to some screens: "hidden-xs", "hide-small", "hidden-print".
+_SCREEN_WORDS = frozenset({"xs", "sm", "md", "lg", "xl", "xxl", "small", "medium", "large", "mobile", "phone", "tablet", "desktop",
+                           "print", "for"})
+# Word boundaries: anything but letters and digits, and camelCase humps. Digits stay inside
+# their word, so hashed file names ("2de8ad22", "04fb396c") give no "ad" or "fb".
+_WORD_SPLIT_RE = re.compile(r"[^a-zA-Z0-9]+|(?<=[a-z])(?=[A-Z])")
 _INT_ATTR_RE = re.compile(r"\s*(\d+)(?:\.\d*)?\s*(?:px)?\s*")
 # Characters left as-is when percent-encoding a URL (spaces, non-ASCII get encoded, % kept).
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
@@ -68,6 +86,10 @@ class RecordedMedia:
     image: Optional[ImageRef] = None
     video: Optional[VideoRef] = None
     caption_group: Optional[int] = None  # media of one <figure> share a group
+    hidden: bool = False  # the replaced element itself is not displayed (see `is_hidden`)
+    # class and id words of the replaced element (and its <img>): what the page calls it
+    # (avatar, logo, share-icon, ...), which the placeholder no longer shows.
+    names: str = ""
 
 
 @dataclass
@@ -77,6 +99,10 @@ class MediaTable:
     images: list[RecordedMedia] = field(default_factory=list)
     videos: list[RecordedMedia] = field(default_factory=list)
     captions: dict[int, str] = field(default_factory=dict)  # caption_group -> text
+    # image elements that got no placeholder, by reason: no-url, pixel, emoji (became its alt
+    # text), teaser (related-article card), video-fallback (inside a playable <video>). With
+    # `images` they account for every image element (a <picture> is one, a noscript twin none).
+    dropped: Counter = field(default_factory=Counter)
 
 
 # --------------------------------------------------------------------------- attribute values
@@ -124,25 +150,35 @@ def _encode_url(url: str) -> str:
 
 
 def rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig) -> MediaTable:
-    """Replace media elements by placeholders trafilatura keeps; record their refs in a table."""
+    """Replace media elements by placeholders trafilatura keeps; record their refs in a table.
+
+    The ``<noscript><img>`` twin right after a lazy image is not a second image: its URLs join
+    the lazy image's candidates and it is not recorded on its own.
+    """
     table = MediaTable()
     teasers = _TeaserCards(tree, url, config)
     for video in list(tree.iter("video")):
         _rewrite_video(video, base, table)
     for picture in list(tree.iter("picture")):
         if config.drop_teaser_images and teasers.is_teaser(picture):
+            _noscript_twin(picture)
             _drop(picture)
+            table.dropped["teaser"] += 1
             continue
         img = next(picture.iter("img"), None)
         _rewrite_image(picture, img, list(picture.iter("source")), base, config, table)
     for img in list(tree.iter("img", "amp-img")):
-        if (img.get("src") or "").startswith(_PLACEHOLDER_PREFIX):
+        if (img.get("src") or "").startswith(_PLACEHOLDER_PREFIX) or img.get(_TWIN_MARK) is not None:
             continue
         if _EMOJI_CLASS_RE.search(img.get("class") or ""):
+            _noscript_twin(img)
             _replace_with_text(img, clean_text(img.get("alt")) or "")
+            table.dropped["emoji"] += 1
             continue
         if config.drop_teaser_images and teasers.is_teaser(img):
+            _noscript_twin(img)
             _drop(img)
+            table.dropped["teaser"] += 1
             continue
         _rewrite_image(img, img, [], base, config, table)
     _attach_figcaptions(tree, table)
@@ -151,7 +187,8 @@ def rewrite_media(tree: HtmlElement, url: str, base: str, config: ExtractConfig)
 
 class _TeaserCards:
     """Finds related-article cards: an image linking to another page that a text link in the
-    same small, link-dense container also points to.
+    same small container also points to, where the container is link-dense (a title card) or
+    one of a run of look-alike siblings (a list of cards with a blurb each).
 
     trafilatura keeps any block holding an image ("image container"), so without this the
     thumbnails and titles of related-post lists leak into the main content. Text links are
@@ -187,9 +224,18 @@ class _TeaserCards:
             if any(t is container or container in t.iterancestors() for t in twins):
                 total = len("".join(container.text_content().split()))
                 linked = sum(len("".join(a.text_content().split())) for a in container.iter("a"))
-                return total == 0 or linked >= self.config.teaser_link_density * total
+                return total == 0 or linked >= self.config.teaser_link_density * total or self._one_of_many(container)
             container = container.getparent()
         return False
+
+    def _one_of_many(self, card: HtmlElement) -> bool:
+        """`card` and at least `teaser_min_siblings - 1` siblings share its tag and class and
+        each holds a link: a list of cards, however much blurb text each card carries."""
+        parent = card.getparent()
+        if parent is None or not card.get("class"):
+            return False
+        alike = [c for c in parent if c.tag == card.tag and c.get("class") == card.get("class") and c.find(".//a[@href]") is not None]
+        return len(alike) >= self.config.teaser_min_siblings
 
 
 def _replace_with_placeholder(elem: HtmlElement, kind: str, index: int) -> None:
@@ -225,8 +271,7 @@ def _rewrite_image(
     The <noscript><img> right after a lazy image is its twin: its URLs are further candidates,
     and the whole ref when the image itself gives no usable URL.
     """
-    following = elem.getnext()
-    twin = next(following.iter("img"), None) if following is not None and following.tag == "noscript" else None
+    twin = _noscript_twin(elem)
     ref = _image_ref(img, sources, base, config, twin)
     if ref is None and twin is not None:
         ref = _image_ref(twin, [], base, config)
@@ -234,9 +279,28 @@ def _rewrite_image(
             ref.alt = clean_text(img.get("alt"))
     if ref is None:
         _drop(elem)
+        table.dropped["pixel" if _is_pixel(img, config) else "no-url"] += 1
         return
-    table.images.append(RecordedMedia(image=ref))
+    names = " ".join(_unique(e.get(a) for e in (elem, img) if e is not None for a in ("class", "id")))
+    hidden = any(is_hidden(e, by_class=True) for e in (elem, img) if e is not None)
+    table.images.append(RecordedMedia(image=ref, names=names, hidden=hidden))
     _replace_with_placeholder(elem, "i", len(table.images) - 1)
+
+
+def _is_pixel(img: Optional[HtmlElement], config: ExtractConfig) -> bool:
+    """Declared smaller than `min_declared_image_side`: a tracking pixel or spacer."""
+    sides = (_int_attr(img.get("width")), _int_attr(img.get("height"))) if img is not None else ()
+    return any(side is not None and side < config.min_declared_image_side for side in sides)
+
+
+def _noscript_twin(elem: HtmlElement) -> Optional[HtmlElement]:
+    """The <img> of the <noscript> right after `elem`, marked so it is not taken as an image of
+    its own: the same picture for browsers without JavaScript."""
+    following = elem.getnext()
+    twin = next(following.iter("img"), None) if following is not None and following.tag == "noscript" else None
+    if twin is not None:
+        twin.set(_TWIN_MARK, "")
+    return twin
 
 
 def _image_ref(
@@ -244,7 +308,7 @@ def _image_ref(
 ) -> Optional[ImageRef]:
     attrs = img.attrib if img is not None else {}
     width, height = _int_attr(attrs.get("width")), _int_attr(attrs.get("height"))
-    if any(side is not None and side < config.min_declared_image_side for side in (width, height)):
+    if _is_pixel(img, config):
         return None
     candidates = _image_candidates(img, sources, base, config)
     if not candidates:
@@ -286,11 +350,47 @@ def _image_candidates(img: Optional[HtmlElement], sources: list[HtmlElement], ba
     ranked.sort(key=lambda c: c[0], reverse=True)  # stable: the first of equal ranks stays first
     found = [url for _, url in ranked]
     if img is not None:
-        found += [url for url in (absolute_url(img.get(attr), base) for attr in _lazy_src_attrs(img)) if url is not None]
+        lazy = [url for attr in _lazy_src_attrs(img) for url in _attribute_urls(img.get(attr), base)]
         url = absolute_url(img.get("src"), base)
-        if url is not None and not _PLACEHOLDER_SRC_RE.search(url):
-            found.append(url)
+        if url is not None and not _is_stand_in(url, lazy) and not _CSS_PICTURE_RE.search(img.get("style") or ""):
+            lazy.append(url)
+        found += lazy
     return _unique(found)
+
+
+def _attribute_urls(value: Optional[str], base: str) -> list[str]:
+    """The URL(s) of a lazy-loading attribute: its value, or the "src"/"url" strings of a JSON
+    value (msn.com puts one object per breakpoint in data-src; taken verbatim it is no URL)."""
+    value = (value or "").strip()
+    if not value.startswith(("{", "[")):
+        url = absolute_url(value, base)
+        return [url] if url is not None else []
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return []
+    found: list[str] = []
+    stack = [data]
+    while stack:  # depth-first, in document order
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(sub, str) and key.lower() in ("src", "url", "href"):
+                    url = absolute_url(sub, base)
+                    if url is not None:
+                        found.append(url)
+            stack.extend(reversed([v for v in item.values() if isinstance(v, (dict, list))]))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return found
+
+
+def _is_stand_in(src: str, lazy: list[str]) -> bool:
+    """A src shown only until the real image loads: a stand-in by name (blank.gif, spacer.png,
+    lazyload.svg, ...), or a GIF/SVG next to a lazy URL of another format (msn's e151e5.gif)."""
+    if _PLACEHOLDER_SRC_RE.search(src):
+        return True
+    return bool(lazy) and url_ext(src) in _STAND_IN_EXTS and url_ext(lazy[0]) not in _STAND_IN_EXTS
 
 
 def _srcset_attrs(elem: HtmlElement) -> list[str]:
@@ -389,6 +489,9 @@ def _rewrite_video(video: HtmlElement, base: str, table: MediaTable) -> None:
     (the IE9 picturefill hack) is unwrapped so the images inside it stay images."""
     ref = None if _is_hidden(video) else _video_ref(video, base)
     if ref is not None:
+        # an <img> inside a playable <video> is its fallback for browsers without video
+        table.dropped["video-fallback"] += sum(1 for e in video.iter("img", "amp-img", "picture") if e.tag == "picture" or
+                                               next(e.iterancestors("picture"), None) is None)
         table.videos.append(RecordedMedia(video=ref))
         _replace_with_placeholder(video, "v", len(table.videos) - 1)
     elif video.getparent() is not None:
@@ -401,6 +504,32 @@ def _rewrite_video(video: HtmlElement, base: str, table: MediaTable) -> None:
 
 def _is_hidden(elem: HtmlElement) -> bool:
     return elem.get("hidden") is not None or bool(_DISPLAY_NONE_RE.search(elem.get("style") or ""))
+
+
+def name_words(value: str) -> list[str]:
+    """Lower-case words of a class, id or file name: split at punctuation and camelCase humps."""
+    return [w.lower() for w in _WORD_SPLIT_RE.split(value) if w]
+
+
+def is_hidden(elem: HtmlElement, by_class: bool = False) -> bool:
+    """Not displayed: `hidden`, display:none / visibility:hidden; with `by_class` also a class
+    word hidden/hide/invisible/d-none, unless it only hides on some screens ("hidden-xs",
+    "hide-small", Tailwind "hidden lg:block"). Class words are read on an image itself only:
+    on containers they name something else too often ("field-label-hidden", "hide-paywall")."""
+    if elem.get("hidden") is not None or _HIDDEN_STYLE_RE.search(elem.get("style") or ""):
+        return True
+    if not by_class:
+        return False
+    tokens = (elem.get("class") or "").split()
+    if any(":" in token for token in tokens):  # responsive utility classes decide per screen
+        return False
+    for token in tokens:
+        words = name_words(token)
+        for i, word in enumerate(words):
+            hides = word in ("hidden", "hide", "invisible") or (word == "none" and i > 0 and words[i - 1] == "d")
+            if hides and (words[i + 1] if i + 1 < len(words) else "") not in _SCREEN_WORDS:
+                return True
+    return False
 
 
 def _video_ref(video: HtmlElement, base: str) -> Optional[VideoRef]:

@@ -10,13 +10,16 @@ always keeps) while the full ``ImageRef``/``VideoRef`` for N is recorded from th
 original DOM (`media_refs`: srcset, <picture>, lazy attributes, candidate ranking).
 Figcaptions of media figures are lifted out and re-inserted as a text node after their
 media. trafilatura's XML body is then walked once, in order, mapping placeholders back
-to nodes.
+to nodes; trafilatura's text stays as it is, while which images are content (and where
+the ones it dropped go) is decided by `content_images` (`ExtractConfig.select_content_images`).
+Every image element that does not become a node is counted in `ExtractedPage.dropped_images`.
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict
+from collections import Counter
+from dataclasses import asdict, replace
 from typing import Any, Optional
 
 import trafilatura
@@ -25,6 +28,7 @@ from trafilatura.utils import load_html
 
 from m3w_pipeline.core.config import ExtractConfig
 from m3w_pipeline.core.nodes import ExtractedPage, Node, VideoRef
+from m3w_pipeline.extract.content_images import select_images
 from m3w_pipeline.extract.media_refs import PLACEHOLDER_RE, MediaTable, absolute_url, clean_text, placeholder_media, rewrite_media, url_ext
 from m3w_pipeline.read.decode import decode_html
 
@@ -38,7 +42,8 @@ _BLOCK_TAGS = frozenset({"p", "head", "item", "row", "code", "quote", "list", "t
 
 
 def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractConfig()) -> ExtractedPage:
-    """Parse once, let trafilatura pick main content, return text/image/video nodes in DOM order.
+    """Parse once, let trafilatura pick the main text, choose the content images, return
+    text/image/video nodes in DOM order.
 
     Never raises on bad HTML: garbage or empty input gives a page with no nodes.
     """
@@ -59,12 +64,21 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
         page.robots, page.tdm_reservation = _opt_out_meta(tree)
         base = _base_url(tree, url)
         og_video = _og_video(tree, base) if config.include_og_video else None
+        og_image = absolute_url(_meta_content(tree, "og:image:secure_url", "og:image:url", "og:image"), base)
         declared = _declared_main_summary(tree) if config.declared_main_fallback else None
         table = rewrite_media(tree, url, base, config)
         body = _run_trafilatura(tree, url, config)
-        page.nodes = _nodes_from_body(body, table, config) if body is not None else []
-        if declared is not None and _missed_declared_main(page.nodes, declared, config):
-            page.nodes = _nodes_from_declared_main(text, url, config)
+        nodes = _nodes_from_body(body, table, config) if body is not None else []
+        if declared is not None and _missed_declared_main(nodes, declared, config):
+            nodes, tree, table = _nodes_from_declared_main(text, url, config)
+        dropped = Counter(table.dropped)
+        if config.select_content_images and tree is not None:
+            nodes, chosen_drops = select_images(nodes, tree, table, url, og_image, config)
+            dropped.update(chosen_drops)
+        else:  # trafilatura's choice: what it did not keep was outside its content
+            dropped["outside-content"] += len(table.images) - len({id(n.image) for n in nodes if n.type == "image"})
+        page.nodes = _finish_nodes(nodes, table, config, dropped)
+        page.dropped_images = dict(sorted(dropped.items()))
         if og_video is not None and page.nodes:
             _add_og_video(page.nodes, og_video, page.title)
     except Exception as err:  # noqa: BLE001 -- a bad page must never stop a shard
@@ -74,7 +88,8 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
 
 
 def page_to_json(page: ExtractedPage) -> dict[str, Any]:
-    """Plain JSON-able dict of a page (for `m3w extract`): nodes keep only their own field."""
+    """Plain JSON-able dict of a page (for `m3w extract`): nodes keep only their own field (an
+    image its `ImageRef`, candidates included), plus the per-reason count of dropped images."""
     nodes = []
     for node in page.nodes:
         entry: dict[str, Any] = {"type": node.type}
@@ -85,7 +100,7 @@ def page_to_json(page: ExtractedPage) -> dict[str, Any]:
         elif node.type == "video" and node.video is not None:
             entry["video"] = asdict(node.video)
         nodes.append(entry)
-    return {"url": page.url, "title": page.title, "lang": page.lang, "nodes": nodes}
+    return {"url": page.url, "title": page.title, "lang": page.lang, "nodes": nodes, "dropped_images": dict(page.dropped_images)}
 
 
 # --------------------------------------------------------------------------- parsing & metadata
@@ -205,9 +220,7 @@ class _NodeBuilder:
         self.nodes: list[Node] = []
         self.buffer: list[str] = []
         self.cell_pending = False  # a table cell began: separate it from the previous one
-        self.seen_media: set[int] = set()
-        self.seen_urls: set[str] = set()
-        self.group_last: dict[int, int] = {}  # caption group -> index of its last media node
+        self.seen_media: set[str] = set()  # placeholder srcs already emitted
 
     def add(self, text: str) -> None:
         if self.cell_pending and text.strip():
@@ -256,43 +269,53 @@ class _NodeBuilder:
         if self.config.split_text_at_inline_images:
             self.flush()
         src = elem.get("src") or ""
-        match = PLACEHOLDER_RE.fullmatch(src)
-        if match is None:
-            return  # an image trafilatura found outside our rewrite (should not happen)
-        key = (0 if match.group(1) == "i" else 1_000_000_000) + int(match.group(2))
+        if src in self.seen_media or PLACEHOLDER_RE.fullmatch(src) is None:
+            return  # repeated, or an image trafilatura found outside our rewrite (should not happen)
         item = placeholder_media(elem, self.table)
-        if item is None or key in self.seen_media:
+        if item is None:
             return
-        self.seen_media.add(key)
+        self.seen_media.add(src)
         if item.image is not None:
-            if self.config.dedup_images and item.image.url in self.seen_urls:
-                return
-            self.seen_urls.add(item.image.url)
             self.nodes.append(Node(type="image", image=item.image))
         elif item.video is not None:
             self.nodes.append(Node(type="video", video=item.video))
-        if item.caption_group is not None:
-            self.group_last[item.caption_group] = len(self.nodes) - 1
 
-    def insert_captions(self) -> None:
-        """Caption text right after the last kept media node of its figure."""
-        if not self.config.keep_figcaptions:
-            return
-        for group, index in sorted(self.group_last.items(), key=lambda kv: kv[1], reverse=True):
-            text = self.table.captions.get(group)
-            if not text or len(text) < self.config.min_text_node_chars:
+
+def _finish_nodes(nodes: list[Node], table: MediaTable, config: ExtractConfig, dropped: Counter) -> list[Node]:
+    """The first image node per URL (`dedup_images`; later ones counted as duplicate), then each
+    kept figure's caption as a text node right after its last media node."""
+    out: list[Node] = []
+    seen: set[str] = set()
+    for node in nodes:
+        if node.type == "image" and node.image is not None and config.dedup_images:
+            if node.image.url in seen:
+                dropped["duplicate"] += 1
                 continue
-            following = self.nodes[index + 1] if index + 1 < len(self.nodes) else None
-            if following is not None and following.type == "text" and following.text == text:
-                continue
-            self.nodes.insert(index + 1, Node(type="text", text=text))
+            seen.add(node.image.url)
+        out.append(node)
+    if not config.keep_figcaptions:
+        return out
+    groups = {id(item.image if item.image is not None else item.video): item.caption_group for item in (*table.images, *table.videos)}
+    last: dict[int, int] = {}
+    for i, node in enumerate(out):
+        group = groups.get(id(node.image if node.type == "image" else node.video)) if node.type != "text" else None
+        if group is not None:
+            last[group] = i
+    for group, i in sorted(last.items(), key=lambda kv: kv[1], reverse=True):
+        text = table.captions.get(group)
+        if not text or len(text) < config.min_text_node_chars:
+            continue
+        following = out[i + 1] if i + 1 < len(out) else None
+        if following is not None and following.type == "text" and following.text == text:
+            continue
+        out.insert(i + 1, Node(type="text", text=text))
+    return out
 
 
 def _nodes_from_body(body: Any, table: MediaTable, config: ExtractConfig) -> list[Node]:
     builder = _NodeBuilder(table, config)
     builder.visit(body)
     builder.flush()
-    builder.insert_captions()
     return builder.nodes
 
 
@@ -370,22 +393,18 @@ class _DeclaredMainWalker(_NodeBuilder):
             self.flush()
 
 
-def _nodes_from_declared_main(text: str, url: str, config: ExtractConfig) -> list[Node]:
-    """Second parse, only for pages where trafilatura chose the wrong region.
+def _nodes_from_declared_main(text: str, url: str, config: ExtractConfig) -> tuple[list[Node], Optional[HtmlElement], MediaTable]:
+    """Second parse, only for pages where trafilatura chose the wrong region: the nodes of the
+    declared main region, with the tree and media table they came from.
 
     Teaser-card dropping is off here: on a portal page the cards are the content.
     """
     tree = _parse(text)
-    if tree is None:
-        return []
-    main = _find_declared_main(tree)
-    if main is None:
-        return []
-    from dataclasses import replace
-
+    main = _find_declared_main(tree) if tree is not None else None
+    if tree is None or main is None:
+        return [], None, MediaTable()
     table = rewrite_media(tree, url, _base_url(tree, url), replace(config, drop_teaser_images=False))
     walker = _DeclaredMainWalker(table, config)
     walker.visit(main)
     walker.flush()
-    walker.insert_captions()
-    return walker.nodes
+    return walker.nodes, tree, table

@@ -449,8 +449,10 @@ def test_real_mp4_video_page_yields_its_video():
 @needs_corpus
 @pytest.mark.parametrize(
     "fragment, at_least",
+    # creativecommons: its 2 judged content images (tests/data/content_images); the 8 program
+    # icons (77x77) that made up the 5 this once asked for are not content.
     [("anchor.ch.lanka", 10), ("brasil247", 1), ("correctiv.org", 2), ("francais.radio.cz", 2), ("aeb__bdb56ac8", 2),
-     ("creativecommons", 5), ("aeb__16c30add", 5)],
+     ("creativecommons", 2), ("aeb__16c30add", 5)],
 )
 def test_pages_with_figures_or_pictures_yield_absolute_image_urls(fragment, at_least):
     refs = corpus_page(fragment).image_refs()
