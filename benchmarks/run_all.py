@@ -1,11 +1,34 @@
-"""Run every benchmark in this folder, one after another (`make bench`)."""
+"""`make bench`: the per-core comparisons with the tools we measure ourselves against (issue 12).
+
+    python benchmarks/run_all.py [--quick] [--all] [bench_cost.py options]
+
+Builds (or reuses) the other tools' venvs under benchmarks/_work/venvs, then runs bench_cost.py:
+text vs datatrove, text+images vs datatrove, images vs img2dataset, each ratio measured in this
+run. --quick is a short run (minutes); --all then also runs every other bench_*.py here.
+"""
 import subprocess
 import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent
-failed = 0
-for script in sorted(here.glob("bench_*.py")):
-    print(f"=== {script.name}", flush=True)
-    failed |= subprocess.call([sys.executable, str(script)]) != 0
+sys.path.insert(0, str(here))
+
+import venvs  # benchmarks/ is not a package: found through sys.path
+
+args = sys.argv[1:]
+run_everything = "--all" in args
+args = [a for a in args if a != "--all"]
+try:
+    for tool in sorted(venvs.TOOLS):
+        print(f"{tool} venv: {venvs.ensure_venv(tool)}", flush=True)
+except venvs.VenvError as exc:
+    sys.exit(f"ERROR: {exc}")
+
+print("=== bench_cost.py", flush=True)
+failed = subprocess.call([sys.executable, str(here / "bench_cost.py"), *args]) != 0
+if run_everything:
+    for script in sorted(here.glob("bench_*.py")):
+        if script.name != "bench_cost.py":
+            print(f"=== {script.name}", flush=True)
+            failed |= subprocess.call([sys.executable, str(script)]) != 0
 sys.exit(failed)

@@ -450,6 +450,66 @@ def test_phash_is_stable_and_similar_images_are_close() -> None:
     assert _hamming(flower.phash, hopper.phash) >= 16  # different pictures
 
 
+# --------------------------------------------------------------------------- fast path vs exact path
+
+# The real photographs of the corpus, and long sides that reach every JPEG draft case at
+# max_side 512: 1/2 then up (700), 1/2 then down (1100), 1/4 then up (1500), 1/8 (3000).
+PHOTOS = ("pillow__flower.jpg", "pillow__flower2.webp", "pillow__hopper.png", "pillow__hopper_gray.jpg", "pillow__pil_sample_cmyk.jpg")
+LONG_SIDES = (700, 1100, 1500, 3000)
+
+
+def _photo_jpeg(name: str, long_side: int, **params: object) -> bytes:
+    """A real photo scaled to `long_side` and saved as JPEG in its own mode (RGB, L or CMYK)."""
+    with Image.open(IMAGES / name) as im:
+        scale = long_side / max(im.size)
+        big = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
+    return _encode(big, "JPEG", **params)
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+@pytest.mark.parametrize("long_side", LONG_SIDES)
+@pytest.mark.parametrize("progressive", [False, True])
+def test_fast_path_matches_exact_path_on_real_photos(name: str, long_side: int, progressive: bool) -> None:
+    """DCT-scaled decode + bilinear must give the exact path's sizes, phash and (nearly) pixels."""
+    data = _photo_jpeg(name, long_side, quality=88, progressive=progressive)
+    fast, exact = process_image(data), process_image(data, exact=True)
+    assert fast.image is not None and exact.image is not None
+    assert (fast.image.width, fast.image.height) == (exact.image.width, exact.image.height)
+    assert max(fast.image.width, fast.image.height) == 512
+    assert (fast.image.original_width, fast.image.original_height) == (exact.image.original_width, exact.image.original_height)
+    assert _hamming(fast.image.phash, exact.image.phash) <= 4
+    assert _mean_abs_diff(_pixels(fast), _pixels(exact)) < 4  # out of 255: the same picture, a little softer
+    again = process_image(data)
+    assert again.image is not None
+    assert again.image.data == fast.image.data and again.image.phash == fast.image.phash
+    assert fast.image.sha256 == again.image.sha256 == hashlib.sha256(fast.image.data).hexdigest()
+
+
+def test_fast_path_with_orientation_matches_exact_path() -> None:
+    """Resizing before the EXIF transpose must land on the same displayed size and picture."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _photo_jpeg("pillow__flower.jpg", 1100, quality=90, exif=exif.tobytes())
+    fast, exact = process_image(data), process_image(data, exact=True)
+    assert fast.image is not None and exact.image is not None
+    assert (fast.image.width, fast.image.height) == (exact.image.width, exact.image.height) == (384, 512)
+    assert (fast.image.original_width, fast.image.original_height) == (825, 1100)
+    assert _hamming(fast.image.phash, exact.image.phash) <= 4
+    assert _mean_abs_diff(_pixels(fast), _pixels(exact)) < 4
+
+
+@pytest.mark.parametrize("name", ("pillow__flower.jpg", "pillow__flower2.webp", "pillow__hopper.png", "pillow__chi.gif", "pillow__transparent.png"))
+def test_phash_is_imagehash_phash_of_the_pixels(name: str) -> None:
+    """Our phash is imagehash.phash's definition: equal on the exact path's (lossless PNG) pixels."""
+    png = ImageConfig(output_format="png", max_side=200)
+    exact, fast = process_image(_read(name), png, exact=True).image, process_image(_read(name), png).image
+    assert exact is not None and fast is not None
+    with Image.open(io.BytesIO(exact.data)) as decoded:
+        assert exact.phash == str(imagehash.phash(decoded))
+    with Image.open(io.BytesIO(fast.data)) as decoded:
+        assert _hamming(fast.phash, str(imagehash.phash(decoded))) <= 2  # only the thumbnail's reduce() differs
+
+
 # --------------------------------------------------------------------------- sniffing
 
 
