@@ -6,8 +6,9 @@ that still cross a rule are listed in KNOWN_EXCEPTIONS with why; a new crossing 
 """
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from helpers.imports import module_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ("core", "read", "extract", "media", "filter", "write", "inspect", "sample")
@@ -46,14 +47,6 @@ def _folder(module: str) -> str | None:
     return parts[0] if parts[0] in ("beam_jobs", "model", "schemas", "m3w") else None
 
 
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -71,7 +64,7 @@ def test_every_import_follows_the_folder_rules():
     modules = _modules()
     assert len(modules) > 60
     for folder, path in modules:
-        for name in _imports(path):
+        for name in module_imports(path):
             target = _folder(name)
             if target is None or target == folder or target in ALLOWED.get(folder, set()):
                 continue
@@ -83,12 +76,12 @@ def test_every_import_follows_the_folder_rules():
 
 
 def test_heavy_frameworks_stay_in_their_folders():
-    bad = [f"{path.relative_to(ROOT)}: {name}" for folder, path in _modules() for name in _imports(path)
+    bad = [f"{path.relative_to(ROOT)}: {name}" for folder, path in _modules() for name in module_imports(path)
            if name.split(".")[0] in THIRD_PARTY_ONLY_IN and folder.split("/")[0] not in THIRD_PARTY_ONLY_IN[name.split(".")[0]]]
     assert bad == []
 
 
 def test_the_pipeline_never_imports_beam_the_model_or_the_cli():
     bad = [f"{path.relative_to(ROOT)}: {name}" for folder, path in _modules() if folder.startswith("m3w_pipeline")
-           for name in _imports(path) if name.split(".")[0] in ("apache_beam", "beam_jobs", "model", "m3w", "torch")]
+           for name in module_imports(path) if name.split(".")[0] in ("apache_beam", "beam_jobs", "model", "m3w", "torch")]
     assert bad == []

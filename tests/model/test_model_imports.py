@@ -3,30 +3,22 @@ internals; the one shared piece is the strict config loader `m3w_pipeline.core.t
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers.imports import module_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_PIPELINE = {"m3w_pipeline.core.typed_config"}
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (function-level imports included)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
 
 
 def test_no_model_file_imports_beam_or_pipeline_internals():
     files = sorted((ROOT / "model").rglob("*.py"))
     assert len(files) >= 15
-    bad = {f"{f.relative_to(ROOT)}: {name}" for f in files for name in _imports(f)
+    bad = {f"{f.relative_to(ROOT)}: {name}" for f in files for name in module_imports(f)
            if name.split(".")[0] in ("apache_beam", "beam_jobs", "m3w")
            or (name.split(".")[0] == "m3w_pipeline" and name not in ALLOWED_PIPELINE)}
     assert not bad, sorted(bad)
