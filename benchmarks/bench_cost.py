@@ -267,20 +267,21 @@ def machine() -> dict:
 
 
 def bench_images(args: argparse.Namespace, trees: dict[str, Path]) -> dict:
-    photos = cost_inputs.build_photos(WORK / "photos", count=args.photos)
+    photo_dir = WORK / f"photos-{args.photos}"  # the workers take every JPEG in it
+    photos = cost_inputs.build_photos(photo_dir, count=args.photos)
     i2d = venvs.ensure_venv("img2dataset")
     runs: list[Run] = []
     for round_ in range(args.repeats):
         order = ["img2dataset", *trees] if round_ % 2 == 0 else [*trees, "img2dataset"]
         for who in order:
             if who == "img2dataset":
-                run = run_img2dataset(i2d, WORK / "photos", args.core, f"img2dataset-{round_}")
+                run = run_img2dataset(i2d, photo_dir, args.core, f"img2dataset-{round_}")
             else:
                 tag = f"m3w-{who.replace(' ', '-')}-images-{round_}"
-                run = run_m3w_images(trees[who], WORK / "photos", args.core, tag, f"m3w process_image ({who})")
+                run = run_m3w_images(trees[who], photo_dir, args.core, tag, f"m3w process_image ({who})")
             runs.append(run)
             print(f"  images round {round_}: {run.tool:<34} {run.per_cpu_s:7.1f}/CPU-s {run.per_wall_s:7.1f}/s wall", flush=True)
-    exact = run_m3w_images(ROOT, WORK / "photos", args.core, "exact-images", "m3w process_image exact path", exact=True)
+    exact = run_m3w_images(ROOT, photo_dir, args.core, "exact-images", "m3w process_image exact path", exact=True)
     print(f"  images: {exact.tool:<34} {exact.per_cpu_s:7.1f}/CPU-s (reference for the checks)", flush=True)
     rows = summarise(runs + [exact], "img2dataset Resizer")
     last_ours = [r for r in runs if r.tool == "m3w process_image (this tree)"][-1]
