@@ -95,6 +95,8 @@ class ExtractFn(CountingFn):
         opt_out = page_opt_out(page.headers, extracted)
         outcome = opt_out.document if opt_out.document is not None else ("extracted" if extracted.nodes else "empty-extraction")
         tally.add("pages", outcome)
+        tally.add("page_images", "image-node", len(extracted.image_refs()))
+        tally.add_all("page_images", extracted.dropped_images)
         if outcome == "extracted":
             yield (document_key(page.url, page.provenance), (extracted, page.provenance, opt_out.images))
 

@@ -18,6 +18,8 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "media_records": ("used",),
     "documents": ("kept",),
     "fetch": ("ok",),
+    # every image element of an extracted page: an image node, or left out by reason (extract/content_images)
+    "page_images": ("image-node",),
     # node filters, dedup (m3w_pipeline.filter.filters, m3w_pipeline.filter.dedup)
     "text_nodes": ("kept",),
     "image_nodes": ("kept",),
