@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -42,10 +43,16 @@ def build_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dask_address(build_root):
+    # The scheduler runs in a thread of this process and logs after tests end, to streams pytest
+    # has closed by then: only its errors are wanted here.
+    scheduler_log = logging.getLogger("distributed")
+    old_level = scheduler_log.level
+    scheduler_log.setLevel(logging.ERROR)
     # Workers resolve relative paths in their own working directory: start them in the build's.
     with contextlib.chdir(build_root), distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                                                dashboard_address=":0") as cluster:
+                                                                dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
         yield cluster.scheduler_address
+    scheduler_log.setLevel(old_level)
 
 
 @pytest.fixture(scope="module")
