@@ -43,7 +43,7 @@ TokenCounter = Callable[[str], int]
 # Funnel stages in the order a build runs them (m3w_pipeline.core.accounting lists what each
 # keeps); stages another builder adds follow, sorted.
 FUNNEL_ORDER = (
-    "records", "media_kind", "pages", "fetch", "image_refs", "media_records", "text_nodes", "image_nodes", "documents",
+    "records", "media_kind", "pages", "page_images", "fetch", "image_refs", "media_records", "text_nodes", "image_nodes", "documents",
     "images_in_document", "dedup_url", "dedup_text_exact", "dedup_text_near", "images_hot", "dedup_image_sets",
     "post_dedup", "pair_documents", "pair_candidates", "align_samples", "ltip_samples", "video_refs",
     "video_media_records", "video_candidates", "video_samples",
