@@ -19,7 +19,7 @@ GOOD_PAGE = ("<html><head><title>Rivers</title></head><body><article>"
              + "".join(f"<p>The river {i} runs past the old mill and the long green hills of the valley.</p>" for i in range(12))
              + "</article></body></html>").encode()
 SLOW_PAGE = ("<html><body><article>" + "".join(f"<p>Paragraph {i} of a long article about rivers and hills near town.</p>"
-                                                for i in range(60_000)) + "</article></body></html>").encode()  # ~24 s unbounded
+                                                for i in range(60_000)) + "</article></body></html>").encode()  # ~24 s unbounded (not fast)
 SRCSET_PAGE = b"<html><body><article><p>A picture.</p><img src=a.jpg srcset=\"" + b"," * 20_000 + b"\"></article></body></html>"
 
 
@@ -62,7 +62,8 @@ def test_build_over_real_and_hostile_warcs_survives_bounded(tmp_path):
     folder.mkdir()
     expected_broken = hostile_inputs(folder)
     config = tmp_path / "c.toml"
-    config.write_text("[extract]\ntimeout_s = 3.0\n")
+    # trafilatura's full path (fast = false) takes ~24 s on SLOW_PAGE, far over a 3 s budget
+    config.write_text("[extract]\ntimeout_s = 3.0\nfast = false\n")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "m3w", "build", "m3w", "--input", str(CORPUS / "warc" / "*"), str(folder / "*"),
                            "--output", str(out), "--config", str(config), "--min-images", "0"], capture_output=True, text=True, timeout=900)
