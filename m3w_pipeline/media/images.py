@@ -434,6 +434,18 @@ def _phash(im: Image.Image, exact: bool) -> str:
 # --------------------------------------------------------------------------- encoding
 
 
+def resize_and_encode(im: Image.Image, config: ImageConfig, pillow_format: str = "JPEG") -> tuple[Image.Image, bytes]:
+    """An already decoded RGB picture (a video frame) at the size and encoding `process_image` gives images:
+    the one entry point other media use, so they never depend on this module's private steps."""
+    resized = _resize(im, _fit_size(im.width, im.height, config.max_side))
+    return resized, _encode(resized, pillow_format, config)
+
+
+def flatten_alpha(im: Image.Image) -> Image.Image:
+    """Transparent areas over white, as every stored image shows them."""
+    return _flatten_alpha(im)
+
+
 def _encoder(output_format: str) -> tuple[str, str]:
     """(Pillow format, extension); a bad config is a bug, so it raises."""
     try:

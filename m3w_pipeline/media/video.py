@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from m3w_pipeline.core.config import ImageConfig, VideoConfig
-from m3w_pipeline.media.images import _encode, _fit_size, _flatten_alpha, _resize, is_webvtt, sniff_image_type, sniff_video_type
+from m3w_pipeline.media.images import flatten_alpha, is_webvtt, resize_and_encode, sniff_image_type, sniff_video_type
 
 VIDEO_OK = "ok"
 VIDEO_DROP_REASONS: tuple[str, ...] = (
@@ -379,7 +379,7 @@ def _frame_time(frame: Any, stream: Any, start: float) -> Optional[float]:
 def _upright_rgb(frame: Any, rotation: int, has_alpha: bool) -> Image.Image:
     """The frame as displayed: alpha over white, rotated upright."""
     if has_alpha and _ALPHA_FORMATS.match(frame.format.name):
-        image = _flatten_alpha(Image.fromarray(frame.to_ndarray(format="rgba"), "RGBA"))
+        image = flatten_alpha(Image.fromarray(frame.to_ndarray(format="rgba"), "RGBA"))
     else:
         image = Image.fromarray(frame.to_ndarray(format="rgb24"), "RGB")
     if rotation:
@@ -388,8 +388,7 @@ def _upright_rgb(frame: Any, rotation: int, has_alpha: bool) -> Image.Image:
 
 
 def _encode_frame(image: Image.Image, timestamp: float, target: float, image_config: ImageConfig) -> SampledFrame:
-    resized = _resize(image, _fit_size(image.width, image.height, image_config.max_side))
-    data = _encode(resized, "JPEG", image_config)
+    resized, data = resize_and_encode(image, image_config)
     return SampledFrame(data, round(timestamp, 6), round(target, 6), resized.width, resized.height,
                         hashlib.sha256(data).hexdigest())
 
