@@ -24,7 +24,8 @@ from beam_jobs import fsio
 from beam_jobs.counting import REJECTS_NAME
 from m3w_pipeline.core.accounting import build_manifest
 from m3w_pipeline.core.config import BuildConfig, ShardConfig
-from m3w_pipeline.write.shards import ShardInfo, load_arrow_schema, parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
+from m3w_pipeline.write.shards import ShardInfo, parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
+from schemas import load_arrow_schema
 
 MANIFEST_NAME = "manifest.json"
 STATUS_PREFIX = "fetch_status"

@@ -224,7 +224,7 @@ def _document_validator() -> Any:
     if _VALIDATOR is None:
         import jsonschema
 
-        from m3w_pipeline.write.shards import load_json_schema
+        from schemas import load_json_schema
 
         _VALIDATOR = jsonschema.Draft202012Validator(load_json_schema("m3w_document"))
     return _VALIDATOR
@@ -380,7 +380,7 @@ def _check_index(shard: ShardRef, samples: list[Sample], expected: Optional[Mapp
 
 
 def _check_m3w_index(table: Any, samples: list[Sample], shard_name: str, name: str) -> Iterator[Problem]:
-    from m3w_pipeline.write.shards import load_arrow_schema
+    from schemas import load_arrow_schema
 
     want = load_arrow_schema("m3w_index")
     got = {f.name: f.type for f in table.schema}

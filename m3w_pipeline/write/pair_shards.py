@@ -22,8 +22,9 @@ import pyarrow as pa
 from m3w_pipeline.core.web import Provenance, url_domain
 from m3w_pipeline.media.video import frame_file
 from m3w_pipeline.write.pairs import Pair
-from m3w_pipeline.write.shards import DeterministicTarWriter, ShardInfo, canonical_json, load_arrow_schema
+from m3w_pipeline.write.shards import DeterministicTarWriter, ShardInfo, canonical_json
 from m3w_pipeline.write.video_samples import VideoSample
+from schemas import load_arrow_schema
 
 PAIR_SCHEMA_ID = "m3w.pair/1"
 VIDEO_SCHEMA_ID = "m3w.video/1"

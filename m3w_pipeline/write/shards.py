@@ -12,7 +12,6 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, BinaryIO, Iterable, Optional
 
 import pyarrow as pa
@@ -20,39 +19,13 @@ import pyarrow.parquet as pq
 
 from m3w_pipeline.core.document import Document
 from m3w_pipeline.filter.quality import DOCUMENT_SCORE_COLUMNS
+from schemas import load_arrow_schema, load_json_schema
 
 DOCUMENT_SCHEMA_ID = "m3w.document/1"
 # Quality-score columns of the index, in schema order (schemas/m3w_index.arrow.json declares them;
 # tests/test_quality.py checks that the two agree).
 SCORE_COLUMNS = tuple(name for name, _, _ in DOCUMENT_SCORE_COLUMNS)
 _BLOCK = tarfile.BLOCKSIZE  # 512
-
-
-# ----------------------------------------------------------------------------- formats
-
-
-def load_json_schema(name: str) -> dict[str, Any]:
-    """A JSON Schema from `schemas/`, e.g. 'm3w_document'."""
-    return json.loads(resources.files("schemas").joinpath(f"{name}.schema.json").read_text("utf-8"))
-
-
-def load_arrow_schema(name: str) -> pa.Schema:
-    """An Arrow schema from `schemas/NAME.arrow.json` (field name, type, nullable)."""
-    spec = json.loads(resources.files("schemas").joinpath(f"{name}.arrow.json").read_text("utf-8"))
-    return pa.schema(
-        [pa.field(f["name"], _ARROW_TYPES[f["type"]], nullable=f["nullable"]) for f in spec["fields"]],
-        metadata={"schema": spec["name"]},
-    )
-
-
-_ARROW_TYPES = {
-    "string": pa.string(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-}
 
 
 def shard_name(prefix: str, index: int) -> str:

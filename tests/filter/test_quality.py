@@ -116,7 +116,7 @@ def test_document_scores_give_one_value_per_index_column():
 
 def test_score_columns_match_the_index_schema():
     """The columns quality.py fills are declared once more, as the format, in schemas/m3w_index.arrow.json."""
-    from m3w_pipeline.write.shards import load_arrow_schema
+    from schemas import load_arrow_schema
 
     index = json.loads((Path(__file__).parents[2] / "schemas" / "m3w_index.arrow.json").read_text())
     declared = {f["name"]: (f["type"], f["nullable"]) for f in index["fields"]}

@@ -16,7 +16,8 @@ from PIL import Image
 
 from m3w_pipeline.media.images import process_image
 from m3w_pipeline.read import warc
-from m3w_pipeline.write.shards import load_arrow_schema, load_json_schema, validate_document_json
+from m3w_pipeline.write.shards import validate_document_json
+from schemas import load_arrow_schema, load_json_schema
 
 GOV_UK = CORPUS / "warc" / "ukwa__BL-20140325121225068-00000-32090_opera_8443.warc.gz"
 

@@ -29,7 +29,7 @@ from m3w_pipeline.media.fetch import (
     status_table,
 )
 from m3w_pipeline.media.images import process_image
-from m3w_pipeline.write.shards import load_arrow_schema
+from schemas import load_arrow_schema
 
 VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "video"
 # A public address for a test name on the fetcher's side: the address policy lets it through,

@@ -36,8 +36,8 @@ from m3w_pipeline.read.warc import MediaRecord
 from m3w_pipeline.sample.crawl import SampleCrawl, write_sample_crawl
 from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
 from m3w_pipeline.write.pairs import PairInput, extract_pairs
-from m3w_pipeline.write.shards import load_json_schema
 from m3w_pipeline.write.video_samples import build_video_sample, video_candidates
+from schemas import load_json_schema
 
 VIDEO_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "video"
 PROV = Provenance("crawl-00000.warc.gz", 100, 2000, "<urn:uuid:1>", "2024-03-04T10:00:00Z")

@@ -85,7 +85,7 @@ def status_table(results: Iterable[FetchResult | dict[str, Any]]):
     """Results (or their rows) -> a pyarrow Table with schemas/fetch_status.arrow.json."""
     import pyarrow as pa
 
-    from m3w_pipeline.write.shards import load_arrow_schema
+    from schemas import load_arrow_schema
 
     rows = [r.to_row() if isinstance(r, FetchResult) else r for r in results]
     return pa.Table.from_pylist(rows, schema=load_arrow_schema("fetch_status"))
