@@ -20,7 +20,7 @@ class UsageError(Exception):
 def _cmd_sample_crawl(args: argparse.Namespace) -> int:
     from m3w_pipeline.sample.crawl import write_sample_crawl
 
-    crawl = write_sample_crawl(args.out_dir, pages=args.pages, seed=args.seed)
+    crawl = write_sample_crawl(args.out_dir, pages=args.pages, seed=args.seed, lessons=args.lessons)
     for path in crawl.warc_paths:
         print(path)
     print(f"truth: {crawl.truth_path}", file=sys.stderr)
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="folder for the WARC.gz files and the truth file (created)")
     p.add_argument("--pages", type=int, default=200, help="pages to generate (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same bytes")
+    p.add_argument("--lessons", type=int, default=None,
+                   help="fast-binding lesson pages besides --pages (default: a fifth of --pages)")
 
     p = sub.add_parser("extract", help="print the ordered document extracted from one HTML page")
     p.add_argument("page", help="an .html or .html.gz file")
