@@ -293,7 +293,7 @@ class _ArticleBuilder:
         if logo_capture:
             self.media.append(logo_capture)
         description = self.text.sentence(self.topic)
-        html_text = _render_page(self.site, self.title, description, self.blocks, logo_url,
+        html_text = render_page(self.site, self.title, description, self.blocks, logo_url,
                                  self.base_href, self.text, self.topic)
         truth = {
             "url": self.url,
@@ -336,7 +336,7 @@ LAYOUT_TEMPLATES: dict[str, str] = {
 }
 
 
-def _render_page(
+def render_page(
     site: Site, title: str, description: str, blocks: list[str], logo_url: str,
     base_href: Optional[str], text: TextMaker, topic: Topic,
 ) -> str:

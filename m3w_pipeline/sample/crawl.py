@@ -24,6 +24,8 @@ Where things are, in the order data flows:
   * `text.py`: titles, prose and captions.
   * `pages.py`: sites, the Page record, PageMaker (the one seeded RNG) and how pages reference images.
   * `article.py`: one page's content and site chrome (`make_page`).
+  * `lesson.py`: fast-binding lesson pages (made-up words for shapes, `make_lesson`), written
+    besides the `pages` ordinary ones from their own RNG, at the end of each file's records.
   * `edge_cases.py`: JSON/CSS/404/301 records, exact duplicates, the truncated page.
   * `warc.py`: captures -> WARC.gz records.
   * `truth.py`: the truth file's fields and expectations.
@@ -39,6 +41,7 @@ from typing import Any, Optional
 
 from m3w_pipeline.sample.article import make_page
 from m3w_pipeline.sample.edge_cases import make_duplicate, misc_captures, truncated_page
+from m3w_pipeline.sample.lesson import make_lesson
 from m3w_pipeline.sample.pages import Page, PageMaker, weighted_choice
 from m3w_pipeline.sample.truth import TRUTH_FILENAME, fill_warc_files, page_truth, write_truth
 from m3w_pipeline.sample.warc import HTML_CONTENT_TYPE, BrokenRecord, Capture, CrawlState, write_warc_file
@@ -58,6 +61,7 @@ PAGE_KINDS: tuple[tuple[str, float], ...] = (
 )
 CROSS_FILE_RATE = 0.08  # captures moved into the next WARC file (cross-file joins)
 DUPLICATE_EVERY = 60  # one exact duplicate page per this many pages (at least one)
+LESSONS_PER_PAGE = 0.2  # default fast-binding lesson pages (lesson.py) per ordinary page
 
 
 @dataclass
@@ -68,27 +72,30 @@ class SampleCrawl:
     truth_path: Path
     record_counts: dict[str, int] = field(default_factory=dict)  # WARC-Type -> records written
     broken_record: Optional[BrokenRecord] = None
-    pages: int = 0  # HTML 200 pages (duplicates included; the truncated page excluded)
+    pages: int = 0  # HTML 200 pages (duplicates included; the truncated page excluded; lessons not included)
+    lessons: int = 0  # fast-binding lesson pages, besides `pages`
 
 
 def write_sample_crawl(
-    out_dir: str | Path, pages: int = 200, seed: int = 0, pages_per_file: int = 500
+    out_dir: str | Path, pages: int = 200, seed: int = 0, pages_per_file: int = 500, lessons: Optional[int] = None
 ) -> SampleCrawl:
-    """Write a deterministic synthetic crawl of `pages` HTML pages plus truth into `out_dir`.
+    """Write a deterministic synthetic crawl of `pages` HTML pages plus `lessons` fast-binding
+    lesson pages (default LESSONS_PER_PAGE * pages) and the truth into `out_dir`.
 
     Same seed -> byte-identical files. Existing `sample-*.warc.gz` in out_dir are replaced.
     """
-    if pages < 1 or pages_per_file < 1:
-        raise ValueError("pages and pages_per_file must be >= 1")
+    lessons = int(pages * LESSONS_PER_PAGE) if lessons is None else lessons
+    if pages < 1 or pages_per_file < 1 or lessons < 0:
+        raise ValueError("pages and pages_per_file must be >= 1, lessons >= 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clear_stale(out)
-    crawl = _CrawlBuilder(seed, pages, pages_per_file)
+    crawl = _CrawlBuilder(seed, pages, pages_per_file, lessons)
     warc_paths = [crawl.write_file(out, index) for index in range(crawl.n_files)]
     fill_warc_files(crawl.truth_lines, crawl.state.media_files)
     truth_path = out / TRUTH_FILENAME
     write_truth(truth_path, crawl.truth_lines)
-    return SampleCrawl(warc_paths, truth_path, dict(sorted(crawl.state.counts.items())), crawl.broken, pages)
+    return SampleCrawl(warc_paths, truth_path, dict(sorted(crawl.state.counts.items())), crawl.broken, pages, lessons)
 
 
 def _clear_stale(out: Path) -> None:
@@ -108,12 +115,14 @@ def _plan(pages: int, rng: random.Random) -> tuple[list[str], set[int]]:
 class _CrawlBuilder:
     """Decides which captures go into which file, in which order, and collects truth lines."""
 
-    def __init__(self, seed: int, pages: int, pages_per_file: int) -> None:
+    def __init__(self, seed: int, pages: int, pages_per_file: int, lessons: int) -> None:
         self.seed = seed
         self.pages = pages
         self.pages_per_file = pages_per_file
         self.n_files = math.ceil(pages / pages_per_file)
         self.maker = PageMaker(seed)
+        self.lessons = lessons
+        self.lesson_maker = PageMaker(seed, stream="lessons")  # its own RNG: the other pages stay as they were
         self.rng = random.Random(f"m3w-sample-layout:{seed}")
         self.kinds, self.duplicates = _plan(pages, self.rng)
         self.state = CrawlState()
@@ -139,6 +148,7 @@ class _CrawlBuilder:
         self.rng.shuffle(groups)  # images may come before or after their page
         if index == 0:  # after the shuffle: a revisit must follow the response it refers to
             groups.append(Capture(self.first_page_url, 200, b"", HTML_CONTENT_TYPE, revisit_of=self.first_page_url))
+        groups.extend(self._lesson_captures(index, name))
         path = out / name
         self.broken = write_warc_file(path, self.seed, self.state, groups, truncated) or self.broken
         return path
@@ -157,6 +167,18 @@ class _CrawlBuilder:
         self.truth_lines.append(truth)
         if duplicate_of is None and truth["expected_kept"]:
             self.kept_pages.append(page)
+        return captures
+
+    def _lesson_captures(self, index: int, name: str) -> list[Capture]:
+        """Lesson pages j with j % n_files == index, after the file's other records, each page's
+        images shuffled around it by the lessons' own RNG."""
+        captures: list[Capture] = []
+        for number in range(index, self.lessons, self.n_files):
+            page = make_lesson(self.lesson_maker, number)
+            group = [Capture(page.url, 200, page.html, HTML_CONTENT_TYPE, with_metadata=True), *page.media]
+            self.lesson_maker.rng.shuffle(group)
+            captures.extend(group)
+            self.truth_lines.append(page_truth(page.truth, name, None))
         return captures
 
     def _next_page(self, kind: str, want_duplicate: bool) -> tuple[Page, Optional[str]]:

@@ -105,9 +105,10 @@ class PageMaker:
     what makes the crawl reproducible; `article.make_page` builds a page with it.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, stream: str = "pages") -> None:
         self.seed = seed
-        self.rng = random.Random(f"m3w-sample-pages:{seed}")
+        self.stream = stream  # another stream (e.g. "lessons") draws other numbers and other image tokens
+        self.rng = random.Random(f"m3w-sample-{stream}:{seed}")
         self.text = TextMaker(self.rng)
         self.images = ImageFactory(seed)
         self._counter = 0
@@ -121,7 +122,8 @@ class PageMaker:
 
     def token(self, n: int) -> str:
         """Opaque-looking but unique: a hash prefix plus the counter in hex."""
-        return hashlib.sha1(f"{self.seed}:{n}".encode()).hexdigest()[:6] + format(n, "x")
+        key = f"{self.seed}:{n}" if self.stream == "pages" else f"{self.seed}:{self.stream}:{n}"
+        return hashlib.sha1(key.encode()).hexdigest()[:6] + format(n, "x")
 
     def page_url(self, site: Site, title: str) -> str:
         n = self.next_id()

@@ -22,7 +22,11 @@ import pytest
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
+from m3w_pipeline.core.config import DedupConfig, FilterConfig
+from m3w_pipeline.filter.dedup import phash_distance
+from m3w_pipeline.media.images import process_image
 from m3w_pipeline.sample.crawl import SampleCrawl, write_sample_crawl
+from m3w_pipeline.sample.lesson import LESSON_PATH, LESSON_SHOTS, LESSON_WAYS
 from m3w_pipeline.sample.shapes import BACKGROUNDS, COLOURS, SHAPES
 from m3w_pipeline.sample.truth import TRUTH_FILENAME
 
@@ -198,7 +202,8 @@ def test_truth_pages_match_html_responses(truth: list[dict], responses: dict, cr
     urls = [line["url"] for line in truth]
     assert len(urls) == len(set(urls))
     pages = [line for line in truth if line["status"] == 200 and not line["truncated"]]
-    assert len(pages) == PAGES == crawl.pages
+    assert len([p for p in pages if p["kind"] != "lesson"]) == PAGES == crawl.pages
+    assert len([p for p in pages if p["kind"] == "lesson"]) == crawl.lessons == PAGES // 5
     for line in truth:
         rec = responses[(line["warc_file"], line["url"])]
         assert rec["status"] == line["status"]
@@ -253,7 +258,7 @@ def test_expectations_follow_the_stated_rules(truth: list[dict], responses: dict
         if line["expected_kept"]:
             assert 1 <= len(line["images"]) <= 30
     assert reasons["too-small"] and reasons["bad-aspect"] and reasons[None] > 100
-    kept = [line for line in truth if line["expected_kept"]]
+    kept = [line for line in truth if line["expected_kept"] and line["kind"] != "lesson"]
     assert 0.55 < len(kept) / PAGES < 0.9
     # the mix the pipeline must handle
     styles = Counter(im["style"] for line in truth for im in line["images"])
@@ -333,7 +338,8 @@ def test_video_rendering_is_deterministic() -> None:
 
 
 def test_most_images_are_over_10kb(truth: list[dict]) -> None:
-    sizes = [im["bytes"] for line in truth for im in line["images"] if im["in_crawl"]]
+    # lesson pages' images are small on purpose (quick to encode; the model sees them at 32 px)
+    sizes = [im["bytes"] for line in truth if line["kind"] != "lesson" for im in line["images"] if im["in_crawl"]]
     assert sum(s > 10_000 for s in sizes) / len(sizes) > 0.6
 
 
@@ -356,7 +362,9 @@ def test_text_names_the_drawn_shapes_and_pixels_agree(truth: list[dict], respons
             lowered = page.lower()
             if "alt" in image["text_sources"]:
                 assert f'alt="{d}"'.lower() in lowered
-            if "figcaption" in image["text_sources"] or "paragraph" in image["text_sources"]:
+            if line["kind"] == "lesson":  # named by the page's made-up word (test_lessons_bind_made_up_words)
+                assert image["caption"].lower() in lowered
+            elif "figcaption" in image["text_sources"] or "paragraph" in image["text_sources"]:
                 assert d in image["caption"].lower() and image["caption"].lower() in lowered
             if checked < 60:
                 payload = responses[(image["warc_file"], image["url"])]["payload"]
@@ -369,7 +377,7 @@ def test_text_names_the_drawn_shapes_and_pixels_agree(truth: list[dict], respons
 
 
 def test_prose_is_long_and_varied(truth: list[dict], responses: dict) -> None:
-    pages = [line for line in truth if line["status"] == 200 and not line["truncated"]]
+    pages = [line for line in truth if line["status"] == 200 and not line["truncated"] and line["kind"] != "lesson"]
     words = [line["main_words"] for line in pages]
     assert sum(80 <= w <= 600 for w in words) / len(words) > 0.7
     paragraphs: Counter = Counter()
@@ -380,3 +388,29 @@ def test_prose_is_long_and_varied(truth: list[dict], responses: dict) -> None:
         main = page[page.index("<h1>"):page.index("<footer")]  # footer boilerplate repeats by design
         paragraphs.update(set(re.findall(r"<p>([^<]{80,})</p>", main)))
     assert len(paragraphs) > PAGES and max(paragraphs.values()) == 1, "a long paragraph repeats across pages"
+
+
+def test_lessons_bind_made_up_words(truth: list[dict], responses: dict) -> None:
+    """Fast-binding pages: two concepts (differing in colour and shape) x LESSON_SHOTS images, each
+    captioned with a word made up for that page; short enough for the repetition filters, and no
+    two images of a page close enough for the perceptual-hash dedup to drop one."""
+    lessons = [line for line in truth if line["kind"] == "lesson"]
+    assert lessons and all(LESSON_PATH in line["url"] and line["expected_kept"] for line in lessons)
+    vocabularies = []
+    for line in lessons:
+        assert line["main_words"] < FilterConfig().min_words_for_repetition_filters
+        words: dict[str, set[tuple[str, str]]] = {}
+        for image in line["images"]:
+            match = re.fullmatch(r"A ([a-z]+)\.", image["caption"])
+            assert match and image["text_sources"] == ["figcaption"] and image["expected_drop"] is None
+            words.setdefault(match.group(1), set()).add((image["colour"], image["shape"]))
+        assert len(words) == LESSON_WAYS and all(len(concept) == 1 for concept in words.values())
+        (colour_a, shape_a), (colour_b, shape_b) = (next(iter(c)) for c in words.values())
+        assert colour_a != colour_b and shape_a != shape_b
+        assert Counter(re.fullmatch(r"A ([a-z]+)\.", im["caption"]).group(1) for im in line["images"]) == {w: LESSON_SHOTS for w in words}
+        page = responses[(line["warc_file"], line["url"])]["payload"].decode()
+        assert 'alt=""' in page and page.count("<figcaption>") == len(line["images"])
+        hashes = [process_image(responses[(im["warc_file"], im["url"])]["payload"]).image.phash for im in line["images"]]
+        assert min(phash_distance(a, b) for i, a in enumerate(hashes) for b in hashes[:i]) > DedupConfig().max_phash_distance
+        vocabularies.append(frozenset(words))
+    assert len(set(vocabularies)) == len(vocabularies), "the words change from page to page"
