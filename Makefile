@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[train,hf,dask,test]'
 	touch $(STAMP)
 
-# The whole story on CPU (about 5 minutes): sample crawl -> the three corpora (Beam, embedded runner)
-# -> frozen pre-trained LM and ViT -> Flamingo on the weighted mix -> blind gap, gates, few-shot captions.
+# The whole story on CPU (about 6 minutes): sample crawl with lesson pages -> the three corpora (Beam, embedded
+# runner) -> frozen pre-trained LM and ViT -> Flamingo on the weighted mix -> blind gap, gates, and in-context
+# learning on held-out pages: made-up-word accuracy at 0/1/2/4 shots with 95% intervals, caption-slot accuracy.
 run: $(STAMP)
 	$(BIN)/m3w demo --workdir sample/demo --pages $(PAGES)
 

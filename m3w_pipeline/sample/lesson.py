@@ -3,7 +3,7 @@
 Why: Flamingo's point is in-context few-shot learning. Modelled on the fast concept binding
 task of Frozen (Tsimpoukelli et al., 2021): a page shows LESSON_WAYS concepts (a coloured
 shape; the concepts of a page differ in both colour and shape), each LESSON_SHOTS times in
-shuffled order, every image captioned "A <word>." with a word invented for this page. No
+shuffled order, every image captioned "<word>." with a word invented for this page. No
 word means anything outside its page, so only the page itself (the context) can tell which
 word goes with which picture: a model that names the concept of a held-out page's image
 right, more often than chance, has learned it in context.
@@ -29,7 +29,7 @@ LESSON_WAYS = 2  # concepts per page
 LESSON_SHOTS = 5  # images per concept: 4 shots of each concept + a query of one
 LESSON_COUNTS = (1, 2, 3)  # shapes per image
 LESSON_IMAGE_SIDE = 128  # square JPEGs: above the content-image minimum, quick to encode
-LESSON_INTRO = "Each picture has a made-up name. Learn the names."
+LESSON_INTRO = "Each picture below has a made-up name. Learn the names from the pictures."
 # the magazine chrome: with the blog's sidebar or the news menu and byline, a lesson's few words
 # sometimes lose to the chrome and the extractor puts the figures outside the main content
 LESSON_SITES = tuple(site for site in SITES if site.layout == "magazine")
@@ -43,8 +43,9 @@ def made_up_word(rng: random.Random) -> str:
 
 
 def lesson_caption(word: str) -> str:
-    """The text after each image (and what a reader of the corpus parses the word from)."""
-    return f"A {word}."
+    """The text after each image (and what a reader of the corpus parses the word from): the word
+    alone, so in a model's token stream it follows its `<image>` directly."""
+    return f"{word}."
 
 
 def make_lesson(maker: PageMaker, number: int) -> Page:

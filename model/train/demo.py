@@ -6,9 +6,13 @@
          on the corpus text, the built-in ViT contrastively on the image-text pairs
       -> train Flamingo on the weighted mix (Flamingo's accumulate mode and weights)
       -> on held-out generated documents (a second crawl, other seed): the blind gap
-         (loss with the images zeroed minus normal loss), tanh(gates), a few-shot caption
+         (loss with the images zeroed minus normal loss), tanh(gates), few-shot captions, and
+         in-context learning measured (model/train/fewshot.py): fast binding of made-up words on
+         held-out lesson pages at 0, 1, 2 and 4 shots, and caption-slot accuracy zero- vs few-shot
 
 A model that uses its images has a clearly positive blind gap; the gates start at exactly 0.
+The frozen LM learns in-context copying from binding drills during its pretraining
+(pretrain_lm.py): the LM stays frozen, as in the paper.
 The corpora are built by the `m3w` CLI in subprocesses (the model package never imports Beam);
 the training and the held-out corpora are generated and built concurrently.
 """
@@ -29,6 +33,10 @@ from typing import Any
 from model.tokenizer import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 
 HELDOUT_SEED_OFFSET = 1000
+LESSONS_PER_PAGE = 0.5  # fast-binding lesson pages per ordinary page in the training crawl
+HELDOUT_LESSONS = 40  # lesson pages in the held-out crawl: 10 queries each per shot count
+DRILL_WEIGHT = 0.5  # share of the LM's pretraining windows that are binding drills
+LESSON_IMAGES = 10  # images of a lesson page (m3w_pipeline/sample/lesson.py): one M3W sequence holds them all
 CORPUS_PREFIXES = ("m3w", "align", "ltip", "video")
 
 
@@ -56,10 +64,10 @@ def samples_per_corpus(root: Path) -> dict[str, int]:
     return counts
 
 
-def crawl_and_build(crawl: Path, out: Path, pages: int, seed: int, samples_per_shard: int) -> dict[str, list[str]]:
+def crawl_and_build(crawl: Path, out: Path, pages: int, lessons: int, seed: int, samples_per_shard: int) -> dict[str, list[str]]:
     """A generated sample crawl, then `m3w build all`: M3W documents, ALIGN/LTIP pairs and video-text
     pairs from one read of the crawl."""
-    _m3w("sample-crawl", str(crawl), "--pages", str(pages), "--seed", str(seed))
+    _m3w("sample-crawl", str(crawl), "--pages", str(pages), "--lessons", str(lessons), "--seed", str(seed))
     _m3w("build", "all", "--input", str(crawl / "*.warc.gz"), "--output", str(out),
          "--samples-per-shard", str(samples_per_shard))
     return find_shards(out)
@@ -81,6 +89,7 @@ def demo_config(workdir: Path, train: dict[str, list[str]], heldout: dict[str, l
     """Flamingo's weights (M3W 1.0, ALIGN 0.2, LTIP 0.2, VTP 0.03) over whatever corpora exist."""
     # kind, weight, sequences per batch, max tokens, samples per sequence (pairs/clips packed). The
     # LM is pretrained on 128-byte windows: no sequence goes beyond the positions it has learned.
+    # An M3W sequence holds up to LESSON_IMAGES images (a whole lesson page), the others 3.
     spec = {
         "m3w": ("m3w", 1.0, 8, 128, 1), "align": ("pairs", 0.2, 6, 128, 3), "ltip": ("pairs", 0.2, 6, 128, 2),
         "video": ("video", 0.03, 2, 128, 2),
@@ -89,7 +98,8 @@ def demo_config(workdir: Path, train: dict[str, list[str]], heldout: dict[str, l
     for name, (kind, weight, batch, tokens, pack) in spec.items():
         if train.get(name):
             sources.append({"name": name, "kind": kind, "urls": train[name], "weight": weight, "batch_size": batch,
-                            "max_tokens": tokens, "samples_per_sequence": pack, "max_images": 3, "max_frames": 4,
+                            "max_tokens": tokens, "samples_per_sequence": pack,
+                            "max_images": LESSON_IMAGES if kind == "m3w" else 3, "max_frames": 4,
                             "lead_tokens": 24, "shuffle_buffer": 64, "resize": "pad"})
     sets = []
     for name, batch, tokens in (("m3w", 8, 128), ("align", 16, 64)):  # held-out pairs one per sequence
@@ -145,6 +155,20 @@ def few_shot(checkpoint: Path, pair_shards: list[str], out: Path, n_shots: int =
     return results
 
 
+def in_context(checkpoint: Path, m3w_shards: list[str], pair_shards: list[str]) -> dict[str, Any]:
+    """Fast binding on the held-out lesson pages and caption-slot accuracy on held-out pairs."""
+    from model.checkpoint import load_checkpoint
+    from model.train.fewshot import caption_slots, fast_binding, read_lessons, read_pairs
+    from model.train.samples import ImageSpec
+
+    model, tokenizer = load_checkpoint(checkpoint)
+    model.eval()
+    spec = ImageSpec.for_encoder(model.vision, resize="pad")  # as in training
+    binding = fast_binding(model, tokenizer, read_lessons(m3w_shards, spec))
+    slots = caption_slots(model, tokenizer, read_pairs(pair_shards, spec, limit=62), shots=2)
+    return {"binding": binding, "slots": slots}
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -169,11 +193,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{now - t0:6.1f}s] {name} done ({timings[name]}s)", flush=True)
 
     n_heldout = max(40, args.pages // 5)
-    print(f"1-2. sample crawls ({args.pages} pages; {n_heldout} held-out pages, seed {args.seed + HELDOUT_SEED_OFFSET}) "
-          "-> m3w build all (M3W, ALIGN, LTIP, video)", flush=True)
+    lessons, heldout_lessons = int(args.pages * LESSONS_PER_PAGE), min(HELDOUT_LESSONS, max(4, args.pages // 5))
+    print(f"1-2. sample crawls ({args.pages} pages + {lessons} lesson pages; {n_heldout} + {heldout_lessons} held-out, "
+          f"seed {args.seed + HELDOUT_SEED_OFFSET}) -> m3w build all (M3W, ALIGN, LTIP, video)", flush=True)
     with ThreadPoolExecutor(2) as pool:  # two Beam jobs side by side: each mostly keeps one core busy
-        train_job = pool.submit(crawl_and_build, work / "crawl", work / "corpus", args.pages, args.seed, 50)
-        heldout_job = pool.submit(crawl_and_build, work / "heldout-crawl", work / "heldout", n_heldout,
+        train_job = pool.submit(crawl_and_build, work / "crawl", work / "corpus", args.pages, lessons, args.seed, 50)
+        heldout_job = pool.submit(crawl_and_build, work / "heldout-crawl", work / "heldout", n_heldout, heldout_lessons,
                                   args.seed + HELDOUT_SEED_OFFSET, 1000)
         train_shards, heldout_shards = train_job.result(), heldout_job.result()
     train_counts, heldout_counts = samples_per_corpus(work / "corpus"), samples_per_corpus(work / "heldout")
@@ -190,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
     text_shards = [u for name in ("m3w", "align", "ltip", "video") for u in train_shards[name]]
     heldout_text = [u for name in ("m3w", "align") for u in heldout_shards[name]]
     lm = pretrain_lm(text_shards, work / "lm" / "lm.safetensors", lm_cfg, steps=args.lm_steps, batch_size=16,
-                     seq_len=128, lr=3e-3, caption_weight=0.6, eval_urls=heldout_text, seed=args.seed)
+                     seq_len=128, lr=3e-3, caption_weight=0.6, drill_weight=DRILL_WEIGHT, eval_urls=heldout_text,
+                     seed=args.seed)
     print(f"   LM loss: train {lm.train_loss:.3f}, held-out {lm.eval_loss:.3f} nats/byte", flush=True)
     vit_cfg = BuiltinViTConfig(**cfg_dict["model"]["builtin_vision"])
     vit = pretrain_vision(train_shards["align"] + train_shards["ltip"], work / "vit" / "vit.safetensors", vit_cfg,
@@ -205,17 +231,19 @@ def run(args: argparse.Namespace) -> int:
     result = train(TrainConfig.from_dict(cfg_dict))
     lap("train")
 
-    print("5. captions of held-out images, zero-shot and 2-shot", flush=True)
+    print("5. in-context learning on held-out pages: fast binding at 0/1/2/4 shots, caption slots, captions", flush=True)
     assert result.checkpoint is not None
+    learning = in_context(result.checkpoint, heldout_shards["m3w"], heldout_shards["align"] or heldout_shards["ltip"])
     shots = few_shot(result.checkpoint, heldout_shards["align"] or heldout_shards["ltip"], work / "fewshot")
-    lap("generate")
+    lap("few-shot")
 
     final = result.evals[-1] if result.evals else {"eval": {}}
     summary = {"corpora": {"train": train_counts, "heldout": heldout_counts}, "timings_s": timings,
                "total_s": round(time.perf_counter() - t0, 1), "steps": result.step,
                "lm": {"train_loss": lm.train_loss, "heldout_loss": lm.eval_loss},
                "vit": {"train_loss": vit.train_loss, "heldout_top1": vit.heldout_accuracy}, "eval": final["eval"],
-               "evals": result.evals, "gates": result.gates, "few_shot": shots, "checkpoint": str(result.checkpoint),
+               "evals": result.evals, "gates": result.gates, "few_shot": shots,
+               "fast_binding": learning["binding"], "caption_slots": learning["slots"], "checkpoint": str(result.checkpoint),
                "config": str(work / "train.toml"), "skipped": result.counters}
     (work / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("\n== result ==")
@@ -224,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
               f"blind gap {e['blind_gap']:+.4f} nats/token = {e['blind_gap_per_image']:+.2f} nats/image")
     print("tanh(attn gate) per layer: " + " ".join(f"{g:+.3f}" for g in result.gates["attn"]))
     print("tanh(ff gate)   per layer: " + " ".join(f"{g:+.3f}" for g in result.gates["ff"]))
+    from model.train.fewshot import format_table
+
+    print("\n".join(format_table(learning["binding"], learning["slots"])))
     print("captions of held-out images (beam search 3):")
     for s in shots:
         print(f"  truth {s['truth']!r}\n    zero-shot {s['zero_shot']!r}\n    2-shot    {s['few_shot']!r}")

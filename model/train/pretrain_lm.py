@@ -4,6 +4,19 @@ Why: Flamingo's recipe is a *pretrained* frozen LM; the gated cross-attention on
 inject what the images add. At toy scale that LM is the built-in byte-level decoder trained
 for a minute on the text of our own shards (M3W documents' texts, pair and video captions).
 
+Binding drills (`drill_weight`): a share of the windows are synthetic in-context binding text,
+lines `<symbol><made-up word>.` where each drill pairs a few symbols with made-up words,
+repeated in random order. A symbol is a marker byte (0x80-0xFF) whose embedding is replaced by a
+random vector drawn afresh for every window, so the only way to predict a repeated line's word
+is to find the earlier line whose vector matches and copy its word: an induction circuit keyed
+on whatever vector stands at the symbol's place. A large LM has learned such in-context copying
+from web text; a toy LM trained for a minute on our corpus has not, and a frozen LM cannot
+learn it later. With it, Flamingo's gated cross-attention only has to make each `<image>` carry
+a vector of its own for what it shows (an `<image>` stands where a symbol stood,
+`<|endofchunk|>` where the newline did) for the frozen LM to bind the sample crawl's lesson
+pages' words in context (model/train/fewshot.py). Symbols are never targets (neither is
+`<image>`).
+
 Output: one safetensors file whose metadata holds the `BuiltinLMConfig` it was trained with;
 `model.backbones.load_pretrained_lm` refuses a config that differs, so a Flamingo config cannot silently get
 an LM of another shape. Text is read into memory (toy scale; `max_bytes` caps it).
@@ -71,29 +84,72 @@ def _stream(texts: Sequence[str], tok: ByteTokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _windows(pools: list[torch.Tensor], weights: list[float], batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """Random windows; each row's pool drawn by weight (documents vs captions)."""
+DRILL_SYMBOLS = tuple(range(0x80, 0x100))
+DRILL_WAYS = (2, 3)  # symbols (and words) per drill
+DRILL_LINES = (8, 14)  # lines per drill
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+
+
+def drill_stream(n_tokens: int, tok: ByteTokenizer, seed: int) -> torch.Tensor:
+    """`n_tokens` of binding drills (see the module docstring), drills separated by a blank line."""
+    rng = random.Random(f"binding-drills:{seed}")
+    ids: list[int] = []
+    while len(ids) < n_tokens:
+        ways = rng.randint(*DRILL_WAYS)
+        symbols = rng.sample(DRILL_SYMBOLS, ways)
+        words: list[str] = []
+        while len(words) < ways:
+            word = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(1, 2))) + rng.choice(_CONSONANTS)
+            if word not in words:
+                words.append(word)
+        for _ in range(rng.randint(*DRILL_LINES)):
+            k = rng.randrange(ways)
+            ids += [symbols[k], *tok.encode_text(f"{words[k]}.\n")]
+        ids.append(ord("\n"))
+    return torch.tensor(ids[:n_tokens], dtype=torch.long)
+
+
+def drill_embeddings(lm: BuiltinLM, ids: torch.Tensor, drill_rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Token embeddings, where the symbol bytes of drill rows get a random vector per (row, symbol)
+    at the scale of the byte embeddings (see the module docstring)."""
+    embeds = lm.get_input_embeddings()(ids)
+    is_symbol = drill_rows[:, None] & (ids >= DRILL_SYMBOLS[0])
+    if not is_symbol.any():
+        return embeds
+    scale = float(lm.get_input_embeddings().weight.detach().std())
+    table = torch.randn(ids.shape[0], len(DRILL_SYMBOLS), embeds.shape[-1], generator=gen) * scale
+    vectors = table[torch.arange(ids.shape[0])[:, None], (ids - DRILL_SYMBOLS[0]).clamp(min=0)]
+    return torch.where(is_symbol[..., None], vectors, embeds)
+
+
+def _windows(pools: list[torch.Tensor], weights: list[float], batch: int, length: int,
+             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows, each row's pool drawn by weight (documents, captions, drills); and the pool of each row."""
     choice = torch.multinomial(torch.tensor(weights, dtype=torch.float), batch, replacement=True, generator=gen)
     rows = []
     for k in choice.tolist():
         data = pools[k]
         start = int(torch.randint(0, len(data) - length - 1, (1,), generator=gen))
         rows.append(data[start : start + length + 1])
-    return torch.stack(rows)
+    return torch.stack(rows), choice
 
 
 def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, length: int,
-           seed: int) -> tuple[list[torch.Tensor], list[float]]:
+           seed: int, drill_weight: float = 0.0) -> tuple[list[torch.Tensor], list[float]]:
     docs, captions = corpus_texts(urls)
     rng = random.Random(seed)
     rng.shuffle(docs)
     rng.shuffle(captions)
     pools, weights = [], []
-    for texts, weight in ((docs, 1.0 - caption_weight), (captions, caption_weight)):
+    text_weight = 1.0 - drill_weight
+    for texts, weight in ((docs, text_weight * (1.0 - caption_weight)), (captions, text_weight * caption_weight)):
         data = _stream(texts, tok)
         if weight > 0 and len(data) > length + 1:
             pools.append(data)
             weights.append(weight)
+    if drill_weight > 0:
+        pools.append(drill_stream(max(200_000, 20 * length), tok, seed))
+        weights.append(drill_weight)
     if not pools:
         raise ValueError(f"not enough text in {list(urls)} for windows of {length} tokens")
     return pools, weights
@@ -101,10 +157,10 @@ def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, lengt
 
 def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig, *, steps: int = 300,
                 batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, caption_weight: float = 0.5,
-                eval_urls: Sequence[str] = (), seed: int = 0, log: bool = True) -> PretrainResult:
+                drill_weight: float = 0.0, eval_urls: Sequence[str] = (), seed: int = 0, log: bool = True) -> PretrainResult:
     """AdamW with warmup + cosine on random windows of the corpus text (byte tokens).
 
-    A share `caption_weight` of the windows comes from the captions (short, but what Flamingo will
+    A share `drill_weight` of the windows are binding drills, and `caption_weight` of the rest comes from the captions (short, but what Flamingo will
     write). The built-in LM has learned absolute positions, so `seq_len` must cover the positions
     Flamingo will use (packed pairs, few-shot prompts, M3W windows): measured for the demo, 64-byte
     windows model a lone caption better than 128-byte ones but break down past position 64, and
@@ -113,7 +169,9 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
     tok = ByteTokenizer()
     if seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len {seq_len} exceeds the LM's max_seq_len {cfg.max_seq_len}")
-    pools, weights = _pools(train_urls, tok, caption_weight, seq_len, seed)
+    if not 0.0 <= drill_weight < 1.0:
+        raise ValueError(f"drill_weight must be in [0, 1), got {drill_weight}")
+    pools, weights = _pools(train_urls, tok, caption_weight, seq_len, seed, drill_weight)
     eval_pools = _pools(eval_urls, tok, caption_weight, seq_len, seed) if eval_urls else None
     torch.manual_seed(seed)
     lm = BuiltinLM(cfg).train()
@@ -123,10 +181,13 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     gen = torch.Generator().manual_seed(seed)
     loss_ema = None
+    drill_pool = len(pools) - 1 if drill_weight > 0 else -1  # _pools puts the drills last
     for step in range(steps):
-        xy = _windows(pools, weights, batch_size, seq_len, gen)
-        logits = lm(input_ids=xy[:, :-1]).logits
-        loss = F.cross_entropy(logits.flatten(0, 1), xy[:, 1:].flatten())
+        xy, pool = _windows(pools, weights, batch_size, seq_len, gen)
+        drill_rows = pool == drill_pool
+        logits = lm(inputs_embeds=drill_embeddings(lm, xy[:, :-1], drill_rows, gen)).logits
+        targets = xy[:, 1:].masked_fill(drill_rows[:, None] & (xy[:, 1:] >= DRILL_SYMBOLS[0]), -100)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -140,7 +201,7 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
     if eval_pools is not None:
         lm.eval()
         with torch.no_grad():
-            xy = _windows(*eval_pools, 64, seq_len, torch.Generator().manual_seed(seed + 1))
+            xy, _ = _windows(*eval_pools, 64, seq_len, torch.Generator().manual_seed(seed + 1))
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
     state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
     out = save_pretrained_backbone(state, out, LM_WEIGHTS_FORMAT, cfg, tokenizer=tok.name)
