@@ -163,7 +163,7 @@ def fast_binding(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Le
     results: dict[str, Any] = {"shots": {}, "lessons": len(lessons)}
     for shots in shot_counts:
         episodes = binding_episodes(lessons, shots, distractors, seed)
-        prompts, media, conts, owners = [], [], [], []
+        prompts, media, conts = [], [], []
         for e in episodes:
             lesson = lessons[e["lesson"]]
             ids = tokenizer.encode_text(lesson.lead)[-lead_tokens:] if lesson.lead else []
@@ -175,7 +175,6 @@ def fast_binding(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Le
                 prompts.append(ids)
                 media.append(images)
                 conts.append(tokenizer.encode_text(f"{c}."))
-                owners.append(e)
         scores = score_continuations(model, prompts, media, conts)
         hits, at = 0, 0
         for e in episodes:
@@ -184,9 +183,10 @@ def fast_binding(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Le
             hits += best == e["answer"]
             at += n
         results["shots"][shots] = Score(hits, len(episodes)).to_dict()
-        results["candidates"] = 2 + distractors if not episodes else len(episodes[0]["candidates"])
-    results["chance"] = 1.0 / results.get("candidates", 2 + distractors)
-    results["concepts_per_page"] = 2
+    concepts = min((len(set(lesson.words)) for lesson in lessons), default=2)
+    results["candidates"] = concepts + distractors  # every page has as many other pages' words to draw from
+    results["chance"] = 1.0 / results["candidates"]
+    results["concepts_per_page"] = concepts
     return results
 
 
