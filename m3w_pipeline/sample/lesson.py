@@ -29,7 +29,7 @@ LESSON_WAYS = 2  # concepts per page
 LESSON_SHOTS = 5  # images per concept: 4 shots of each concept + a query of one
 LESSON_COUNTS = (1, 2, 3)  # shapes per image
 LESSON_IMAGE_SIDE = 128  # square JPEGs: above the content-image minimum, quick to encode
-LESSON_INTRO = "Each picture below has a made-up name. Learn the names from the pictures."
+LESSON_INTRO = "New words today. Each picture has one. Learn them all."  # sentences under LTIP's 5 words: no pair
 # the magazine chrome: with the blog's sidebar or the news menu and byline, a lesson's few words
 # sometimes lose to the chrome and the extractor puts the figures outside the main content
 LESSON_SITES = tuple(site for site in SITES if site.layout == "magazine")
