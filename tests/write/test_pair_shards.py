@@ -17,6 +17,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from beam_jobs.counting import CountedSteps
+from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment
 from beam_jobs.m3w_job import BROKEN, COUNTS, MEDIA, ExtractFn, ReadWarcFn, ResolveImagesFn, image_refs
 from beam_jobs.pairs_video_stages import (
     VIDEO_MEDIA,
@@ -168,11 +170,13 @@ def run_pairs_and_video(inputs: list[str], out: Path, config: BuildConfig) -> di
         extracted = read.pages | "Extract" >> beam.ParDo(ExtractFn(config.extract)).with_outputs(COUNTS, main="docs")
         refs = extracted.docs | "ImageRefs" >> beam.FlatMap(image_refs)
         resolved = ({"refs": refs, "media": split.images} | "JoinMediaByUrl" >> beam.CoGroupByKey()
-                    | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, main="images"))
+                    | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, IMAGE_BYTES, main="images"))
         by_doc = {"page": extracted.docs, "images": resolved.images} | "JoinByDocument" >> beam.CoGroupByKey()
         pair_inputs = by_doc | "AssemblePairInputs" >> beam.ParDo(AssemblePairInputsFn())
-        pairs = add_pair_corpus(pair_inputs, str(out), config)
+        shipment = ImageShipment(CountedSteps(), resolved[IMAGE_BYTES])
+        pairs = add_pair_corpus(pair_inputs, str(out), config, shipment)
         videos = add_video_corpus(pair_inputs, split[VIDEO_MEDIA], str(out), config)
+        pairs.shards = shipment.ship()["pairs"]  # image bytes travel apart from the pairs, as in the job
         write_counts(p, [read[COUNTS], split[COUNTS], extracted[COUNTS], resolved[COUNTS]] + pairs.counts + videos.counts,
                      [pairs.shards, videos.shards], out)
     return load_counts(out)
