@@ -17,7 +17,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from beam_jobs.counting import CountedSteps
+from beam_jobs.counting import SHUFFLE_STAGES, CountedSteps
 from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment
 from beam_jobs.m3w_job import BROKEN, COUNTS, MEDIA, ExtractFn, ReadWarcFn, ResolveImagesFn, image_refs
 from beam_jobs.pairs_video_stages import (
@@ -183,7 +183,8 @@ def run_pairs_and_video(inputs: list[str], out: Path, config: BuildConfig) -> di
 
 
 def write_counts(p: beam.Pipeline, counts: list, shards: list, out: Path) -> None:
-    summed = (counts | "AllCounts" >> beam.Flatten() | "CountKey" >> beam.Map(lambda c: (f"{c.stage}|{c.outcome}", c.n))
+    summed = (counts | "AllCounts" >> beam.Flatten() | "StageCounts" >> beam.Filter(lambda c: c.stage not in SHUFFLE_STAGES)
+              | "CountKey" >> beam.Map(lambda c: (f"{c.stage}|{c.outcome}", c.n))
               | "SumCounts" >> beam.CombinePerKey(sum) | "CountList" >> beam.combiners.ToList())
     summed | "WriteCounts" >> beam.Map(lambda items: (out / "counts.json").write_text(json.dumps(dict(sorted(items)))))
     (shards | "AllShards" >> beam.Flatten() | "ShardList" >> beam.combiners.ToList()
