@@ -4,7 +4,8 @@
 
 Builds (or reuses) the other tools' venvs under benchmarks/_work/venvs, then runs bench_cost.py:
 text vs datatrove, text+images vs datatrove, images vs img2dataset, each ratio measured in this
-run. --quick is a short run (minutes); --all then also runs every other bench_*.py here.
+run; then bench_shuffle.py: the bytes a build shuffles when one image is on every page.
+--quick is a short run (minutes); --all then also runs every other bench_*.py here.
 """
 import subprocess
 import sys
@@ -26,9 +27,11 @@ except venvs.VenvError as exc:
 
 print("=== bench_cost.py", flush=True)
 failed = subprocess.call([sys.executable, str(here / "bench_cost.py"), *args]) != 0
+print("=== bench_shuffle.py", flush=True)
+failed |= subprocess.call([sys.executable, str(here / "bench_shuffle.py"), *(["--pages", "2000"] if "--quick" in args else [])]) != 0
 if run_everything:
     for script in sorted(here.glob("bench_*.py")):
-        if script.name != "bench_cost.py":
+        if script.name not in ("bench_cost.py", "bench_shuffle.py"):
             print(f"=== {script.name}", flush=True)
             failed |= subprocess.call([sys.executable, str(script)]) != 0
 sys.exit(failed)
