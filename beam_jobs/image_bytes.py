@@ -1,4 +1,4 @@
-"""Image bytes move once: documents and pairs carry image metadata, the bytes travel apart.
+"""Media bytes move once: documents and samples carry image and video metadata, the bytes travel apart.
 
     ResolveImages / FetchMedia: process_image once per URL
       -> metadata per reference: the ImageResult with its ProcessedImage's `data` emptied (URL,
@@ -8,6 +8,9 @@
     ShipImageBytes: CoGroupByKey by sha256 {bytes, needs} -> (shard key, (sha256, data)) once per
       shard that keeps the image; an image no kept sample uses (a hot banner) goes no further
     each corpus: CoGroupByKey by shard {samples, bytes} -> samples get their bytes back -> writer
+
+Videos go the same way: ResolveVideos / FetchVideos send a video's bytes and its sampled frames
+once, keyed "video:<sha256>", and every candidate that lists it gets the metadata.
 
 So an image referenced by a million pages is processed once, its bytes cross the ShipImageBytes
 join once and reach each shard that keeps it once; the document join and dedup move ~200 bytes
@@ -25,8 +28,10 @@ from apache_beam.pvalue import TaggedOutput
 from beam_jobs.counting import CountedSteps
 from m3w_pipeline.core.document import DocImage, Document
 from m3w_pipeline.media.images import ImageResult
+from m3w_pipeline.media.video import VideoResult
 
 IMAGE_BYTES = "image_bytes"  # the output tag of (sha256, processed bytes), once per processed URL
+VIDEO_BYTES = "video_bytes"  # the output tag of ("video:" sha256, (video bytes, frame bytes)), once per processed URL
 
 Hashes = Callable[[Any], Iterable[str]]  # a sample -> the sha256 of every image whose bytes it needs
 Writer = Callable[[beam.PCollection], beam.PCollection]  # (shard key, {samples, bytes}) -> shard infos
@@ -40,6 +45,36 @@ def split_bytes(result: ImageResult) -> Iterator[Any]:
         return
     yield TaggedOutput(IMAGE_BYTES, (result.image.sha256, result.image.data))
     yield dataclasses.replace(result, image=dataclasses.replace(result.image, data=b""))
+
+
+def split_video_bytes(result: VideoResult) -> Iterator[Any]:
+    """A VideoResult -> (video key, (bytes, frame bytes)) under VIDEO_BYTES (when it holds a video),
+    then the result without bytes (last)."""
+    video = result.video
+    if video is None:
+        yield result
+        return
+    yield TaggedOutput(VIDEO_BYTES, (video_content_key(video.sha256), (video.data, tuple(f.data for f in video.frames))))
+    frames = [dataclasses.replace(f, data=b"") for f in video.frames]
+    yield dataclasses.replace(result, video=dataclasses.replace(video, data=b"", frames=frames))
+
+
+def video_content_key(sha256: str) -> str:
+    return f"video:{sha256}"
+
+
+def video_hashes(sample: Any) -> Iterator[str]:
+    if getattr(sample, "video", None) is not None:
+        yield video_content_key(sample.video.sha256)
+
+
+def with_video_bytes(sample: Any, by_key: dict[str, Any]) -> Any:
+    """A video sample with its video's bytes and frames back in place."""
+    if getattr(sample, "video", None) is None:
+        return sample
+    data, frames = by_key[video_content_key(sample.video.sha256)]
+    video = dataclasses.replace(sample.video, data=data, frames=[dataclasses.replace(f, data=d) for f, d in zip(sample.video.frames, frames)])
+    return dataclasses.replace(sample, video=video)
 
 
 def document_hashes(doc: Document) -> Iterator[str]:
@@ -73,6 +108,12 @@ def grouped_with_bytes(grouped: dict[str, Iterable[Any]], fill: Callable[[Any, d
     return [fill(sample, by_sha) for sample in grouped["samples"]]
 
 
+def _needs(element: tuple[Any, Any], corpus: str, hashes: Hashes) -> list[tuple[str, tuple[str, Any]]]:
+    """(shard key, sample) -> (content key, (corpus, shard key)) for each distinct content it needs."""
+    shard, sample = element
+    return [(key, (corpus, shard)) for key in sorted(set(hashes(sample)))]
+
+
 class ShipFn(beam.DoFn):
     """(sha256, {bytes, needs}) -> (shard key, (sha256, bytes)) under each needing corpus's tag, once per shard."""
 
@@ -92,10 +133,15 @@ class ImageShipment:
     """Collects each corpus's samples keyed by shard, then ships every needed image's bytes to the
     shards that need them in one join, and hands each corpus's writer its shards with their bytes."""
 
-    def __init__(self, steps: CountedSteps, image_bytes: beam.PCollection):
+    def __init__(self, steps: CountedSteps, image_bytes: beam.PCollection, name: str = ""):
         self.steps = steps
-        self.image_bytes = image_bytes
+        self.name = name  # a prefix of its labels, for a second shipment in one pipeline
+        self.sources = [image_bytes]  # (content key, bytes) PCollections: images, then videos
         self.corpora: dict[str, tuple[beam.PCollection, Hashes, Writer]] = {}
+
+    def add_bytes(self, content: beam.PCollection) -> None:
+        """More (content key, bytes) to ship (the video corpus's)."""
+        self.sources.append(content)
 
     def need(self, corpus: str, keyed: beam.PCollection, hashes: Hashes, write: Writer) -> None:
         """`keyed` (shard key, sample) will be written by `write` once its images' bytes are there."""
@@ -106,11 +152,12 @@ class ImageShipment:
         if not self.corpora:
             return {}
         needs = [
-            keyed | f"ImageNeeds_{corpus}" >> beam.FlatMap(lambda kv, c, h: [(sha, (c, kv[0])) for sha in sorted(set(h(kv[1])))], corpus, hashes)
+            keyed | f"{self.name}ImageNeeds_{corpus}" >> beam.FlatMap(_needs, corpus, hashes)
             for corpus, (keyed, hashes, _) in self.corpora.items()
-        ] | "AllImageNeeds" >> beam.Flatten()
-        joined = self.steps.cogroup({"bytes": self.image_bytes, "needs": needs}, "ShipImageBytes")
-        shipped = joined | "ShipBytes" >> beam.ParDo(ShipFn()).with_outputs(*self.corpora)
+        ] | f"{self.name}AllImageNeeds" >> beam.Flatten()
+        content = self.sources[0] if len(self.sources) == 1 else self.sources | f"{self.name}AllMediaBytes" >> beam.Flatten()
+        joined = self.steps.cogroup({"bytes": content, "needs": needs}, f"{self.name}ShipImageBytes")
+        shipped = joined | f"{self.name}ShipBytes" >> beam.ParDo(ShipFn()).with_outputs(*self.corpora)
         written = {}
         for corpus, (keyed, _, write) in self.corpora.items():
             grouped = self.steps.cogroup({"samples": keyed, "bytes": shipped[corpus]}, f"ShardWithBytes_{corpus}")

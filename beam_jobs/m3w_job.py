@@ -4,13 +4,12 @@
                            -> media records (by URL) ---------------------------+     |
                               every candidate URL of every image + URLs held ---+-> ChooseCandidate (per node, URLs only)
                               chosen URL (by URL) + media records -> ResolveImages (once per URL; FetchMedia for the rest)
-                                                                                    |
-                              processed bytes (sha256, data), once per URL, kept apart -----------------+
-    JoinByDocument (page + its image metadata) -> AssembleAndFilter -> M3W: Dedup -> FinalImageCheck -+     |
-                                               -> AssemblePairInputs -> pairs (ALIGN, LTIP) ----------+     |
-                                                                     -> video corpus -> shards        |     |
-    ShipImageBytes: the bytes each shard needs, once per shard (beam_jobs.image_bytes) <-------------+-----+
-      -> M3W and pair shards
+                                -> image metadata per reference (by doc key); bytes (sha256, data) once per URL -> [bytes]
+    JoinByDocument (page + its image metadata) -> AssembleAndFilter -> M3W: Dedup -> FinalImageCheck -> kept documents
+                                               -> AssemblePairInputs -> pairs (ALIGN, LTIP) -> kept pairs
+                                                                     -> video corpus -> kept videos (bytes, frames -> [bytes])
+    ShipImageBytes: [bytes] to the shards that keep them, once per shard (beam_jobs.image_bytes)
+      -> ShardWithBytes_<corpus>: each shard's samples and bytes -> M3W, pair and video shards
     every corpus -> manifest.json (write_manifests), with the bytes entering every grouping (shuffle_bytes)
 
 Each step records what became of every element in a Tally; `beam_jobs.counting` emits it as
@@ -266,7 +265,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, s
         if "pairs" in dirs:
             corpora["pairs"] = add_pair_corpus(pair_inputs, dirs["pairs"], config, shipment)
         if "video" in dirs:
-            corpora["video"] = add_video_corpus(pair_inputs, video_media, dirs["video"], config)
+            corpora["video"] = add_video_corpus(pair_inputs, video_media, dirs["video"], config, shipment)
     for name, shards in shipment.ship().items():  # the bytes each kept sample needs, once per shard
         corpora[name].shards = shards
     if image_fetch_status is not None:  # images are fetched once for every corpus: their status goes with the first

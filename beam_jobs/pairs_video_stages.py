@@ -32,7 +32,16 @@ from apache_beam.pvalue import AsDict, TaggedOutput
 
 from beam_jobs.counting import COUNTS, CountedSteps, CountingFn, counting
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batches
-from beam_jobs.image_bytes import ImageShipment, grouped_with_bytes, sample_hashes, with_sample_bytes
+from beam_jobs.image_bytes import (
+    VIDEO_BYTES,
+    ImageShipment,
+    grouped_with_bytes,
+    sample_hashes,
+    split_video_bytes,
+    video_hashes,
+    with_sample_bytes,
+    with_video_bytes,
+)
 from beam_jobs.outputs import Corpus, n_shards, shard_of, write_shard_files
 from m3w_pipeline.core import web
 from m3w_pipeline.core.accounting import Tally
@@ -135,7 +144,10 @@ class VideoCandidatesFn(CountingFn):
 
 
 def source_results(refs: Iterable[tuple], result: VideoResult) -> Iterator[Any]:
-    """The one result of a video URL, handed to every candidate that lists it as a source."""
+    """The one result of a video URL, handed (without its bytes) to every candidate that lists it
+    as a source; the bytes and frames once under VIDEO_BYTES."""
+    *video_bytes, result = split_video_bytes(result)
+    yield from video_bytes
     for cand_key, rank, role, url in sorted(refs):
         if role == SOURCE:
             yield (cand_key, (SOURCE, rank, url, result))
@@ -243,14 +255,15 @@ class WriteShardGroupFn(CountingFn):
     <set>_samples (in, written, duplicate). Pairs come with their images' bytes beside them
     (beam_jobs.image_bytes), which go back into the samples here."""
 
-    def __init__(self, output_dir: str, writer: Callable, stages: dict[str, str]):
+    def __init__(self, output_dir: str, writer: Callable, stages: dict[str, str], fill: Callable = with_sample_bytes):
         self.output_dir = output_dir
         self.writer = writer
         self.stages = stages  # prefix -> accounting stage
+        self.fill = fill  # (sample, bytes by content key) -> the sample with its bytes back
 
     def step(self, element: tuple[tuple[str, int], Any], tally: Tally) -> Iterator[Any]:
         (prefix, index), grouped = element
-        samples = grouped_with_bytes(grouped, with_sample_bytes) if isinstance(grouped, dict) else list(grouped)
+        samples = grouped_with_bytes(grouped, self.fill) if isinstance(grouped, dict) else list(grouped)
         unique, duplicates = dedup_samples(samples)
         stage = self.stages[prefix]
         tally.add(stage, "written", sum(1 for s in samples if s.ok) - duplicates)
@@ -262,9 +275,11 @@ class WriteShardGroupFn(CountingFn):
 
 def write_sample_shards(steps: CountedSteps, samples: beam.PCollection, label: str, output_dir: str, prefix_of: Callable[[Any], str],
                         stages: dict[str, str], per_shard: int, writer: Callable,
-                        shipment: Optional[ImageShipment] = None, corpus: str = "") -> Optional[beam.PCollection]:
+                        shipment: Optional[ImageShipment] = None, corpus: str = "",
+                        hashes: Callable = sample_hashes, fill: Callable = with_sample_bytes) -> Optional[beam.PCollection]:
     """Samples (and failed rows) -> shard files per prefix; the shard dicts. With a `shipment`, the
-    samples carry image metadata only: they are written once it ships their bytes (returns None)."""
+    samples carry media metadata only (`hashes` names the bytes each needs, `fill` puts them back):
+    they are written once it ships their bytes (returns None)."""
     kept = (
         samples
         | f"{label}/OkPrefixes" >> beam.FlatMap(lambda s: [prefix_of(s)] if s.ok else [])
@@ -276,12 +291,12 @@ def write_sample_shards(steps: CountedSteps, samples: beam.PCollection, label: s
         return (prefix, shard_of(sample.key, n_shards(counts.get(prefix, 0), per_shard))), sample
 
     def write(grouped: beam.PCollection) -> beam.PCollection:
-        written = steps(grouped, f"{label}/WriteShards", WriteShardGroupFn(output_dir, writer, stages), main="shards")
+        written = steps(grouped, f"{label}/WriteShards", WriteShardGroupFn(output_dir, writer, stages, fill), main="shards")
         return written.shards
 
     keyed = samples | f"{label}/AssignShard" >> beam.Map(assign, AsDict(kept))
     if shipment is not None:
-        shipment.need(corpus, keyed, sample_hashes, write)
+        shipment.need(corpus, keyed, hashes, write)
         return None
     return write(steps.group(keyed, f"{label}/GroupShards"))
 
@@ -307,24 +322,35 @@ def add_pair_corpus(pair_inputs: beam.PCollection, output_dir: str, config: Buil
 
 
 def add_video_corpus(
-    pair_inputs: beam.PCollection, video_media: beam.PCollection, output_dir: str, config: BuildConfig
+    pair_inputs: beam.PCollection, video_media: beam.PCollection, output_dir: str, config: BuildConfig,
+    shipment: Optional[ImageShipment] = None, corpus: str = "video",
 ) -> Corpus:
-    """Video shards (PREFIX-NNNNN.tar/.parquet) from PairInputs/Documents and (url, MediaRecord) video records."""
+    """Video shards (PREFIX-NNNNN.tar/.parquet) from PairInputs/Documents and (url, MediaRecord) video
+    records. Samples carry video metadata; the bytes and frames go through `shipment` (the build's,
+    with the images; without one, the corpus ships its own) and are written once it ships them."""
     vc, steps = config.video, CountedSteps()
     cands = steps(pair_inputs, "VideoCandidates", VideoCandidatesFn(vc, config.pairs), VIDEO_REFS, VIDEO_ROWS, main="candidates")
     joined = steps.cogroup({"refs": cands[VIDEO_REFS], "media": video_media}, "JoinVideoMediaByUrl")
     fetch = config.fetch.enabled
-    resolved = steps(joined, "ResolveVideos", ResolveVideosFn(vc, config.image, config.pairs, fetch), UNRESOLVED, main="results")
-    results, status_rows = resolved.results, []
+    resolved = steps(joined, "ResolveVideos", ResolveVideosFn(vc, config.image, config.pairs, fetch), UNRESOLVED, VIDEO_BYTES,
+                     main="results")
+    results, status_rows, video_bytes = resolved.results, [], [resolved[VIDEO_BYTES]]
     if fetch:  # batches no larger than the thread pool: at most that many video bodies held at once
         fetched = fetch_batches(resolved[UNRESOLVED], FetchVideosFn(config.fetch, vc, config.image, config.pairs), "FetchVideos",
-                                min_batch_size=1, max_batch_size=max(1, config.fetch.workers), main="results")
+                                min_batch_size=1, max_batch_size=max(1, config.fetch.workers), main="results", tags=(VIDEO_BYTES,))
+        video_bytes.append(fetched[VIDEO_BYTES])
         results = (results, fetched.results) | "AllVideoResults" >> beam.Flatten()
         steps.add(fetched[COUNTS])
         status_rows.append(fetched[FETCH_STATUS])
     joined = steps.cogroup({"candidate": cands.candidates, "resolved": results}, "JoinVideoCandidates")
     built = steps(joined, "BuildVideoSamples", BuildVideoSamplesFn(vc), main="samples")
     samples = (built.samples, cands[VIDEO_ROWS]) | "VideoSamplesAndRows" >> beam.Flatten()
-    shards = write_sample_shards(steps, samples, "VideoShards", output_dir, lambda s: vc.prefix, {vc.prefix: "video_samples"},
-                                 vc.samples_per_shard, write_video_shard)
-    return Corpus((vc.prefix,), shards, steps.counts, status_rows)
+    content = video_bytes[0] if len(video_bytes) == 1 else video_bytes | "AllVideoBytes" >> beam.Flatten()
+    own = shipment is None
+    if shipment is None:
+        shipment = ImageShipment(steps, content, "Video")
+    else:
+        shipment.add_bytes(content)
+    write_sample_shards(steps, samples, "VideoShards", output_dir, lambda s: vc.prefix, {vc.prefix: "video_samples"},
+                        vc.samples_per_shard, write_video_shard, shipment, corpus, video_hashes, with_video_bytes)
+    return Corpus((vc.prefix,), shipment.ship()[corpus] if own else None, steps.counts, status_rows)
