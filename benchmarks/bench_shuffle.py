@@ -1,21 +1,21 @@
 """Bytes shuffled by `m3w build all` when one image is on every page (issue 12, "image bytes move once").
 
-    python benchmarks/bench_shuffle.py [--pages 10000] [--photo-every 20]
+    python benchmarks/bench_shuffle.py [--pages 10000] [--photo-every 20] [--workdir DIR]
 
 A generated crawl (tests/helpers/warc_builder): PAGES article pages of distinct prose, every one
 showing the same banner (one URL, one record), every PHOTO_EVERY-th page also a photo of its own
 (1024x768 JPEG, in the crawl). The banner is on more than `max_docs_per_image` pages, so dedup
 removes it as hot; the kept documents are the pages with a photo.
 
-The build is run twice in subprocesses, on this crawl and on the same crawl without the banner, and
-the manifests' `shuffle_bytes` blocks (payload bytes entering every grouping) are compared:
-- the banner's cost is the difference between the two totals, shown in copies of its processed
-  bytes (before issue 12 each reference carried a copy: PAGES copies through the document join);
-- the groupings that carry image bytes (the media join, ShipImageBytes, the shard joins) are shown
-  against what the images weigh: raw records read, processed bytes, processed bytes written;
-- the total is shown against the media bytes the build used (the image records it read; every one
-  is used by some kept sample) plus the text (the pages' HTML).
-CPU time and peak RSS of each build are the subprocesses' (resource.getrusage).
+One build, in a subprocess; its manifest's `shuffle_bytes` block (payload bytes entering every
+grouping) is read against what the images weigh (`process_image` of each, run here):
+- the banner's copies: ShipImageBytes carries each processed image once (its elements are the
+  distinct images, its bytes their sum), the shard joins carry the banner nowhere (the shards are
+  read back); the document join carries ~170 bytes of metadata per reference. Before issue 12
+  every reference carried the processed bytes: PAGES copies through the document join alone;
+- the total against the media the build used (the image records it read, all used) plus the text
+  (the pages' HTML).
+CPU seconds and peak RSS are the build subprocess's (resource.getrusage).
 """
 from __future__ import annotations
 
@@ -77,103 +77,97 @@ def jpeg(rng: np.random.Generator, size: tuple[int, int], quality: int = 85) -> 
     return buf.getvalue()
 
 
-def write_crawl(path: Path, pages: int, photo_every: int, banner: bool, seed: int = 12) -> dict[str, int]:
-    """The WARC; returns the raw bytes it holds per kind (html, banner, photos)."""
+def write_crawl(path: Path, pages: int, photo_every: int, seed: int = 12) -> tuple[dict[str, bytes], int]:
+    """The WARC; returns its image records' bytes by URL (the banner first) and how many bytes of HTML it holds."""
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
     maker = TextMaker(rng)
-    banner_bytes = jpeg(np_rng, (600, 240))
-    records, sizes = [], {"html": 0, "banner": 0, "photos": 0}
-    if banner:
-        records.append(response(BANNER_URL, banner_bytes, "image/jpeg"))
-        sizes["banner"] = len(banner_bytes)
+    images = {BANNER_URL: jpeg(np_rng, (600, 240))}
+    records = [response(BANNER_URL, images[BANNER_URL], "image/jpeg")]
+    html_bytes = 0
     for i in range(pages):
         topic = TOPICS[i % len(TOPICS)]
-        images = [BANNER_URL] if banner else []
+        shown = [BANNER_URL]
         if i % photo_every == 0:
             url = f"https://photos.example/p{i}.jpg"
-            data = jpeg(np_rng, (1024, 768))
-            records.append(response(url, data, "image/jpeg"))
-            sizes["photos"] += len(data)
-            images.append(url)
-        html = page(maker.title(topic), prose(maker, topic), images)
+            images[url] = jpeg(np_rng, (1024, 768))
+            records.append(response(url, images[url], "image/jpeg"))
+            shown.append(url)
+        html = page(maker.title(topic), prose(maker, topic), shown)
         records.append(response(f"https://site{i % 97}.example/article/{i}.html", html))
-        sizes["html"] += len(html)
+        html_bytes += len(html)
     write_warc(path, records)
-    return sizes
+    return images, html_bytes
 
 
 def build(crawl: Path, out: Path) -> tuple[dict, float, float]:
-    """`m3w build all` in a subprocess: the manifests, its CPU seconds and peak RSS (MiB)."""
+    """`m3w build all` in a subprocess: the M3W manifest, its CPU seconds and peak RSS (MiB)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "m3w", "build", "all", "--input", str(crawl), "--output", str(out)],
                    check=True, cwd=ROOT, capture_output=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    manifests = {c: json.loads((out / c / "manifest.json").read_text()) for c in ("m3w", "pairs", "video")}
-    return manifests, cpu, after.ru_maxrss / 1024
+    return json.loads((out / "m3w" / "manifest.json").read_text()), cpu, after.ru_maxrss / 1024
 
 
-def written_image_bytes(folder: Path) -> int:
-    """Image members of every shard tar in `folder` (jpg/png/webp)."""
-    total = 0
+def shard_urls(folder: Path) -> list[str]:
+    """Per shard tar in `folder`, the distinct image URLs its samples' JSON name (one entry per shard and URL)."""
+    found = []
     for tar in sorted(folder.glob("*.tar")):
+        urls: set[str] = set()
         with tarfile.open(tar) as t:
-            total += sum(m.size for m in t.getmembers() if m.name.rsplit(".", 1)[-1] in ("jpg", "png", "webp"))
-    return total
+            for m in t.getmembers():
+                if m.name.endswith(".json"):
+                    sample = json.loads(t.extractfile(m).read())
+                    urls |= {im["url"] for im in sample.get("images", []) if im} if "images" in sample else {sample["url"]}
+        found += sorted(urls)
+    return found
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=10_000)
     ap.add_argument("--photo-every", type=int, default=20)
+    ap.add_argument("--workdir", type=Path, help="keep the crawl and the build here (default: a temporary folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_shuffle_") as tmp:
-        work = Path(tmp)
-        t0 = time.time()
-        sizes = write_crawl(work / "banner.warc.gz", args.pages, args.photo_every, banner=True)
-        write_crawl(work / "plain.warc.gz", args.pages, args.photo_every, banner=False)
-        print(f"crawls written in {time.time() - t0:.0f} s: {args.pages} pages ({sizes['html'] / 1e6:.1f} MB HTML), "
-              f"banner {sizes['banner'] / 1e3:.1f} kB on every page, {args.pages // args.photo_every + 1} photos "
-              f"({sizes['photos'] / 1e6:.1f} MB)", flush=True)
-        with_banner, cpu_b, rss_b = build(work / "banner.warc.gz", work / "out_banner")
-        plain, cpu_p, rss_p = build(work / "plain.warc.gz", work / "out_plain")
-        banner_processed = process_image(banner_bytes(), ImageConfig()).image
-        assert banner_processed is not None
-        shuffle_b, shuffle_p = with_banner["m3w"]["shuffle_bytes"], plain["m3w"]["shuffle_bytes"]
-        m3w = with_banner["m3w"]["stages"]
-        print(f"\nbuild with banner: {cpu_b:.1f} CPU s, peak RSS {rss_b:.0f} MiB; without: {cpu_p:.1f} CPU s "
-              f"(the RSS figure is the largest child so far)")
-        print(f"banner refs {m3w['image_refs']['in']} image refs, hot-removed {m3w['images_hot']['dropped']}, "
-              f"kept documents {with_banner['m3w']['totals']['samples']} (without banner: {plain['m3w']['totals']['samples']})")
-        print(f"\n{'grouping (image bytes)':32} {'with banner':>14} {'without':>14} {'difference':>12}")
-        for stage in IMAGE_STAGES:
-            b = shuffle_b["by_grouping"].get(stage, {}).get("bytes", 0)
-            p = shuffle_p["by_grouping"].get(stage, {}).get("bytes", 0)
-            print(f"{stage:32} {b:>14,} {p:>14,} {b - p:>12,}")
-        extra = shuffle_b["total_bytes"] - shuffle_p["total_bytes"]
-        size = len(banner_processed.data)
-        image_extra = sum(shuffle_b["by_grouping"].get(s, {}).get("bytes", 0) - shuffle_p["by_grouping"].get(s, {}).get("bytes", 0)
-                          for s in IMAGE_STAGES)
-        print(f"\nbanner: raw {sizes['banner']:,} B, processed {size:,} B; its image bytes shuffled: {image_extra:,} B = "
-              f"{image_extra / size:.2f} copies of the processed bytes (raw once + processed once)")
-        print(f"banner total cost, with its {args.pages} references' metadata: {extra:,} B = {extra / size:.1f} copies "
-              f"({(extra - image_extra) / args.pages:.0f} B per reference); before issue 12 the document join alone carried "
-              f"{args.pages} copies ({args.pages * size / 1e6:.0f} MB)")
-        media = sizes["banner"] + sizes["photos"]  # every image record of the crawl is used by some kept sample
-        basis = media + sizes["html"]
-        image_shuffled = sum(shuffle_b["by_grouping"].get(s, {}).get("bytes", 0) for s in IMAGE_STAGES)
-        print(f"\nimage bytes shuffled {image_shuffled:,} B = {image_shuffled / media:.2f}x the image records read ({media:,} B); "
-              f"written to shards: {written_image_bytes(work / 'out_banner' / 'm3w'):,} B (M3W)")
-        print(f"total shuffled {shuffle_b['total_bytes']:,} B = {shuffle_b['total_bytes'] / basis:.2f}x the media used ({media:,} B) "
-              f"plus the text ({sizes['html']:,} B of HTML)")
-        top = sorted(shuffle_b["by_grouping"].items(), key=lambda kv: -kv[1]["bytes"])[:8]
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.process_time()
+        raw, html = write_crawl(work / "crawl.warc.gz", args.pages, args.photo_every)
+        print(f"crawl written in {time.process_time() - t0:.0f} CPU s: {args.pages} pages ({html / 1e6:.1f} MB HTML), "
+              f"a {len(raw[BANNER_URL]) / 1e3:.1f} kB banner on every page, {len(raw) - 1} photos", flush=True)
+        manifest, cpu, rss = build(work / "crawl.warc.gz", work / "out")
+        processed = {url: process_image(data, ImageConfig()).image for url, data in raw.items()}
+        assert all(p is not None for p in processed.values())
+        size = {url: 64 + len(p.data) for url, p in processed.items()}  # a shipped element: (sha256 hex, bytes)
+        grouping, stages = manifest["shuffle_bytes"]["by_grouping"], manifest["stages"]
+        print(f"build: {cpu:.1f} CPU s, peak RSS {rss:.0f} MiB; {stages['image_refs']['in']} image references, "
+              f"hot drops {stages['images_hot']['dropped']}, {manifest['totals']['samples']} documents kept")
+
+        banner = len(processed[BANNER_URL].data)
+        shipped = grouping["ShipImageBytes/bytes"]
+        banner_copies = (shipped["bytes"] - sum(v for u, v in size.items() if u != BANNER_URL)) / size[BANNER_URL]
+        m3w_urls = shard_urls(work / "out" / "m3w")
+        pair_urls = shard_urls(work / "out" / "pairs")
+        joined = grouping["JoinByDocument/images"]
+        print(f"\nbanner: raw {len(raw[BANNER_URL]):,} B, processed {banner:,} B, on {args.pages} pages")
+        print(f"  ShipImageBytes: {shipped['elements']} elements for {len(raw)} distinct images; the banner's bytes crossed it "
+              f"{banner_copies:.2f} times")
+        print(f"  shards holding it: M3W {m3w_urls.count(BANNER_URL)}, pairs {pair_urls.count(BANNER_URL)}; "
+              f"M3W shard joins carried {grouping['ShardWithBytes_m3w/bytes']['elements']} images for {len(m3w_urls)} (shard, image)s")
+        print(f"  document join: {joined['bytes'] / joined['elements']:.0f} B per reference ({joined['bytes'] / 1e6:.1f} MB for "
+              f"{joined['elements']}); before issue 12 each reference carried the bytes: {args.pages * banner / 1e6:.0f} MB for the "
+              "banner alone")
+
+        media = sum(len(d) for d in raw.values())  # every image record is used by some kept sample
+        image_groupings = {g: v["bytes"] for g, v in grouping.items() if g in IMAGE_STAGES}
+        total = manifest["shuffle_bytes"]["total_bytes"]
+        print("\nimage-carrying groupings: " + ", ".join(f"{g} {b / 1e6:.1f} MB" for g, b in image_groupings.items()))
+        print(f"total shuffled {total / 1e6:.1f} MB = {total / (media + html):.2f}x the media used ({media / 1e6:.1f} MB of image "
+              f"records) plus the text ({html / 1e6:.1f} MB of HTML)")
+        top = sorted(grouping.items(), key=lambda kv: -kv[1]["bytes"])[:8]
         print("largest groupings: " + ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in top))
     return 0
-
-
-def banner_bytes() -> bytes:
-    """The banner as write_crawl makes it (its first draw from the seeded generator)."""
-    return jpeg(np.random.default_rng(12), (600, 240))
 
 
 if __name__ == "__main__":
