@@ -170,27 +170,41 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", choices=["parquet", "mmc4"], help="parquet: OBELICS-style; mmc4: OpenFlamingo's MMC4 webdataset")
-    p.add_argument("src", help="M3W corpus directory")
-    p.add_argument("dst", help="output directory (local, gs://, s3://)")
-    p.add_argument("--images", choices=["bytes", "urls"], default="bytes", help="parquet: image bytes or URLs in `images`")
-    p.add_argument(
+    """One subcommand per format, so each one's --help lists only the flags that apply to it."""
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT", help="the layout to write")
+    q = formats.add_parser("parquet", help="OBELICS-style Parquet, one file per shard (pyarrow, DuckDB, HF datasets read it)")
+    _add_export_paths(q)
+    q.add_argument("--images", choices=["bytes", "urls"], default="bytes", help="image bytes or URLs in the `images` column")
+    q.add_argument(
         "--missing-images",
         choices=["auto", "keep", "drop"],
         default="auto",
         help="images without bytes: auto drops them with --images bytes and keeps their URLs with --images urls",
     )
+    q = formats.add_parser("mmc4", help="OpenFlamingo's MMC4 webdataset: KEY.json per document with its images as base64")
+    _add_export_paths(q)
+
+
+def _add_export_paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="M3W corpus directory")
+    p.add_argument("dst", help="output directory (local, gs://, s3://)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line on stderr (shown only on a terminal anyway)")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from m3w.progress import ExportStatus, ProgressLine, wanted
     from m3w_pipeline.inspect.corpus import local_path, open_corpus
     from m3w_pipeline.inspect.export import ExportConfig, export_mmc4, export_parquet
 
     src = local_path(args.src)
     opener, lister = filesystem_for(src)
     corpus = open_corpus(src, opener, lister)
-    config = ExportConfig(images=args.images, missing_images=args.missing_images)
-    export = export_parquet if args.format == "parquet" else export_mmc4
-    result = export(corpus, args.dst, config, opener, writer_for(args.dst))
+    if args.format == "parquet":
+        export, config = export_parquet, ExportConfig(images=args.images, missing_images=args.missing_images)
+    else:
+        export, config = export_mmc4, ExportConfig()
+    status = ExportStatus(len(corpus.shards), ((corpus.manifest or {}).get("totals") or {}).get("samples"))
+    with ProgressLine(status, enabled=wanted(args.no_progress)):
+        result = export(corpus, args.dst, config, opener, writer_for(args.dst), progress=status.update)
     print(json.dumps(result.to_json(), indent=2))
     return 0
