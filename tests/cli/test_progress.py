@@ -28,10 +28,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run_in_pty(args: list[str], timeout: float = 600) -> tuple[int, str]:
-    """Run a command with stdin, stdout and stderr on a pseudo-terminal of 200 columns; (exit code, all it wrote)."""
+def run_in_pty(args: list[str], timeout: float = 600, columns: int = 200) -> tuple[int, str]:
+    """Run a command with stdin, stdout and stderr on a pseudo-terminal; (exit code, all it wrote)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=_env(), cwd=ROOT)
     os.close(slave)
     out, deadline = bytearray(), time.monotonic() + timeout
@@ -122,6 +122,15 @@ def test_export_progress_on_a_terminal_only(piped_build, tmp_path, fmt):
 
     piped = subprocess.run([*M3W, "export", fmt, str(src), str(tmp_path / "pipe")], capture_output=True, text=True, env=_env(), cwd=ROOT)
     assert piped.returncode == 0 and piped.stderr == "" and json.loads(piped.stdout)["documents"] == result["documents"]
+
+
+@pytest.mark.slow
+def test_the_line_fits_a_narrow_terminal(piped_build, tmp_path):
+    """A line wider than the terminal would wrap, and \\r could no longer rewrite it in place."""
+    rc, output = run_in_pty([*M3W, "export", "mmc4", str(piped_build[0]), str(tmp_path / "e")], columns=30)
+    assert rc == 0, output[-3000:]
+    shown = [part.replace("\x1b[K", "") for part in output.split("\r") if part.startswith("shards ")]
+    assert shown and all(len(line) <= 29 for line in shown), shown
 
 
 def test_counts_reach_the_reader_from_this_process_and_from_worker_processes(tmp_path):
