@@ -318,23 +318,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-class _QuietBeam(logging.Filter):
-    """Without -v, Beam's import-time and per-stage chatter is not shown; our own warnings and every error are."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            return True
-        if "apitools not found" in record.getMessage():  # printed by `import apache_beam` on every run
-            return False
-        return not record.name.startswith("apache_beam")
-
-
 def _configure_logging(verbose: bool) -> None:
     # Set up before Beam is imported: its import-time warning otherwise configures the root logger itself.
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
+        from beam_jobs.sdk_worker import quiet_beam  # imports no Beam
+
         for handler in logging.getLogger().handlers:
-            handler.addFilter(_QuietBeam())
+            handler.addFilter(quiet_beam)
 
 
 def _local_source_missing(path: str) -> bool:
