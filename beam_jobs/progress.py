@@ -15,6 +15,7 @@ Where the counts go:
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -39,8 +40,10 @@ class _Sink:
         self.lock = threading.Lock()
         self.done: Totals = {}
         self.live: dict[int, Tally] = {}
-        if folder:  # not the reader: publish to a file
-            threading.Thread(target=self._publish, args=(folder,), name="m3w-progress", daemon=True).start()
+        if folder:  # not the reader: publish to a file, every FLUSH_S and when the process ends
+            path = os.path.join(folder, f"{self.pid}.json")
+            atexit.register(self._write, path)
+            threading.Thread(target=self._publish, args=(path,), name="m3w-progress", daemon=True).start()
 
     def totals(self) -> Totals:
         with self.lock:
@@ -51,17 +54,20 @@ class _Sink:
                 totals[key] = totals.get(key, 0) + n
         return totals
 
-    def _publish(self, folder: str) -> None:
-        path = os.path.join(folder, f"{self.pid}.json")
-        while True:
+    def _publish(self, path: str) -> None:
+        while self._write(path):
             time.sleep(FLUSH_S)
-            data = json.dumps([[s, o, n] for (s, o), n in self.totals().items()])
-            try:
-                with open(f"{path}.tmp", "w") as out:
-                    out.write(data)
-                os.replace(f"{path}.tmp", path)
-            except OSError:  # the reader removed the folder: the build is over
-                return
+
+    def _write(self, path: str) -> bool:
+        data = json.dumps([[s, o, n] for (s, o), n in self.totals().items()])
+        tmp = f"{path}.{threading.get_ident()}.tmp"  # the thread's and the exit's writes never share a file
+        try:
+            with open(tmp, "w") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        except OSError:  # the reader removed the folder: the build is over
+            return False
+        return True
 
 
 _sink: Optional[_Sink] = None
