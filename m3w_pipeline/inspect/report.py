@@ -29,7 +29,7 @@ from m3w_pipeline.inspect.corpus import (
     sample_rejects,
     split_member_name,
 )
-from m3w_pipeline.inspect.summary import FUNNEL_ORDER, count_label
+from m3w_pipeline.inspect.summary import FUNNEL_ORDER, shown_counts
 
 PLOT_DIR = "plots"
 HTML_NAME = "index.html"
@@ -418,7 +418,7 @@ class Section:
 def _section_html(sec: Section) -> list[str]:
     summary, p = sec.summary, f"{sec.name}-" if sec.name else ""
     kind = summary["kind"]
-    counts = [(count_label(kind, k), v) for k, v in summary["counts"].items() if v is not None]
+    counts = shown_counts(summary)
     body = []
     if sec.name:
         body.append(f"<h1 id='{p}corpus'>{html.escape(sec.name)}: {html.escape(str(summary.get('root') or ''))}</h1>")

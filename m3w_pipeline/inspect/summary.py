@@ -43,11 +43,14 @@ KIND_LABELS: dict[str, dict[str, str]] = {
         "caption_words": "caption length (words)",
     },
 }
-# What each count holds, per kind (the JSON keeps the generic names; tables and the report show these).
-COUNT_LABELS: dict[str, dict[str, str]] = {
+# What each count holds, per kind (the JSON keeps the generic names; tables and the report show these);
+# None: the count does not apply to the kind (it stays in the JSON, always 0 or a copy of another).
+COUNT_LABELS: dict[str, dict[str, Optional[str]]] = {
     "m3w": {"samples": "documents"},
-    "pairs": {"samples": "pairs", "images": "images", "text_nodes": "captions", "words": "caption words"},
-    "video": {"samples": "clips", "images": "key frames", "text_nodes": "captions", "words": "caption words"},
+    "pairs": {"samples": "pairs", "text_nodes": "captions", "words": "caption words", "missing_images": None, "videos": None,
+              "captioned_images": None},
+    "video": {"samples": "clips", "images": "key frames", "text_nodes": "captions", "words": "caption words", "missing_images": None,
+              "captioned_images": None},
 }
 
 
@@ -55,8 +58,15 @@ def distribution_label(kind: str, name: str) -> str:
     return KIND_LABELS.get(kind, {}).get(name, DISTRIBUTIONS[name])
 
 
-def count_label(kind: str, name: str) -> str:
+def count_label(kind: str, name: str) -> Optional[str]:
+    """What the count `name` holds in a `kind` corpus; None where it does not apply."""
     return COUNT_LABELS.get(kind, {}).get(name, name)
+
+
+def shown_counts(summary: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(label, value) of the counts that apply to the summary's kind and were measured."""
+    labelled = ((count_label(summary["kind"], k), v) for k, v in summary["counts"].items() if v is not None)
+    return [(label, v) for label, v in labelled if label is not None]
 
 
 def funnel(manifest: Optional[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -180,9 +190,7 @@ def format_table(summary: Mapping[str, Any], funnel: bool = True) -> str:
     """A plain-text report for the terminal."""
     lines = [f"corpus {summary['root'] or ''} ({summary['kind']}, read from: {summary['source']})", ""]
     lines.append("counts")
-    for name, value in summary["counts"].items():
-        if value is not None:
-            lines.append(f"  {count_label(summary['kind'], name):<18} {value:>12,}")
+    lines += [f"  {label:<18} {value:>12,}" for label, value in shown_counts(summary)]
     if summary["distributions"]:
         lines += ["", "distributions"]
         lines.append(f"  {'':<36} {'n':>8} {'mean':>9} {'min':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
@@ -199,7 +207,8 @@ def format_table(summary: Mapping[str, Any], funnel: bool = True) -> str:
             t = d["threshold"]
             limit = f"{t['keeps']} {t['value']:g} ({t['setting']})" + ("" if t["active"] else ", off") if t else "-"
             lines.append(f"  {name:<26} {d['n']:>8} {d['mean']:>7.3f} {_fmt(d['p50']):>7} {_fmt(d['p90']):>7} {_fmt(d['max']):>7}  {limit}")
-    for title, rows in (("top domains", summary["top_domains"]), ("languages", summary["languages"]), ("image formats", summary["image_formats"])):
+    for title, rows in (("top domains", summary["top_domains"]), ("languages", summary["languages"]),
+                        ("identified languages (index lang_id)", summary.get("identified_languages")), ("image formats", summary["image_formats"])):
         if rows:
             lines += ["", title]
             lines += [f"  {k or '(none)':<40} {v:>10,}" for k, v in rows]
