@@ -87,7 +87,8 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
         help="compute as a Beam job on this runner (FnApiRunner, DataflowRunner, PortableRunner, ...); "
         "other flags `m3w stats` does not know are Beam pipeline options",
     )
-    p.add_argument("--stats-output", help="with --runner: where the job writes its merged statistics (default: --temp_location or a local temp dir)")
+    p.add_argument("--stats-output", help="with --runner: where the job writes its merged statistics (default: --temp_location or a local temp dir); "
+                   "a build root: one file per corpus, NAME.KIND.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -124,6 +125,12 @@ def _targets(args: argparse.Namespace, path: str, opener: Any, lister: Any, what
     return targets or _error(args, f"{path} holds no {kind} corpus (it holds {', '.join(where.corpora)})")
 
 
+def _per_corpus(path: str, kind: str) -> str:
+    """stats.json -> stats.m3w.json: a root's corpora each get their own --stats-output file."""
+    head, dot, ext = path.rpartition(".")
+    return f"{head}.{kind}.{ext}" if dot and "/" not in ext else f"{path}.{kind}"
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from m3w_pipeline.inspect.corpus import local_path, open_corpus
     from m3w_pipeline.inspect.report import ReportConfig, write_report, write_root_report
@@ -149,7 +156,8 @@ def run_stats(args: argparse.Namespace) -> int:
         if args.runner:
             from beam_jobs.stats_job import run_stats_job
 
-            stats = run_stats_job(corpus, config, ["--runner", args.runner, *beam_args], args.stats_output)
+            result = args.stats_output and (args.stats_output if name is None else _per_corpus(args.stats_output, name))
+            stats = run_stats_job(corpus, config, ["--runner", args.runner, *beam_args], result)
             source = f"{args.source} (Beam {args.runner})"
         else:
             stats = compute_stats(corpus, opener, config, _token_counter(args.tokenizer), progress=_progress(args))

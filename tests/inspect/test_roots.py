@@ -77,13 +77,29 @@ def test_stats_on_a_root_reports_every_corpus(request, capsys):
     assert "quality scores (index)" in m3w and "quality scores" not in pairs
 
 
+def test_beam_job_on_a_root_agrees_with_the_local_path(request, capsys, tmp_path):
+    """`--runner` on a root runs one job per corpus, each with its own --stats-output file."""
+    root = build_root(request)
+    rc, out, _ = run(capsys, "stats", str(root), "--json", "--no-progress")
+    local = json.loads(out)
+    rc, out, err = run(capsys, "stats", str(root), "--json", "--runner", "FnApiRunner", "--stats-output", str(tmp_path / "stats.json"))
+    assert rc == 0, err
+    beam = json.loads(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.m3w.json", "stats.pairs.json", "stats.video.json"]
+    for kind in KINDS:
+        assert beam[kind].pop("source") == "auto (Beam FnApiRunner)" and local[kind].pop("source") == "auto"
+    assert beam == local and beam["m3w"]["quality_scores"]
+
+
 def test_quality_scores_come_from_the_index_with_the_builds_limits(request, capsys):
     root = build_root(request)
     truth = manifests(root)["m3w"]
     rc, out, _ = run(capsys, "stats", str(root / "m3w"), "--json", "--no-progress")
     assert rc == 0
     scores = json.loads(out)["quality_scores"]
-    rows = [r for p in sorted((root / "m3w").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    from m3w_pipeline.inspect.corpus import open_corpus
+
+    rows = [r for shard in open_corpus(str(root / "m3w")).shards for r in pq.read_table(shard.index).to_pylist()]
     assert len(rows) == truth["totals"]["samples"]
     from m3w_pipeline.write.shards import SCORE_COLUMNS
 

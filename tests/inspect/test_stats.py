@@ -520,6 +520,8 @@ def test_html_report_renders_in_headless_chromium(request, tmp_path):
     assert srcs and all(s.startswith("data:image/") for s in srcs)  # self-contained
     assert not re.search(r"""(href|src)=['"]?(https?:|//|file:)""", html)
     assert html.count("<article class='doc'>") == 5 and "class='thumb'" in html
+    assert "id='plot-quality_scores'" in html and html.count("(filters.max_") + html.count("(filters.min_") >= 16  # the index's scores
+    assert ("<table class='rejects'>" in html) == (root / "rejects.jsonl").exists()
 
     reason = ensure_chromium()
     if reason:
