@@ -370,7 +370,7 @@ class Location:
 def locate(path: str, opener: Opener = open_local, lister: Optional[Lister] = list_local) -> Location:
     """Tell a corpus (manifest or .tar shards) from a `build all` root (m3w/, pairs/, video/ corpora)
     and from what `m3w export` writes; NotACorpus for an empty or unrecognised folder."""
-    files = _listing(path, lister)
+    files = _files_in(path, lister)
     if read_manifest(path, opener) is not None:
         return Location(path, "corpus", {})
     tars = sorted(n for n in files or () if n.endswith(".tar"))
@@ -389,7 +389,7 @@ def locate(path: str, opener: Opener = open_local, lister: Optional[Lister] = li
     raise NotACorpus(f"{path}: not a corpus: {found} {MANIFEST_NAME}, .tar shards or m3w/ pairs/ video/ corpora in it")
 
 
-def _listing(path: str, lister: Optional[Lister]) -> Optional[list[str]]:
+def _files_in(path: str, lister: Optional[Lister]) -> Optional[list[str]]:
     if lister is None:
         return None
     try:
@@ -401,7 +401,7 @@ def _listing(path: str, lister: Optional[Lister]) -> Optional[list[str]]:
 def _is_corpus_dir(path: str, opener: Opener, lister: Optional[Lister]) -> bool:
     if read_manifest(path, opener) is not None:
         return True
-    return any(n.endswith(".tar") for n in _listing(path, lister) or ())
+    return any(n.endswith(".tar") for n in _files_in(path, lister) or ())
 
 
 def _first_json(tar_path: str, opener: Opener) -> Optional[dict[str, Any]]:

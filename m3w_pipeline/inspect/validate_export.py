@@ -119,7 +119,7 @@ def _check_mmc4_sample(key: str, members: list[Any], name: str, check: ShardChec
     if not isinstance(doc, dict):
         yield Problem("json", name, "JSON is not an object", member, key)
         return
-    if doc.get("key") not in (None, key):
+    if doc.get("key") is not None and not _key_matches(key, doc):
         yield Problem("key", name, f"JSON key {doc.get('key')!r} differs from the member key", member, key)
     if not isinstance(doc.get("url"), str):
         yield Problem("schema", name, "url: a string is expected", member, key)
@@ -141,6 +141,13 @@ def _check_mmc4_sample(key: str, members: list[Any], name: str, check: ShardChec
         problems = list(_check_mmc4_image(info, row, len(texts), config))
         check.images += 1
         yield from (Problem(check_name, name, f"image_info[{i}]: {message}", member, key) for check_name, message in problems)
+
+
+def _key_matches(member_key: str, doc: Mapping[str, Any]) -> bool:
+    """The member key is the document's, or for a window of it (`"window"` in the JSON), KEY_wNNN."""
+    if isinstance(doc.get("window"), dict):
+        return member_key.startswith(f"{doc['key']}_w")
+    return member_key == doc["key"]
 
 
 def _check_mmc4_image(info: Any, row: Any, n_texts: int, config: ValidateConfig) -> Iterator[tuple[str, str]]:

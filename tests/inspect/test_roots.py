@@ -197,11 +197,11 @@ def test_export_on_a_root_exports_its_m3w_corpus_and_validate_reads_the_exports(
     assert (rc, out.splitlines()) == (0, [expected])
 
 
-def _rewrite_first_json(tar_path: Path, edit) -> str:
+def _rewrite_first_json(tar_path: Path, edit, rename=None) -> str:
     with tarfile.open(tar_path) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
     name, data = members[0]
-    members[0] = (name, json.dumps(edit(json.loads(data))).encode())
+    members[0] = (rename or name, json.dumps(edit(json.loads(data))).encode())
     with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for n, d in members:
             info = tarfile.TarInfo(n)
@@ -241,6 +241,26 @@ def test_damaged_mmc4_export_is_reported_as_mmc4(request, capsys, tmp_path):
     assert f"similarity_matrix: {n_images} rows (one per image) expected, found {n_images - 1}" in messages
     assert "image_info[0]: matched_text_index" in messages and "does not decode" in messages
     assert f"{first.name}: {sizes[first.name]} samples listed but the tar holds {sizes[first.name] - 1}" in messages
+
+
+def test_windowed_mmc4_samples_are_keyed_by_their_document(request, capsys, tmp_path):
+    """A window of a document (the export's window_tokens) is KEY_wNNN.json whose JSON key is the document's."""
+    root = build_root(request)
+    dst = tmp_path / "mmc4"
+    export(capsys, "mmc4", root, dst)
+    first = sorted(dst.glob("*.tar"))[0]
+    with tarfile.open(first) as tar:
+        key = tar.getnames()[0][: -len(".json")]
+
+    def as_window(doc: dict) -> dict:
+        return {**doc, "window": {"index": 0, "of": 1, "source_key": doc["key"]}}
+
+    _rewrite_first_json(first, as_window, rename=f"{key}_w000.json")
+    rc, out, _ = run(capsys, "validate", str(dst), "--json", "--no-progress")
+    assert rc == 0 and json.loads(out)["ok"], out
+    _rewrite_first_json(first, lambda doc: {**doc, "key": "0" * 24})
+    rc, out, _ = run(capsys, "validate", str(dst), "--json", "--no-progress")
+    assert rc == 1 and [(p["check"], p["key"]) for p in json.loads(out)["problems"]] == [("key", f"{key}_w000")]
 
 
 def test_damaged_obelics_export_is_reported_as_obelics(request, capsys, tmp_path):
