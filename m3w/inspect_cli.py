@@ -107,22 +107,28 @@ def _error(args: argparse.Namespace, message: str) -> int:
     return 2
 
 
-def _targets(args: argparse.Namespace, path: str, opener: Any, lister: Any, what: str) -> Any:
-    """The corpora PATH holds: {None: PATH} for a corpus, {kind: path} for a `build all` root;
-    or an exit code after a one-line error (an empty or unrecognised folder, an export)."""
+class _Refused(Exception):
+    """PATH is not what the command reads; the message is the one line the user sees."""
+
+
+def _targets(args: argparse.Namespace, path: str, opener: Any, lister: Any, what: str) -> dict[Optional[str], str]:
+    """The corpora PATH holds: {None: PATH} for a corpus, {kind: path} for a `build all` root.
+    _Refused for an empty or unrecognised folder, an export, or a root without the --kind asked for."""
     from m3w_pipeline.inspect.corpus import NotACorpus, locate
 
     try:
         where = locate(path, opener, lister)
     except NotACorpus as err:
-        return _error(args, str(err))
+        raise _Refused(str(err)) from None
     if where.layout in ("mmc4", "obelics"):
-        return _error(args, f"{path} is {where.describe()} (written by `m3w export`), not a corpus: {what}; `m3w validate` checks exports")
+        raise _Refused(f"{path} is {where.describe()} (written by `m3w export`), not a corpus: {what}; `m3w validate` checks exports")
     if where.layout == "corpus":
         return {None: path}
     kind = getattr(args, "kind", None)
-    targets = {k: p for k, p in where.corpora.items() if kind in (None, k)}
-    return targets or _error(args, f"{path} holds no {kind} corpus (it holds {', '.join(where.corpora)})")
+    targets: dict[Optional[str], str] = {k: p for k, p in where.corpora.items() if kind in (None, k)}
+    if not targets:
+        raise _Refused(f"{path} holds no {kind} corpus (it holds {', '.join(where.corpora)})")
+    return targets
 
 
 def _per_corpus(path: str, kind: str) -> str:
@@ -146,10 +152,12 @@ def run_stats(args: argparse.Namespace) -> int:
         return 2
     path = local_path(args.path)
     opener, lister = filesystem_for(path)
-    targets = _targets(args, path, opener, lister, "`m3w stats` reads corpora")
-    if isinstance(targets, int):
-        return targets
+    try:
+        targets = _targets(args, path, opener, lister, "`m3w stats` reads corpora")
+    except _Refused as err:
+        return _error(args, str(err))
     config = StatsConfig(source=args.source, top_n=args.top)
+    count_tokens = _token_counter(args.tokenizer)
     results: dict[str, Any] = {}
     for name, corpus_path in targets.items():
         corpus = open_corpus(corpus_path, opener, lister, kind=args.kind if name is None else None)
@@ -160,7 +168,7 @@ def run_stats(args: argparse.Namespace) -> int:
             stats = run_stats_job(corpus, config, ["--runner", args.runner, *beam_args], result)
             source = f"{args.source} (Beam {args.runner})"
         else:
-            stats = compute_stats(corpus, opener, config, _token_counter(args.tokenizer), progress=_progress(args))
+            stats = compute_stats(corpus, opener, config, count_tokens, progress=_progress(args))
             source = args.source
         results[name or ""] = (summarize(stats, corpus, config, source), corpus)
     report_config = ReportConfig(sample_documents=args.report_samples)
@@ -255,9 +263,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     src = local_path(args.src)
     opener, lister = filesystem_for(src)
-    targets = _targets(args, src, opener, lister, f"`m3w export {args.format}` reads an M3W corpus")
-    if isinstance(targets, int):
-        return targets
+    try:
+        targets = _targets(args, src, opener, lister, f"`m3w export {args.format}` reads an M3W corpus")
+    except _Refused as err:
+        return _error(args, str(err))
     if None not in targets and "m3w" not in targets:
         return _error(args, f"`m3w export {args.format}` needs an M3W corpus; {src} holds {', '.join(targets)} only")
     corpus = open_corpus(targets.get(None) or targets["m3w"], opener, lister)

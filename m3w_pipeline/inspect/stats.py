@@ -1,8 +1,10 @@
-"""Corpus statistics: counts, distributions, top domains, languages and the drop funnel.
+"""Corpus statistics: counts, distributions, quality scores, top domains and languages.
 
 One library function, `shard_stats`, turns one shard into a mergeable `CorpusStats`
 partial; `compute_stats` merges them locally and `beam_jobs/stats_job.py` merges the
-very same partials with a CombineFn, so both paths give identical numbers.
+very same partials with a CombineFn, so both paths give identical numbers. The quality
+scores come from the Parquet index whatever the source (the tars do not hold them).
+`inspect.summary` turns merged statistics and the manifest (funnel, limits) into the report.
 
 Files are read through an `Opener` (path -> binary stream) that the caller supplies:
 plain `open` for local paths here, Beam's FileSystems (gs://, s3://) in the CLI and
