@@ -195,6 +195,13 @@ def test_export_on_a_root_exports_its_m3w_corpus_and_validate_reads_the_exports(
     rc, out, _ = run(capsys, "validate", str(tmp_path / "obelics"), "--no-progress")
     expected = f"{tmp_path / 'obelics'}: obelics export, {files} files, {obelics['documents']} documents, {n_images} images: OK"
     assert (rc, out.splitlines()) == (0, [expected])
+    # with URLs instead of bytes (list<string> images; images kept as URL only are kept too)
+    missing = sum(1 for p in (root / "m3w").glob("*.tar") for m in tarfile.open(p).getmembers() if m.name.endswith(".json")
+                  for im in json.loads(tarfile.open(p).extractfile(m).read())["images"] if im and im["status"] == "missing")
+    urls = export(capsys, "parquet", root, tmp_path / "urls", "--images", "urls")
+    rc, out, _ = run(capsys, "validate", str(tmp_path / "urls"), "--json", "--no-progress")
+    report = json.loads(out)
+    assert rc == 0 and report["ok"] and report["images"] == urls["images"] == n_images + missing and missing > 0
 
 
 def _rewrite_first_json(tar_path: Path, edit, rename=None) -> str:
