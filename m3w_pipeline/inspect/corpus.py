@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -342,6 +343,95 @@ def open_corpus(
     return Corpus(root, kind, manifest, shards)
 
 
+# ----------------------------------------------------------------------------- what a path holds
+
+EXPORT_LAYOUTS = ("mmc4", "obelics")  # folders `m3w export` writes
+OBELICS_COLUMNS = ("images", "metadata", "general_metadata", "texts")
+
+
+class NotACorpus(ValueError):
+    """A path holds nothing the inspect commands read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """What a path holds: one corpus, a `build all` root (kind -> corpus path), or an export."""
+
+    path: str
+    layout: str  # corpus | root | mmc4 | obelics
+    corpora: Mapping[str, str]  # root: kind -> corpus path, in KINDS order; else empty
+
+    def describe(self) -> str:
+        if self.layout == "root":
+            return f"a build root holding {', '.join(self.corpora)}"
+        return {"mmc4": "an MMC4 export", "obelics": "an OBELICS-style Parquet export"}.get(self.layout, "a corpus")
+
+
+def locate(path: str, opener: Opener = open_local, lister: Optional[Lister] = list_local) -> Location:
+    """Tell a corpus (manifest or .tar shards) from a `build all` root (m3w/, pairs/, video/ corpora)
+    and from what `m3w export` writes; NotACorpus for an empty or unrecognised folder."""
+    files = _files_in(path, lister)
+    if read_manifest(path, opener) is not None:
+        return Location(path, "corpus", {})
+    tars = sorted(n for n in files or () if n.endswith(".tar"))
+    if tars:
+        first = _first_json(join_path(path, tars[0]), opener)
+        return Location(path, "mmc4" if _is_mmc4_json(first) else "corpus", {})
+    parquets = sorted(n for n in files or () if n.endswith(".parquet"))
+    if parquets and _is_obelics(join_path(path, parquets[0]), opener):
+        return Location(path, "obelics", {})
+    corpora = {kind: join_path(path, kind) for kind in KINDS if _is_corpus_dir(join_path(path, kind), opener, lister)}
+    if corpora:
+        return Location(path, "root", corpora)
+    if files is None:
+        raise NotACorpus(f"{path}: cannot list it and it has no {MANIFEST_NAME}")
+    found = f"{len(parquets)} .parquet files that are not an OBELICS export and no" if parquets else "no"
+    raise NotACorpus(f"{path}: not a corpus: {found} {MANIFEST_NAME}, .tar shards or m3w/ pairs/ video/ corpora in it")
+
+
+def _files_in(path: str, lister: Optional[Lister]) -> Optional[list[str]]:
+    if lister is None:
+        return None
+    try:
+        return lister(path)
+    except OSError:
+        return None
+
+
+def _is_corpus_dir(path: str, opener: Opener, lister: Optional[Lister]) -> bool:
+    if read_manifest(path, opener) is not None:
+        return True
+    return any(n.endswith(".tar") for n in _files_in(path, lister) or ())
+
+
+def _first_json(tar_path: str, opener: Opener) -> Optional[dict[str, Any]]:
+    """The first sample's KEY.json of a tar (None when it has none or the tar is unreadable)."""
+    try:
+        with opener(tar_path) as f:
+            first = next(group_samples(iter_tar_members(f, want=lambda n: n.endswith(".json"), seek=seekable(f))), None)
+    except (OSError, TarDamage):
+        return None
+    if first is None:
+        return None
+    value = sample_json(first)
+    return value or None
+
+
+def _is_mmc4_json(doc: Optional[Mapping[str, Any]]) -> bool:
+    return doc is not None and "text_list" in doc and "image_info" in doc and "schema" not in doc
+
+
+def _is_obelics(parquet_path: str, opener: Opener) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        with opener(parquet_path) as f:  # the footer only, where the stream can seek
+            names = pq.ParquetFile(f if seekable(f) else io.BytesIO(f.read())).schema_arrow.names
+    except Exception:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for what is not Parquet
+        return False
+    return set(OBELICS_COLUMNS) <= set(names)
+
+
 def _has_indexes(
     root: str, names: list[str], manifest: Optional[Mapping[str, Any]], files: Optional[set[str]], opener: Opener
 ) -> bool:
@@ -410,3 +500,47 @@ def iter_m3w_documents(shard: ShardRef, opener: Opener = open_local, with_media:
                 if m.data is not None and not m.name.endswith(".json")
             }
             yield M3WDocument(sample.key, sample_json(sample), media, shard.name)
+
+
+# ----------------------------------------------------------------------------- rejects (report)
+
+REJECTS_NAME = "rejects.jsonl"  # = beam_jobs.counting.REJECTS_NAME: the build's sample of rejected items
+
+
+@dataclass
+class RejectSample:
+    """A few rejects per (stage, reason), read from the front of ROOT/rejects.jsonl."""
+
+    by_reason: dict[tuple[str, str], list[dict[str, str]]]  # (stage, reason) -> first `per_reason` rejects
+    seen: Counter  # (stage, reason) -> rejects of it read (the file holds a bounded sample; the manifest has all counts)
+    complete: bool  # False when the byte cap stopped the read
+
+
+def sample_rejects(
+    root: str, opener: Opener = open_local, per_reason: int = 3, max_bytes: int = 4 << 20, max_chars: int = 240
+) -> Optional[RejectSample]:
+    """Up to `per_reason` rejects of each (stage, reason), reading at most `max_bytes`; None without the file."""
+    try:
+        stream = opener(join_path(root, REJECTS_NAME))
+    except OSError:
+        return None
+    out = RejectSample({}, Counter(), True)
+    read = 0
+    with stream:
+        while line := stream.readline(1 << 16):  # a line longer than 64 KiB is cut (and then fails to parse)
+            read += len(line)
+            if read > max_bytes:
+                out.complete = False
+                break
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            reason = (str(row.get("stage", "")), str(row.get("reason", "")))
+            out.seen[reason] += 1
+            kept = out.by_reason.setdefault(reason, [])
+            if len(kept) < per_reason:
+                kept.append({k: str(row.get(k) or "")[:max_chars] for k in ("url", "key", "detail")})
+    return out

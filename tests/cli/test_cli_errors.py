@@ -45,6 +45,9 @@ CASES = {
     "stats on a missing corpus": (["stats", "{tmp}/missing"], "no such corpus directory"),
     "validate on a missing corpus": (["validate", "{tmp}/missing"], "no such corpus directory"),
     "export on a missing corpus": (["export", "parquet", "{tmp}/missing", "{tmp}/out"], "no such corpus directory"),
+    "stats on a folder that is not a corpus": (["stats", "{tmp}"], "not a corpus: no manifest.json, .tar shards or m3w/ pairs/ video/"),
+    "validate on a folder that is not a corpus": (["validate", "{tmp}"], "not a corpus"),
+    "export from a folder that is not a corpus": (["export", "mmc4", "{tmp}", "{tmp}/out"], "not a corpus"),
     "stats beam flag typo": (["stats", "{tmp}", "--runner", "FnApiRunner", "--direct_num_wrokers", "2"], "--direct_num_wrokers"),
     "no pages": (["sample-crawl", "{tmp}/s", "--pages", "0"], "--pages"),
 }

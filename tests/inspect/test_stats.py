@@ -211,7 +211,8 @@ def _hist(summary: dict[str, Any], name: str) -> Counter:
 @pytest.mark.parametrize("name", CORPORA)
 def test_stats_equal_an_independent_recount(request, name):
     from m3w_pipeline.inspect.corpus import open_corpus
-    from m3w_pipeline.inspect.stats import FUNNEL_ORDER, compute_stats, summarize
+    from m3w_pipeline.inspect.stats import compute_stats
+    from m3w_pipeline.inspect.summary import FUNNEL_ORDER, summarize
 
     root = corpus_path(request, name)
     corpus = open_corpus(str(root))
@@ -325,7 +326,7 @@ def test_remote_paths_go_through_the_opener(tmp_path_factory, capsys):
     # file:// URLs through the CLI: same numbers, terminal table
     assert main(["stats", local_root.as_uri(), "--no-progress"]) == 0
     table = capsys.readouterr().out
-    assert re.search(r"samples\s+12\b", table) and "funnel (manifest)" in table and "news.example.org" in table
+    assert re.search(r"documents\s+12\b", table) and "funnel (manifest)" in table and "news.example.org" in table
 
 
 class StreamOnly(io.BytesIO):
@@ -434,7 +435,8 @@ def test_few_distinct_values_plot_as_visible_bars(tmp_path, histogram):
 def test_pair_and_video_corpora_are_detected_and_counted(tmp_path, kind):
     from m3w_pipeline.inspect.corpus import open_corpus
     from m3w_pipeline.inspect.report import write_report
-    from m3w_pipeline.inspect.stats import compute_stats, summarize
+    from m3w_pipeline.inspect.stats import compute_stats
+    from m3w_pipeline.inspect.summary import summarize
     from m3w_pipeline.inspect.validate import validate_corpus
 
     rng = random.Random(1)
@@ -501,7 +503,8 @@ def test_html_report_renders_in_headless_chromium(request, tmp_path):
 
     from m3w_pipeline.inspect.corpus import open_corpus
     from m3w_pipeline.inspect.report import write_report
-    from m3w_pipeline.inspect.stats import compute_stats, summarize
+    from m3w_pipeline.inspect.stats import compute_stats
+    from m3w_pipeline.inspect.summary import summarize
 
     try:
         root = request.getfixturevalue("sample_build")
@@ -517,6 +520,8 @@ def test_html_report_renders_in_headless_chromium(request, tmp_path):
     assert srcs and all(s.startswith("data:image/") for s in srcs)  # self-contained
     assert not re.search(r"""(href|src)=['"]?(https?:|//|file:)""", html)
     assert html.count("<article class='doc'>") == 5 and "class='thumb'" in html
+    assert "id='plot-quality_scores'" in html and html.count("(filters.max_") + html.count("(filters.min_") >= 16  # the index's scores
+    assert ("<table class='rejects'>" in html) == (root / "rejects.jsonl").exists()
 
     reason = ensure_chromium()
     if reason:
