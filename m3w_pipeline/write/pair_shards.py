@@ -5,11 +5,12 @@ Videos: KEY.json, KEY.txt, KEY.<mp4|mov|webm|mkv> (the crawled bytes, unchanged)
         KEY.000.jpg, KEY.001.jpg, ... (sampled frames in time order; their timestamps
         are `frames[i].timestamp` in KEY.json; schemas/video_sample.schema.json)
 
-Beside each tar a Parquet index (schemas/pair_index.arrow.json, video_index.arrow.json)
-has one row per sample AND one per failed candidate, as img2dataset writes failed rows:
+Each tar has a Parquet index, index/NAME.parquet (`layout.index_path`; schemas/pair_index.arrow.json,
+video_index.arrow.json), with one row per sample AND one per failed candidate, as img2dataset writes failed rows:
 status success | failed_to_download | failed_to_resize (pairs) | failed_to_subsample
 (videos), with error_message. Failed rows have no tar members (offset/size null).
 
+A pair's `sha256` is img2dataset's: of the image bytes as crawled (`output_sha256`: KEY.jpg).
 Tars are written with shards.DeterministicTarWriter (fixed member metadata), samples
 sorted by key; the caller owns temp-then-rename, as for M3W shards.
 """
@@ -64,8 +65,10 @@ def pair_to_json(pair: Pair) -> dict[str, Any]:
         "original_height": im.original_height if im else None,
         "original_format": im.original_format if im else None,
         "original_bytes": im.original_bytes if im else None,
-        "sha256": im.sha256 if im else None,
+        "sha256": im.original_sha256 if im else None,
+        "output_sha256": im.sha256 if im else None,
         "phash": im.phash if im else None,
+        "exif": im.exif if im else None,
         "lang": pair.lang,
         "doc_key": pair.doc_key,
         "position": pair.position,
