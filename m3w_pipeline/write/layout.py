@@ -159,8 +159,9 @@ def _tar_feature(name: str, dtype: str) -> dict[str, Any]:
 
 def pair_features(config: BuildConfig) -> list[dict[str, Any]]:
     """Features of a pair sample as HF's webdataset builder yields it: KEY.jpg, KEY.txt, KEY.json."""
+    fmt = config.image.output_format.lower()
     return [
-        _tar_feature(config.image.output_format, "image"),
+        _tar_feature("jpg" if fmt == "jpeg" else fmt, "image"),  # the extension media/images.py writes
         _tar_feature("txt", "string"),
         {"name": "json", "struct": json_schema_features(load_json_schema("pair_sample"))},
         _tar_feature("__key__", "string"),
