@@ -17,6 +17,7 @@ from beam_jobs.dask_cluster import DASK_RUNNER, is_dask_runner
 from beam_jobs.m3w_job import build_pipeline, corpus_dirs
 from beam_jobs.outputs import MANIFEST_NAME
 from m3w_pipeline.core.config import BuildConfig
+from m3w_pipeline.write.layout import index_file
 
 # The embedded runner the DirectRunner itself would choose for a batch job. Naming it
 # skips the DirectRunner's attempt to download the Prism runner, which fails offline.
@@ -87,8 +88,8 @@ def finished_manifest(output_dir: str, inputs: list[str], config: BuildConfig) -
 
 def output_problems(output_dir: str, manifest: dict[str, Any]) -> list[str]:
     """Every file the manifest lists that is missing, of another size or another sha256."""
-    expected = [(f"{s['name']}.{kind}", s.get(f"{kind}_bytes"), s.get(f"{kind}_sha256"))
-                for s in manifest.get("shards", []) for kind in ("tar", "parquet")]
+    expected = [(file, s.get(f"{kind}_bytes"), s.get(f"{kind}_sha256"))
+                for s in manifest.get("shards", []) for kind, file in (("tar", f"{s['name']}.tar"), ("parquet", index_file(s["name"])))]
     expected += [(name, None, None) for name in [*manifest.get("other_files", []), *manifest.get("fetch_status_files", [])]]
     problems = []
     for name, size, sha in expected:

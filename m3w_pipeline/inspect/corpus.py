@@ -1,7 +1,7 @@
 """Reading a written corpus: find its shards, walk its tars strictly, group members into samples.
 
 A corpus is a directory (local, or gs:// / s3:// through the caller's `Opener`) holding
-NAME.tar shards, optional NAME.parquet indexes and usually a manifest.json. Its kind (m3w,
+NAME.tar shards, optional Parquet indexes (index/NAME.parquet: `write.layout`) and usually a manifest.json. Its kind (m3w,
 pairs, video) comes from the caller, the manifest, or the first sample's members.
 `stats`, `validate`, `export` and `report` read corpora only through this module, which
 never imports apache_beam.
@@ -15,6 +15,8 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+from m3w_pipeline.write.layout import index_dir, index_path, legacy_index_path
 
 Opener = Callable[[str], BinaryIO]  # path -> readable binary stream (a context manager)
 Lister = Callable[[str], list[str]]  # directory -> names of the files directly in it
@@ -245,7 +247,7 @@ def read_member_at(stream: BinaryIO, offset: int) -> TarMember:
 class ShardRef:
     name: str  # base name, e.g. m3w-00003
     tar: str  # path of NAME.tar
-    index: Optional[str]  # path of NAME.parquet, when the corpus has indexes
+    index: Optional[str]  # path of its index (`write.layout.index_path`), when the corpus has indexes
     kind: str  # m3w | pairs | video
 
 
@@ -335,11 +337,8 @@ def open_corpus(
     kind = kind or kind_from_manifest(manifest)
     if kind is None:
         kind = sniff_kind(join_path(root, f"{names[0]}.tar"), opener) if names else "m3w"
-    has_index = _has_indexes(root, names, manifest, files, opener)
-    shards = [
-        ShardRef(n, join_path(root, f"{n}.tar"), join_path(root, f"{n}.parquet") if has_index else None, kind)
-        for n in names
-    ]
+    index_of = _index_locator(root, names, manifest, files, lister, opener)
+    shards = [ShardRef(n, join_path(root, f"{n}.tar"), index_of(n) if index_of else None, kind) for n in names]
     return Corpus(root, kind, manifest, shards)
 
 
@@ -432,21 +431,40 @@ def _is_obelics(parquet_path: str, opener: Opener) -> bool:
     return set(OBELICS_COLUMNS) <= set(names)
 
 
-def _has_indexes(
-    root: str, names: list[str], manifest: Optional[Mapping[str, Any]], files: Optional[set[str]], opener: Opener
-) -> bool:
-    """Every shard has NAME.parquet: the manifest records it, or the listing shows it, or it opens."""
+def _index_locator(
+    root: str, names: list[str], manifest: Optional[Mapping[str, Any]], files: Optional[set[str]],
+    lister: Optional[Lister], opener: Opener,
+) -> Optional[Callable[[str], str]]:
+    """Where the shards' indexes are: index/NAME.parquet (`write.layout.index_path`), or beside
+    the tar as corpora written before the index/ folder had them; None when a shard has none."""
     if not names:
-        return False
+        return None
     if manifest is not None and manifest.get("shards") and all(s.get("parquet_sha256") for s in manifest["shards"]):
-        return True
-    if files is not None:
-        return all(f"{n}.parquet" in files for n in names)
+        if files is not None and all(f"{n}.parquet" in files for n in names):
+            return lambda n: legacy_index_path(root, n)  # an older build's manifest
+        return lambda n: index_path(root, n)
+    for locate, listing in ((index_path, _listing(lister, index_dir(root))), (legacy_index_path, files)):
+        if listing is not None:
+            if all(f"{n}.parquet" in listing for n in names):
+                return lambda n, locate=locate: locate(root, n)
+            continue
+        try:
+            with opener(locate(root, names[0])):
+                return lambda n, locate=locate: locate(root, n)
+        except OSError:
+            continue
+    return None
+
+
+def _listing(lister: Optional[Lister], directory: str) -> Optional[set[str]]:
+    if lister is None:
+        return None
     try:
-        with opener(join_path(root, f"{names[0]}.parquet")):
-            return True
+        return set(lister(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
     except OSError:
-        return False
+        return None
 
 
 # ----------------------------------------------------------------------------- sample contents

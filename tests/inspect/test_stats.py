@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import random
@@ -24,6 +25,7 @@ from m3w_pipeline.core.document import DocImage, Document, DocVideo, document_ke
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
 from m3w_pipeline.core.web import Provenance, url_domain
 from m3w_pipeline.media.images import process_image
+from m3w_pipeline.write.layout import index_file
 from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, write_m3w_shard
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +101,8 @@ def write_corpus(out: Path, docs: list[Document], n_shards: int = 3, prefix: str
         info, table = write_m3w_shard([d for k, d in enumerate(docs) if k % n_shards == s], name, buf)
         index = parquet_bytes(table)
         (out / f"{name}.tar").write_bytes(buf.getvalue())
-        (out / f"{name}.parquet").write_bytes(index)
+        (out / index_file(name)).parent.mkdir(exist_ok=True)
+        (out / index_file(name)).write_bytes(index)
         info.parquet_bytes, info.parquet_sha256 = len(index), sha256_bytes(index)
         infos.append(dataclasses.asdict(info))
     n = len(docs)
@@ -295,7 +298,7 @@ class MemoryFS:
     """A stand-in for an object store: `mem://bucket/...` paths served from memory, every open recorded."""
 
     def __init__(self, src: Path, root: str):
-        self.files = {f"{root}/{p.name}": p.read_bytes() for p in src.iterdir() if p.is_file()}
+        self.files = {f"{root}/{p.relative_to(src).as_posix()}": p.read_bytes() for p in src.rglob("*") if p.is_file()}
         self.root = root
         self.opened: list[str] = []
 
@@ -378,11 +381,11 @@ def _media_json(kind: str, key: str, i: int, caption: str, width: int, height: i
     }
     if kind == "pairs":
         return {**common, "schema": "m3w.pair/1", "kind": "ltip", "caption_source": "figcaption", "alt": None, "title": None,
-                "original_format": "JPEG", "original_bytes": 1000, "phash": "ff00"}
+                "original_format": "JPEG", "original_bytes": 1000, "phash": "ff00", "output_sha256": "ab" * 32, "exif": "{}"}
     return {**common, "schema": "m3w.video/1", "caption_source": "figcaption", "captions": {}, "origin": "video-tag",
             "sources": [common["url"]], "poster": None, "tracks": [], "format": "mp4", "codec": "h264", "duration": 2.5 + i,
             "duration_source": "stream", "fps": 25.0, "rotation": 0, "pix_fmt": "yuv420p", "has_alpha": False,
-            "has_audio": False, "bytes": 80, "partial": False,
+            "has_audio": False, "bytes": 80, "partial": False, "stored_format": "mp4", "stored_via": "original", "output_sha256": "ab" * 32,
             "frames": [{"file": f"{f:03d}.jpg", "timestamp": f * 0.5, "target": f * 0.5, "width": 32, "height": 32, "sha256": "ef" * 32}
                        for f in range(2)]}
 
@@ -405,6 +408,7 @@ def _pair_shard(path: Path, rng: random.Random, n: int, video: bool = False) -> 
             else:
                 meta = _media_json("pairs", key, i, caption, 64 + i, 48)
                 members["jpg"] = _image(rng, 64 + i, 48, "JPEG")
+                meta["output_sha256"] = hashlib.sha256(members["jpg"]).hexdigest()  # validate checks the stored bytes
                 truth["images"] += 1
             members["txt"] = caption.encode()
             members["json"] = json.dumps(meta).encode()
