@@ -27,7 +27,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs import fsio
+from beam_jobs import fsio, progress
 from m3w_pipeline.core.accounting import Count, Tally
 
 COUNTS = "counts"  # the output tag every counting step emits its Count events under
@@ -61,8 +61,8 @@ class CountingFn(beam.DoFn):
         raise NotImplementedError
 
     def process(self, element, *side_inputs):  # no annotations: Beam would type-check the side inputs against them
-        tally = Tally()
-        yield from self.step(element, tally, *side_inputs)
+        with progress.element(type(self).__name__) as tally:  # the CLI's progress line reads the tally as it fills
+            yield from self.step(element, tally, *side_inputs)
         yield from emit(tally)
 
 
@@ -70,8 +70,8 @@ def counting(step: Callable[..., Iterable[Any]]) -> Callable[..., Iterator[Any]]
     """`step(element, tally, *args)` -> a FlatMap function `(element, *args)` that emits the tally after the outputs."""
 
     def run(element, *args):  # no annotations: Beam would type-check the extra arguments against them
-        tally = Tally()
-        yield from step(element, tally, *args)
+        with progress.element(step.__name__) as tally:
+            yield from step(element, tally, *args)
         yield from emit(tally)
 
     run.__name__, run.__qualname__, run.__module__, run.__doc__ = step.__name__, step.__qualname__, step.__module__, step.__doc__

@@ -48,15 +48,15 @@ def split_bytes(result: ImageResult) -> Iterator[Any]:
 
 
 def split_video_bytes(result: VideoResult) -> Iterator[Any]:
-    """A VideoResult -> (video key, (bytes, frame bytes)) under VIDEO_BYTES (when it holds a video),
-    then the result without bytes (last)."""
+    """A VideoResult -> (video key, (bytes, frame bytes, MP4 bytes or None)) under VIDEO_BYTES (when it
+    holds a video), then the result without bytes (last)."""
     video = result.video
     if video is None:
         yield result
         return
-    yield TaggedOutput(VIDEO_BYTES, (video_content_key(video.sha256), (video.data, tuple(f.data for f in video.frames))))
+    yield TaggedOutput(VIDEO_BYTES, (video_content_key(video.sha256), (video.data, tuple(f.data for f in video.frames), video.mp4)))
     frames = [dataclasses.replace(f, data=b"") for f in video.frames]
-    yield dataclasses.replace(result, video=dataclasses.replace(video, data=b"", frames=frames))
+    yield dataclasses.replace(result, video=dataclasses.replace(video, data=b"", frames=frames, mp4=None))
 
 
 def video_content_key(sha256: str) -> str:
@@ -72,8 +72,9 @@ def with_video_bytes(sample: Any, by_key: dict[str, Any]) -> Any:
     """A video sample with its video's bytes and frames back in place."""
     if getattr(sample, "video", None) is None:
         return sample
-    data, frames = by_key[video_content_key(sample.video.sha256)]
-    video = dataclasses.replace(sample.video, data=data, frames=[dataclasses.replace(f, data=d) for f, d in zip(sample.video.frames, frames)])
+    data, frames, mp4 = by_key[video_content_key(sample.video.sha256)]
+    frames = [dataclasses.replace(f, data=d) for f, d in zip(sample.video.frames, frames)]
+    video = dataclasses.replace(sample.video, data=data, frames=frames, mp4=mp4)
     return dataclasses.replace(sample, video=video)
 
 

@@ -25,6 +25,7 @@ from beam_jobs.counting import REJECTS_NAME, SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SH
 from beam_jobs.image_bytes import ImageShipment, document_hashes, grouped_with_bytes, with_document_bytes
 from m3w_pipeline.core.accounting import build_manifest
 from m3w_pipeline.core.config import BuildConfig, ShardConfig
+from m3w_pipeline.write.layout import CARD_NAME, SIZES_NAME, dataset_card, index_file, shard_side_files, sizes_json, stats_file
 from m3w_pipeline.write.shards import ShardInfo, parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
 from schemas import load_arrow_schema
 
@@ -56,7 +57,8 @@ def shard_of(key: str, n: int) -> int:
 
 
 def write_shard_files(output_dir: str, name: str, write_tar: Callable[[BinaryIO], tuple[ShardInfo, pa.Table]]) -> tuple[ShardInfo, pa.Table]:
-    """NAME.tar (written by `write_tar`) and its index NAME.parquet; the info gets the index's size and hash."""
+    """NAME.tar (written by `write_tar`), its index index/NAME.parquet and its other files
+    (`layout.shard_side_files`); the info gets the index's size and hash."""
     holder: dict[str, Any] = {}
 
     def write(out: BinaryIO) -> None:
@@ -64,8 +66,10 @@ def write_shard_files(output_dir: str, name: str, write_tar: Callable[[BinaryIO]
 
     fsio.write_atomic(fsio.join(output_dir, f"{name}.tar"), write)
     info, table = holder["info"], holder["table"]
-    index_bytes = parquet_bytes(table)
-    fsio.write_bytes_atomic(fsio.join(output_dir, f"{name}.parquet"), index_bytes)
+    files = shard_side_files(name, table)
+    for path, data in files.items():
+        fsio.write_bytes_atomic(fsio.join(output_dir, path), data)
+    index_bytes = files[index_file(name)]
     info.parquet_bytes, info.parquet_sha256 = len(index_bytes), sha256_bytes(index_bytes)
     return info, table
 
@@ -141,6 +145,11 @@ class WriteManifestFn(beam.DoFn):
         for kind, item in written:
             files[kind].append(item)
         shards, status_files, other_files = files["shards"], files["fetch_status_files"], files["other_files"]
+        shard_files = [f for s in shards for f in (f"{s['name']}.tar", index_file(s["name"]), stats_file(s["name"]))]
+        side = {SIZES_NAME: sizes_json(shards), CARD_NAME: dataset_card(self.corpus, self.config, [s["name"] for s in shards])}
+        for name, data in side.items():
+            fsio.write_bytes_atomic(fsio.join(self.output_dir, name), data)
+        other_files = [*other_files, *side]
         stage_counts = {k: n for k, n in counts.items() if k[0] not in SHUFFLE_STAGES}
         manifest = build_manifest(stage_counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
         manifest["shuffle_bytes"] = shuffle_block(counts)
@@ -148,9 +157,10 @@ class WriteManifestFn(beam.DoFn):
         manifest["other_files"] = sorted(other_files)
         if self.corpus == "m3w" and REJECTS_NAME not in other_files and fsio.exists(fsio.join(self.output_dir, REJECTS_NAME)):
             fsio.delete_matching(fsio.join(self.output_dir, REJECTS_NAME), set())  # a previous build's sample
-        keep = {fsio.join(self.output_dir, f"{s['name']}.{ext}") for s in shards for ext in ("tar", "parquet")}
-        keep |= {fsio.join(self.output_dir, f) for f in status_files}
-        patterns = [f"{p}-*.{ext}" for p in self.prefixes for ext in ("tar", "parquet")]
+        keep = {fsio.join(self.output_dir, f) for f in [*shard_files, *status_files]}
+        # This layout's shard files, and the indexes an older layout kept beside the tars.
+        patterns = [f"{p}-*{end}" for p in self.prefixes for end in (".tar", ".parquet", "_stats.json")]
+        patterns += [index_file(f"{p}-*") for p in self.prefixes]
         if status_files or self.config.fetch.enabled:
             patterns.append(f"{STATUS_PREFIX}-*.parquet")
         manifest["removed_stale_files"] = sorted(

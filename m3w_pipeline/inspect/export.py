@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from m3w_pipeline.inspect.corpus import Corpus, M3WDocument, Opener, iter_m3w_documents, join_path, local_path, open_local
 
 Writer = Callable[[str], ContextManager[BinaryIO]]  # path -> writable binary stream
+Progress = Callable[[int, int], None]  # (documents, shards) just done: for the CLI's progress line
 
 
 @contextmanager
@@ -173,6 +174,7 @@ def export_parquet(
     config: ExportConfig = ExportConfig(),
     opener: Opener = open_local,
     writer: Writer = write_local,
+    progress: Optional[Progress] = None,
 ) -> ExportResult:
     """One OBELICS-style Parquet file per M3W shard, `DST/NAME.parquet`."""
     _require_m3w(corpus)
@@ -189,6 +191,8 @@ def export_parquet(
         result.files.append(path)
         result.documents += len(rows)
         result.images += sum(1 for r in rows for v in r["images"] if v is not None)
+        if progress:
+            progress(len(rows), 1)
     return result
 
 
@@ -263,6 +267,7 @@ def export_mmc4(
     config: ExportConfig = ExportConfig(),
     opener: Opener = open_local,
     writer: Writer = write_local,
+    progress: Optional[Progress] = None,
 ) -> ExportResult:
     """`DST/NAME.tar` per M3W shard (KEY.json per document) and `DST/sizes.json` (samples per tar)."""
     from m3w_pipeline.write.shards import DeterministicTarWriter, canonical_json
@@ -277,6 +282,8 @@ def export_mmc4(
             tar = DeterministicTarWriter(out)
             for item in iter_m3w_documents(shard, opener):
                 sample = mmc4_sample(item, config)
+                if progress:
+                    progress(1, 0)
                 if sample is None:
                     result.skipped_documents += 1
                     continue
@@ -287,6 +294,8 @@ def export_mmc4(
         sizes[f"{shard.name}.tar"] = n
         result.files.append(path)
         result.documents += n
+        if progress:
+            progress(0, 1)
     sizes_path = join_path(dst, "sizes.json")
     with writer(sizes_path) as out:
         out.write(json.dumps(sizes, indent=2, sort_keys=True).encode("utf-8"))

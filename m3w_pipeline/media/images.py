@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import struct
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ class ProcessedImage:
     original_bytes: int
     sha256: str  # hex digest of `data`
     phash: str  # 64-bit perceptual hash of the resized pixels, hex (imagehash.phash's definition; ~= phash of `data`)
+    original_sha256: str = ""  # hex digest of the input bytes (img2dataset's `sha256`: joins with source data)
+    exif: str = "{}"  # the input's EXIF as a JSON object string, tag name -> value as text (`exif_json`)
 
 
 @dataclass
@@ -504,5 +507,41 @@ def process_image(data: bytes, config: ImageConfig = ImageConfig(), *, exact: bo
         original_bytes=len(data),
         sha256=hashlib.sha256(encoded).hexdigest(),
         phash=_phash(rgb, exact),
+        original_sha256=hashlib.sha256(data).hexdigest(),
+        exif=exif_json(data),
     )
     return ImageResult(image, IMAGE_OK)
+
+
+_EXIF_IFD = 0x8769  # the Exif sub-IFD (exposure, lens, dates) beside the base IFD (make, model, ...)
+_EXIF_MAX_TAGS = 256
+_EXIF_MAX_VALUE_CHARS = 512
+
+
+def exif_json(data: bytes) -> str:
+    """EXIF as img2dataset stores it: a JSON object string, tag name -> value as text ("{}" when none).
+
+    Read from the raw EXIF block the header parse already found (no pixel decode). Binary
+    values (maker notes, thumbnails) and the GPS IFD (where a photo was taken) are left out;
+    at most _EXIF_MAX_TAGS tags of at most _EXIF_MAX_VALUE_CHARS characters each.
+    """
+    from PIL import ExifTags
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            raw = im.info.get("exif")
+            if not raw:
+                return "{}"
+            exif = Image.Exif()
+            exif.load(raw)
+            tags = {**{k: v for k, v in exif.items() if k not in (_EXIF_IFD, ExifTags.IFD.GPSInfo)}, **exif.get_ifd(_EXIF_IFD)}
+    except Exception:  # noqa: BLE001 - hostile EXIF makes Pillow raise many types; the image itself decoded
+        return "{}"
+    out: dict[str, str] = {}
+    for tag, value in sorted(tags.items(), key=lambda kv: str(kv[0])):
+        if isinstance(value, bytes) or len(out) >= _EXIF_MAX_TAGS:
+            continue
+        text = str(value).replace("\x00", "").strip()
+        if text:
+            out[ExifTags.TAGS.get(tag, str(tag))] = text[:_EXIF_MAX_VALUE_CHARS]
+    return json.dumps(out, ensure_ascii=False, sort_keys=True)

@@ -36,6 +36,7 @@ from m3w_pipeline.media.images import process_image
 from m3w_pipeline.media.video import process_video
 from m3w_pipeline.read.warc import MediaRecord
 from m3w_pipeline.sample.crawl import SampleCrawl, write_sample_crawl
+from m3w_pipeline.write.layout import INDEX_DIR
 from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
 from m3w_pipeline.write.pairs import PairInput, extract_pairs
 from m3w_pipeline.write.video_samples import build_video_sample, video_candidates
@@ -247,7 +248,7 @@ def test_pair_shards_from_the_crawl_agree_with_the_truth(built: tuple[Path, dict
             check_schema(PAIR_SCHEMA, meta)
             assert meta["caption"] == caption and im.size == (meta["width"], meta["height"])
             assert images[meta["url"]]["description"] in caption.lower(), (kind, caption)
-        index = [r for t in sorted(out.glob(f"{kind}-*.parquet")) for r in pq.read_table(t).to_pylist()]
+        index = [r for t in sorted((out / INDEX_DIR).glob(f"{kind}-*.parquet")) for r in pq.read_table(t).to_pylist()]
         failed = Counter(r["status"] for r in index if r["status"] != "success")
         assert set(failed) <= {"failed_to_download", "failed_to_resize"}
         failed_outcomes = sum(n for (s, o), n in counts.items() if s == "pair_candidates" and o.startswith(f"{kind}-image-"))
@@ -279,7 +280,7 @@ def test_video_shards_from_the_crawl_agree_with_the_truth(built: tuple[Path, dic
         frames = [s[f["file"]] for f in meta["frames"]]
         assert len(frames) == 8
         assert_moving(frames, meta["frames"])
-    rows = [r for t in sorted(out.glob("video-*.parquet")) for r in pq.read_table(t).to_pylist()]
+    rows = [r for t in sorted((out / INDEX_DIR).glob("video-*.parquet")) for r in pq.read_table(t).to_pylist()]
     assert Counter(r["status"] for r in rows) == {"success": len(in_crawl), "failed_to_download": len(videos) - len(in_crawl)}
 
 
@@ -342,7 +343,7 @@ def test_video_stage_joins_probes_once_and_writes_failed_rows(tmp_path: Path) ->
         ("video_samples", "in"): 4, ("video_samples", "written"): 3, ("video_samples", "duplicate"): 1,
     }
     assert counts == expected
-    rows = {r["caption"]: r for t in tmp_path.glob("video-*.parquet") for r in pq.read_table(t).to_pylist()}
+    rows = {r["caption"]: r for t in (tmp_path / INDEX_DIR).glob("video-*.parquet") for r in pq.read_table(t).to_pylist()}
     assert {c: (r["status"], (r["error_message"] or "").split(":")[0]) for c, r in rows.items()} == {
         "A red shape spins on white": ("success", ""),
         "The red logo animation of the studio": ("success", ""),
