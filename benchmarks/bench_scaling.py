@@ -10,8 +10,8 @@ tree, started by a small wrapper process so that the kernel's RUSAGE_CHILDREN fi
 build's alone: CPU s (user + sys of every process it started) and the largest single process's
 peak RSS (ru_maxrss). A sampler also follows the whole tree every 0.1 s for the peak of the summed
 RSS (what a machine must hold; multi-processing workers add up). Per factor it prints wall s,
-CPU s, CPU s per input MB (flat = linear time) and both peaks, then fits peak RSS = base + slope x
-input and reports the slope per input GB.
+CPU s, both peaks and the marginal CPU s and RSS per input MB from the previous factor (constant =
+linear), then fits CPU s and peak RSS = base + slope x input and reports the slopes per input GB.
 
 --multi-processing N (default 2; 0 skips) also builds the largest input with
 `--direct_num_workers N --direct_running_mode multi_processing` and checks that its outputs have the
@@ -169,17 +169,22 @@ def main() -> int:
     xs = [r["input_mb"] / 1e3 for r in rows]
     fits = {key: fit_line(xs, [r[key] for r in rows]) for key in ("cpu_s", "max_process_rss_mb", "tree_peak_rss_mb")}
     print(f"\nload average at end {os.getloadavg()[0]:.1f}\n")
-    print("| input | pages | input MB | wall s | CPU s | CPU s per MB | vs 1x | peak RSS MB, largest process | peak RSS MB, tree |")
+    # Marginal costs (from the previous row): constant when time and memory grow linearly with the input.
+    print("| input | pages | input MB | wall s | CPU s | marginal CPU s per MB | peak RSS MB, largest process | "
+          "marginal RSS MB per input MB | peak RSS MB, tree |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    per_mb_1x = rows[0]["cpu_s"] / rows[0]["input_mb"]
-    for r in rows:
-        per_mb = r["cpu_s"] / r["input_mb"]
-        print(f"| {r['factor']}x | {r['pages']} | {r['input_mb']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {per_mb:.2f} | "
-              f"{per_mb / per_mb_1x:.2f} | {r['max_process_rss_mb']:.0f} | {r['tree_peak_rss_mb']:.0f} |")
+    for previous, r in zip([None, *rows], rows):
+        if previous is None:
+            marginal_cpu = marginal_rss = "-"
+        else:
+            grown = r["input_mb"] - previous["input_mb"]
+            marginal_cpu = f"{(r['cpu_s'] - previous['cpu_s']) / grown:.2f}"
+            marginal_rss = f"{(r['max_process_rss_mb'] - previous['max_process_rss_mb']) / grown:.1f}"
+        print(f"| {r['factor']}x | {r['pages']} | {r['input_mb']:.1f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {marginal_cpu} | "
+              f"{r['max_process_rss_mb']:.0f} | {marginal_rss} | {r['tree_peak_rss_mb']:.0f} |")
     if multi:
         print(f"| {rows[-1]['factor']}x, multi_processing x{multi['workers']} | {multi['pages']} | {multi['input_mb']:.1f} | "
-              f"{multi['wall_s']:.1f} | {multi['cpu_s']:.1f} | {multi['cpu_s'] / multi['input_mb']:.2f} | - | "
-              f"{multi['max_process_rss_mb']:.0f} | {multi['tree_peak_rss_mb']:.0f} |")
+              f"{multi['wall_s']:.1f} | {multi['cpu_s']:.1f} | - | {multi['max_process_rss_mb']:.0f} | - | {multi['tree_peak_rss_mb']:.0f} |")
     (cpu_base, cpu_slope), (rss_base, rss_slope), (tree_base, tree_slope) = fits.values()
     print(f"\nfits over input GB: CPU s = {cpu_base:.1f} + {cpu_slope:.0f} x GB; largest-process peak RSS = {rss_base:.0f} MB + "
           f"{rss_slope:.0f} MB x GB; tree peak RSS = {tree_base:.0f} MB + {tree_slope:.0f} MB x GB")
