@@ -21,7 +21,8 @@ output's size equals our exact path's and img2dataset's, phash Hamming distance 
 path, and PSNR of both tools' outputs against the exact path's.
 
 --baseline-tree DIR adds our side run from another checkout (e.g. `git archive` of an older
-commit) as extra rows, so a before/after lands in the same run.
+commit) as extra rows, so a before/after lands in the same run (images: with the same checks on
+its output, against this tree's exact path).
 """
 from __future__ import annotations
 
@@ -287,6 +288,9 @@ def bench_images(args: argparse.Namespace, trees: dict[str, Path]) -> dict:
     last_ours = [r for r in runs if r.tool == "m3w process_image (this tree)"][-1]
     last_theirs = [r for r in runs if r.tool == "img2dataset Resizer"][-1]
     checks = check_images(photos, Path(last_ours.extra["out"]), Path(exact.extra["out"]), Path(last_theirs.extra["out"]))
+    baseline = [r for r in runs if r.tool == "m3w process_image (baseline tree)"]
+    if baseline:  # the same checks on the other checkout's output: before/after quality in one run
+        checks["baseline_tree"] = check_images(photos, Path(baseline[-1].extra["out"]), Path(exact.extra["out"]), Path(last_theirs.extra["out"]))
     sizes = [Image.open(p).size for p in photos]
     inputs = {
         "photos": len(photos),
