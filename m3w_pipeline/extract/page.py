@@ -22,9 +22,11 @@ from collections import Counter
 from dataclasses import asdict, replace
 from typing import Any, Optional
 
+import lxml.html
 import trafilatura
-from lxml.html import HtmlElement
-from trafilatura.utils import load_html
+from lxml.etree import ElementDefaultClassLookup
+from lxml.html import HtmlComment, HtmlElement, HtmlEntity, HtmlProcessingInstruction
+from trafilatura.utils import is_dubious_html, repair_faulty_html
 
 from m3w_pipeline.core.config import ExtractConfig
 from m3w_pipeline.core.nodes import ExtractedPage, Node, VideoRef
@@ -33,6 +35,14 @@ from m3w_pipeline.extract.media_refs import PLACEHOLDER_RE, MediaTable, absolute
 from m3w_pipeline.read.decode import decode_html
 
 LOGGER = logging.getLogger(__name__)
+
+# trafilatura's HTML parser settings, but every element an `HtmlElement` looked up in C: lxml.html's
+# own lookup is a Python call per element proxy (half a million per page set), and its form
+# element classes (FormElement, InputElement, ...) are used by neither trafilatura nor us.
+_PARSER = lxml.html.HTMLParser(collect_ids=False, default_doctype=False, encoding="utf-8", remove_comments=True, remove_pis=True)
+_PARSER.set_element_class_lookup(
+    ElementDefaultClassLookup(element=HtmlElement, comment=HtmlComment, pi=HtmlProcessingInstruction, entity=HtmlEntity)
+)
 
 # trafilatura XML output: elements that start a new text node.
 _BLOCK_TAGS = frozenset({"p", "head", "item", "row", "code", "quote", "list", "table", "div", "note", "body", "doc", "main", "article", "section"})
@@ -107,13 +117,27 @@ def page_to_json(page: ExtractedPage) -> dict[str, Any]:
 
 
 def _parse(text: str) -> Optional[HtmlElement]:
-    """One lxml parse via trafilatura's loader, so trafilatura sees exactly what it expects."""
+    """One lxml parse, with the repairs and checks of trafilatura's `load_html` (so trafilatura
+    sees the tree it expects): the text as a string, else its UTF-8 bytes (lxml refuses a
+    string with an encoding declaration); a page that does not say "html" early and parses to
+    fewer than two children is not HTML."""
     if not text or not text.strip():
         return None
-    tree = load_html(text)
-    return tree if tree is not None and len(tree) else None
+    beginning = text[:50].lower()
+    text = repair_faulty_html(text, beginning)
+    tree = _fromstring(text)
+    if tree is None or not len(tree):
+        tree = _fromstring(text.encode("utf-8", "surrogatepass"))
+    if tree is None or not len(tree) or (is_dubious_html(beginning) and len(tree) < 2):
+        return None
+    return tree
 
 
+def _fromstring(markup: str | bytes) -> Optional[HtmlElement]:
+    try:
+        return lxml.html.fromstring(markup, parser=_PARSER)
+    except Exception:  # noqa: BLE001 - lxml's refusals (ValueError, ParserError, ...) mean "try the other form"
+        return None
 
 
 def _meta_content(tree: HtmlElement, *keys: str) -> Optional[str]:
