@@ -180,6 +180,11 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="images without bytes: auto drops them with --images bytes and keeps their URLs with --images urls",
     )
+    p.add_argument("--window-tokens", type=int, default=0, metavar="N",
+                   help="mmc4: cut documents so every <image> lies within N tokens (OpenFlamingo: 256); 0 = whole documents")
+    p.add_argument("--window-images", type=int, default=6, metavar="N", help="mmc4: images per window at most (OpenFlamingo: 6)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="mmc4: directory with the training tokenizer's tokenizer.json, for exact token counts (default: UTF-8 bytes, an upper bound)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -189,7 +194,8 @@ def run_export(args: argparse.Namespace) -> int:
     src = local_path(args.src)
     opener, lister = filesystem_for(src)
     corpus = open_corpus(src, opener, lister)
-    config = ExportConfig(images=args.images, missing_images=args.missing_images)
+    config = ExportConfig(images=args.images, missing_images=args.missing_images, window_tokens=args.window_tokens,
+                          window_images=args.window_images, tokenizer=args.tokenizer)
     export = export_parquet if args.format == "parquet" else export_mmc4
     result = export(corpus, args.dst, config, opener, writer_for(args.dst))
     print(json.dumps(result.to_json(), indent=2))
