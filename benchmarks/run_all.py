@@ -4,7 +4,8 @@
 
 Builds (or reuses) the other tools' venvs under benchmarks/_work/venvs, then runs bench_cost.py:
 text vs datatrove, text+images vs datatrove, images vs img2dataset, each ratio measured in this
-run. --quick is a short run (minutes); --all then also runs every other bench_*.py here.
+run, and the scripts in `default` (bench_openflamingo.py: a train step vs OpenFlamingo's).
+--quick is a short run (minutes); --all then also runs every other bench_*.py here.
 """
 import subprocess
 import sys
@@ -26,9 +27,13 @@ except venvs.VenvError as exc:
 
 print("=== bench_cost.py", flush=True)
 failed = subprocess.call([sys.executable, str(here / "bench_cost.py"), *args]) != 0
+default = ["bench_openflamingo.py"]  # also run by default, without options (a few minutes each)
+for script in default:
+    print(f"=== {script}", flush=True)
+    failed |= subprocess.call([sys.executable, str(here / script)]) != 0
 if run_everything:
     for script in sorted(here.glob("bench_*.py")):
-        if script.name != "bench_cost.py":
+        if script.name != "bench_cost.py" and script.name not in default:
             print(f"=== {script.name}", flush=True)
             failed |= subprocess.call([sys.executable, str(script)]) != 0
 sys.exit(failed)
