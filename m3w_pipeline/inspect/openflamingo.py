@@ -138,7 +138,8 @@ class LoaderLosses:
     rejected: Counter = field(default_factory=Counter)  # reason -> samples
     images: int = 0
     images_lost: Counter = field(default_factory=Counter)  # reason -> images
-    text_tokens_cut: int = 0  # tokens past the window in samples the loader keeps
+    text_tokens: int = 0  # tokens of all samples' text (special tokens included, <image> not)
+    text_tokens_seen: int = 0  # of those, inside the window of samples that are trained on
     images_without_text: int = 0  # shown, but another image or the end follows: it conditions no text token
     single_image: int = 0
 
@@ -157,20 +158,22 @@ class LoaderLosses:
                 shown.append(i)
         if not shown:
             self.rejected["all-images-under-10kb"] += 1
+            self.text_tokens += counter.image_positions(loader_text(texts, [], counter.eos))[1]
             return
         matched = [sample["image_info"][i]["matched_text_index"] for i in shown]
         positions, n_tokens = counter.image_positions(loader_text(texts, matched, counter.eos))
+        self.text_tokens += n_tokens - len(positions)
         inside = [p for p in positions if p < MAX_TOKENS]
         self.images_lost["past-window"] += len(positions) - len(inside)
         self.images_without_text += sum(1 for p, m in zip(positions, matched) if p < MAX_TOKENS and not texts[m].strip())
         if not inside:
             self.rejected["first-image-past-window"] += 1
-        elif len(inside) == 1 and not texts[matched[0]].strip() and matched[0] == len(texts) - 1:
+            return
+        if len(inside) == 1 and not texts[matched[0]].strip() and matched[0] == len(texts) - 1:
             self.rejected["only-image-is-last"] += 1  # the loader keeps it, but no text follows the image
-        elif len(inside) == 1:
-            self.single_image += 1
-        if inside:
-            self.text_tokens_cut += max(0, n_tokens - MAX_TOKENS)
+            return
+        self.single_image += len(inside) == 1
+        self.text_tokens_seen += min(n_tokens, MAX_TOKENS) - len(inside)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -182,5 +185,6 @@ class LoaderLosses:
             "images": self.images,
             "images_never_shown": dict(sorted((k, v) for k, v in self.images_lost.items() if v)),
             "images_shown_without_text_after": self.images_without_text,
-            "text_tokens_past_the_window": self.text_tokens_cut,
+            "text_tokens": self.text_tokens,
+            "text_tokens_in_trained_windows": self.text_tokens_seen,
         }

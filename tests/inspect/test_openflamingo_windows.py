@@ -82,6 +82,12 @@ def test_loader_losses_counts_each_reason():
     assert out["samples_trainable"] == 2 and out["single_image_samples_kept_half_the_time"] == 1
     assert out["images_never_shown"] == {"under-10kb": 3, "past-window": 1, "past-max-images": 1}
     assert out["images_shown_without_text_after"] == 1
+    assert 0 < out["text_tokens_in_trained_windows"] < out["text_tokens"]
+    one = LoaderLosses()
+    one.add(sample(["hello", "world"], [0]), [big], counter)  # BOS <image> "hello world" <|endofchunk|> EOS
+    assert one.to_json()["text_tokens"] == one.to_json()["text_tokens_in_trained_windows"] == 1 + 11 + 1 + 1
+    one.add(sample(["x" * 300, "late"], [1]), [big], counter)  # 306 text tokens, none in a trained window
+    assert one.to_json()["text_tokens"] == 14 + 1 + 300 + 4 + 2 and one.to_json()["text_tokens_in_trained_windows"] == 14
 
 
 @pytest.mark.parametrize("window", [48, 96])
