@@ -289,11 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export an M3W corpus as OBELICS-style Parquet or MMC4 webdataset shards")
     add_export_arguments(p)
 
-    try:
+    # The model commands need torch (`m3w[train]`); a pipeline-only install has none. Looked up, not
+    # imported: importing torch costs ~1 CPU-s on every `m3w build`.
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
         from m3w.model_cli import add_generate_arguments
-    except ImportError:  # the model package is optional at run time
-        add_generate_arguments = None
-    if add_generate_arguments is not None:
+
         p = sub.add_parser("generate", help="few-shot generation with a trained checkpoint")
         add_generate_arguments(p)
         from m3w.model_cli import add_demo_arguments, add_train_arguments

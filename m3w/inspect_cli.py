@@ -255,8 +255,13 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="images without bytes: auto drops them with --images bytes and keeps their URLs with --images urls",
     )
-    q = formats.add_parser("mmc4", help="OpenFlamingo's MMC4 webdataset: KEY.json per document with its images as base64")
+    q = formats.add_parser("mmc4", help="OpenFlamingo's MMC4 webdataset: KEY.json per document (or per window) with its images as base64")
     _add_export_paths(q)
+    q.add_argument("--window-tokens", type=int, default=0, metavar="N",
+                   help="cut documents so every <image> lies within N tokens (OpenFlamingo: 256); 0 = whole documents")
+    q.add_argument("--window-images", type=int, default=6, metavar="N", help="images per window at most (OpenFlamingo: 6)")
+    q.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="directory with the training tokenizer's tokenizer.json, for exact token counts (default: UTF-8 bytes, an upper bound)")
 
 
 def _add_export_paths(p: argparse.ArgumentParser) -> None:
@@ -286,7 +291,8 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "parquet":
         export, config = export_parquet, ExportConfig(images=args.images, missing_images=args.missing_images)
     else:
-        export, config = export_mmc4, ExportConfig()
+        export, config = export_mmc4, ExportConfig(window_tokens=args.window_tokens, window_images=args.window_images,
+                                                   tokenizer=args.tokenizer)
     status = ExportStatus(len(corpus.shards), ((corpus.manifest or {}).get("totals") or {}).get("samples"))
     with ProgressLine(status, enabled=wanted(args.no_progress)):
         result = export(corpus, args.dst, config, opener, writer_for(args.dst), progress=status.update)

@@ -92,7 +92,10 @@ def test_build_progress_moves_on_a_terminal_and_is_absent_in_a_pipe(crawl, piped
     assert all(total == 5 for _, total, *_ in states)
     for before, after in zip(states, states[1:]):  # files, records, pages and documents only grow
         assert all(a >= b for a, b in zip(after[2:], before[2:])) and after[0] >= before[0]
-    assert any(0 < files < 5 for files, *_ in states), states  # seen between the first and the last file
+    # seen part way through: some records read but not all (files done may jump from 0 to 5 between
+    # two redraws on a loaded machine, so the records count is what shows the middle of the run)
+    final_records = max(records for _, _, records, *_ in states)
+    assert any(0 < records < final_records for _, _, records, *_ in states), states
     files, _, records, pages, docs = states[-1]  # the final counts are the build's
     assert (files, records, pages, docs) == (5, manifest["stages"]["records"]["in"], manifest["stages"]["pages"]["in"],
                                              manifest["stages"]["documents"]["in"])

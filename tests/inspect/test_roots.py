@@ -167,7 +167,8 @@ def test_validate_on_a_root_checks_every_corpus(request, capsys, tmp_path):
     rc, out, _ = run(capsys, "validate", str(copy), "--no-progress")
     n = len(reports["pairs"]["problems"])
     assert rc == 1 and out.splitlines()[-1] == f"{copy}: build root with m3w, pairs, video: problems in pairs ({n})"
-    assert re.search(rf"^{tar.name}:\w+\.\w+ \[key \w+\]: truncated: damaged archive at byte \d+", out, re.M), out
+    # the member is named when the cut falls inside one, not when it falls on a header boundary
+    assert re.search(rf"^{re.escape(tar.name)}(:\w+\.\w+ \[key \w+\])?: truncated: damaged archive at byte \d+", out, re.M), out
 
 
 # ----------------------------------------------------------------------------- export and validating exports
