@@ -88,14 +88,13 @@ def test_build_progress_moves_on_a_terminal_and_is_absent_in_a_pipe(crawl, piped
 
     lines = progress_lines(output, BUILD_LINE)
     states = [tuple(_n(g) for g in m.groups()) for m in lines]
-    assert len(set(states)) >= 3, output[:3000]  # the counts change while it runs
+    # the counts change while it runs: with counts that only grow, three different lines mean one was
+    # drawn part way through (which count moves then depends on the machine's speed: files done can
+    # jump from 0 to 5 between two redraws, and reading can end before the first)
+    assert len(set(states)) >= 3, output[:3000]
     assert all(total == 5 for _, total, *_ in states)
     for before, after in zip(states, states[1:]):  # files, records, pages and documents only grow
         assert all(a >= b for a, b in zip(after[2:], before[2:])) and after[0] >= before[0]
-    # seen part way through: some records read but not all (files done may jump from 0 to 5 between
-    # two redraws on a loaded machine, so the records count is what shows the middle of the run)
-    final_records = max(records for _, _, records, *_ in states)
-    assert any(0 < records < final_records for _, _, records, *_ in states), states
     files, _, records, pages, docs = states[-1]  # the final counts are the build's
     assert (files, records, pages, docs) == (5, manifest["stages"]["records"]["in"], manifest["stages"]["pages"]["in"],
                                              manifest["stages"]["documents"]["in"])
