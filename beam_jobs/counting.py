@@ -8,25 +8,34 @@ Metrics alone are not enough: not every runner reports them back reliably, and t
 must reconcile exactly on all of them, so the build sums the `Count` elements itself.
 
 `CountedSteps` applies steps and keeps their COUNTS outputs, so a branch of the build lists
-its stages and hands on all their counts at once. `SampleRejects` and `WriteRejectsFn` turn
+its stages and hands on all their counts at once. Its `group`, `cogroup`, `distinct` and
+`reshuffle` apply a grouping and measure what enters it: the payload bytes and elements of
+every input, as the Beam counter `m3w.shuffle_bytes/<label>` and as `Count` elements under the
+stages SHUFFLE_BYTES and SHUFFLE_ELEMENTS, which the manifest shows as its `shuffle_bytes` block. `SampleRejects` and `WriteRejectsFn` turn
 the rejects into the bounded, sorted rejects.jsonl beside the shards.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from typing import Any, Callable, Iterable, Iterator, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs import fsio
+from beam_jobs import fsio, progress
 from m3w_pipeline.core.accounting import Count, Tally
 
 COUNTS = "counts"  # the output tag every counting step emits its Count events under
 REJECTS = "rejects"  # the output tag of rejected documents and nodes (accounting.Reject)
 REJECTS_NAME = "rejects.jsonl"
+SHUFFLE_BYTES = "shuffle_bytes"  # Count stage: payload bytes entering a grouping, outcome = its label
+SHUFFLE_ELEMENTS = "shuffle_elements"  # Count stage: elements entering a grouping
+SHUFFLE_STAGES = (SHUFFLE_BYTES, SHUFFLE_ELEMENTS)
 
 
 def count(stage: str, outcome: str, n: int = 1) -> TaggedOutput:
@@ -52,8 +61,8 @@ class CountingFn(beam.DoFn):
         raise NotImplementedError
 
     def process(self, element, *side_inputs):  # no annotations: Beam would type-check the side inputs against them
-        tally = Tally()
-        yield from self.step(element, tally, *side_inputs)
+        with progress.element(type(self).__name__) as tally:  # the CLI's progress line reads the tally as it fills
+            yield from self.step(element, tally, *side_inputs)
         yield from emit(tally)
 
 
@@ -61,8 +70,8 @@ def counting(step: Callable[..., Iterable[Any]]) -> Callable[..., Iterator[Any]]
     """`step(element, tally, *args)` -> a FlatMap function `(element, *args)` that emits the tally after the outputs."""
 
     def run(element, *args):  # no annotations: Beam would type-check the extra arguments against them
-        tally = Tally()
-        yield from step(element, tally, *args)
+        with progress.element(step.__name__) as tally:
+            yield from step(element, tally, *args)
         yield from emit(tally)
 
     run.__name__, run.__qualname__, run.__module__, run.__doc__ = step.__name__, step.__qualname__, step.__module__, step.__doc__
@@ -70,6 +79,59 @@ def counting(step: Callable[..., Iterable[Any]]) -> Callable[..., Iterator[Any]]
 
 
 Step = Union[beam.DoFn, Callable[..., Iterable[Any]]]
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def payload_bytes(value: Any) -> int:
+    """What an element carries, in bytes: bytes and UTF-8 text at their length, numbers at 8,
+    containers and dataclasses as the sum of their parts. Unlike a pickle's length it does not
+    depend on object identity (shared references), so every runner reports the same number."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float)):
+        return 8
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return sum(payload_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(payload_bytes(k) + payload_bytes(v) for k, v in value.items())
+    kind = type(value)
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return sum(payload_bytes(getattr(value, name)) for name in names)
+    nbytes = getattr(value, "nbytes", None)  # numpy arrays, memoryviews
+    if isinstance(nbytes, int):
+        return nbytes
+    return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class MeasureShuffleFn(beam.DoFn):
+    """Passes elements through unchanged and, per bundle, counts their payload bytes under `label`."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def start_bundle(self) -> None:
+        self.elements, self.bytes = 0, 0
+
+    def process(self, element):  # no annotations: Beam would type-check elements against them
+        self.elements += 1
+        self.bytes += payload_bytes(element)
+        yield element
+
+    def finish_bundle(self):
+        if self.elements:
+            for stage, n in ((SHUFFLE_BYTES, self.bytes), (SHUFFLE_ELEMENTS, self.elements)):
+                tagged = count(stage, self.label, n)
+                yield TaggedOutput(COUNTS, WindowedValue(tagged.value, GlobalWindow().max_timestamp(), (GlobalWindow(),)))
+            self.elements, self.bytes = 0, 0
 
 
 class CountedSteps:
@@ -88,6 +150,26 @@ class CountedSteps:
     def add(self, counts: beam.PCollection) -> None:
         """The COUNTS of a composite (dedup, fetch) applied elsewhere."""
         self.counts.append(counts)
+
+    def measured(self, pcoll: beam.PCollection, label: str) -> beam.PCollection:
+        """`pcoll`, its elements and payload bytes counted as entering the grouping `label`."""
+        return self(pcoll, f"{label}/MeasureShuffle", MeasureShuffleFn(label)).out
+
+    def group(self, pcoll: beam.PCollection, label: str) -> beam.PCollection:
+        """GroupByKey, measured."""
+        return self.measured(pcoll, label) | label >> beam.GroupByKey()
+
+    def cogroup(self, inputs: dict[str, beam.PCollection], label: str) -> beam.PCollection:
+        """CoGroupByKey of named inputs, each measured (their sum is the join's)."""
+        return {name: self.measured(p, f"{label}/{name}") for name, p in inputs.items()} | label >> beam.CoGroupByKey()
+
+    def distinct(self, pcoll: beam.PCollection, label: str) -> beam.PCollection:
+        """Distinct, measured."""
+        return self.measured(pcoll, label) | label >> beam.Distinct()
+
+    def reshuffle(self, pcoll: beam.PCollection, label: str) -> beam.PCollection:
+        """Reshuffle, measured."""
+        return self.measured(pcoll, label) | label >> beam.Reshuffle()
 
 
 class SampleRejects(beam.PTransform):
@@ -120,12 +202,7 @@ class WriteRejectsFn(beam.DoFn):
         yield REJECTS_NAME
 
 
-def write_rejects(rejects: list[beam.PCollection], output_dir: str) -> beam.PCollection:
+def write_rejects(rejects: list[beam.PCollection], output_dir: str, steps: CountedSteps) -> beam.PCollection:
     """Reject samples -> rejects.jsonl in output_dir; the file name, once written."""
-    return (
-        rejects
-        | "AllRejects" >> beam.Flatten()
-        | "RejectsTogether" >> beam.Map(lambda r: (None, r))
-        | "GroupRejects" >> beam.GroupByKey()
-        | "WriteRejects" >> beam.ParDo(WriteRejectsFn(output_dir))
-    )
+    together = rejects | "AllRejects" >> beam.Flatten() | "RejectsTogether" >> beam.Map(lambda r: (None, r))
+    return steps.group(together, "GroupRejects") | "WriteRejects" >> beam.ParDo(WriteRejectsFn(output_dir))

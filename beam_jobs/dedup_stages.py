@@ -8,7 +8,8 @@ joins by key. `Dedup` returns a dict of PCollections:
     "counts"  : `accounting.Count` elements per stage: in = kept + each drop reason;
     "rejects" : every rejected document and image (`accounting.Reject`), for the build's sample.
 
-The documents cross one shuffle only: the document-level decisions are made on `DedupKeys`
+The documents (image metadata, never bytes: beam_jobs.image_bytes) cross one shuffle only: the
+document-level decisions are made on `DedupKeys`
 (key, rank, URL/text/image keys: ~200 bytes) and MinHash signatures, each stage's survivors
 feeding the next, and all drops are joined to the documents once at the end. Hot images are
 counted after the text dedup, so re-captures of one page do not make its images look like
@@ -126,17 +127,15 @@ def _ranked(keys: dd.DedupKeys, key_fn: Callable[[dd.DedupKeys], Optional[str]])
         yield k, keys.rank
 
 
-def _losers(ranked: beam.PCollection, reason: str, label: str) -> beam.PCollection:
+def _losers(steps: CountedSteps, ranked: beam.PCollection, reason: str, label: str) -> beam.PCollection:
     """(group key, rank) -> (dropped doc key, (reason, kept doc key)) for all but each group's preferred."""
-    return ranked | f"{label}Group" >> beam.GroupByKey() | f"{label}Losers" >> beam.FlatMap(lambda kv: dd.group_losers(kv[1], reason))
+    return steps.group(ranked, f"{label}Group") | f"{label}Losers" >> beam.FlatMap(lambda kv: dd.group_losers(kv[1], reason))
 
 
 def _survivors(steps: CountedSteps, keys: beam.PCollection, drops: beam.PCollection, stage: str, label: str) -> Any:
     """One stage's survivors, counted under it: its drop decisions joined to the small keys."""
-    return steps(
-        {"doc": keys | f"{label}KeyByDoc" >> beam.Map(lambda k: (k.key, k)), "drop": drops} | f"{label}Join" >> beam.CoGroupByKey(),
-        f"{label}Apply", _SurvivorsFn(stage), REJECTS, main="keys",
-    )
+    joined = steps.cogroup({"doc": keys | f"{label}KeyByDoc" >> beam.Map(lambda k: (k.key, k)), "drop": drops}, f"{label}Join")
+    return steps(joined, f"{label}Apply", _SurvivorsFn(stage), REJECTS, main="keys")
 
 
 def _keep_undropped(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Document]:
@@ -214,11 +213,12 @@ class ConnectedComponents(beam.PTransform):
     """PCollection[(u, v)] edges between ranks -> PCollection[(node, smallest rank of its component)].
 
     Min-label propagation for a fixed number of rounds; exact when every component's
-    diameter is <= rounds (see the module docstring)."""
+    diameter is <= rounds (see the module docstring). `steps` measures its joins (a build's dedup passes its own)."""
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, steps: Optional[CountedSteps] = None) -> None:
         super().__init__()
         self.rounds = max(1, rounds)
+        self.steps = steps or CountedSteps()
 
     def expand(self, edges: beam.PCollection) -> beam.PCollection:
         adjacency = edges | "Adjacency" >> beam.FlatMap(_both_directions)
@@ -227,14 +227,12 @@ class ConnectedComponents(beam.PTransform):
         for i in range(self.rounds):
             previous = labels
             labels = (
-                {"label": labels, "adj": adjacency}
-                | f"Round{i}Join" >> beam.CoGroupByKey()
+                self.steps.cogroup({"label": labels, "adj": adjacency}, f"NearRound{i}Join")
                 | f"Round{i}Spread" >> beam.FlatMap(lambda kv: dd.spread_label(kv[0], kv[1]["label"], kv[1]["adj"]))
                 | f"Round{i}Min" >> beam.CombinePerKey(min)
             )
         return (
-            {"before": previous, "after": labels}
-            | "CompareLastRound" >> beam.CoGroupByKey()
+            self.steps.cogroup({"before": previous, "after": labels}, "NearCompareLastRound")
             | "CountChanged" >> beam.ParDo(_CountChanged())
         )
 
@@ -244,31 +242,29 @@ class NearDuplicates(beam.PTransform):
 
     signatures -> (band key, rank) -> GroupByKey per bucket -> (member, preferred member) pairs
     -> Distinct -> verified against the signatures (two joins by key, so only candidate pairs
-    carry a signature) -> connected components -> all but each component's preferred document."""
+    carry a signature) -> connected components -> all but each component's preferred document.
+    `steps` measures its groupings (a build's dedup passes its own)."""
 
-    def __init__(self, config: DedupConfig) -> None:
+    def __init__(self, config: DedupConfig, steps: Optional[CountedSteps] = None) -> None:
         super().__init__()
         self.config = config
+        self.steps = steps or CountedSteps()
 
     def expand(self, sigs: beam.PCollection) -> beam.PCollection:
-        pairs = (
-            sigs
-            | "BandKeys" >> beam.ParDo(_BandKeysFn(self.config))
-            | "Buckets" >> beam.GroupByKey()
-            | "BucketPairs" >> beam.FlatMap(lambda kv: dd.bucket_pairs(kv[1]))
-            | "DistinctPairs" >> beam.Distinct()
-        )
+        steps = self.steps
+        band_keys = sigs | "BandKeys" >> beam.ParDo(_BandKeysFn(self.config))
+        bucket_pairs = steps.group(band_keys, "NearBuckets") | "BucketPairs" >> beam.FlatMap(lambda kv: dd.bucket_pairs(kv[1]))
+        pairs = steps.distinct(bucket_pairs, "NearDistinctPairs")
         with_member_sig = (
-            {"pair": pairs | "ByMember" >> beam.Map(lambda p: (p[0][1], p)), "sig": sigs}
-            | "JoinMemberSig" >> beam.CoGroupByKey()
+            steps.cogroup({"pair": pairs | "ByMember" >> beam.Map(lambda p: (p[0][1], p)), "sig": sigs}, "NearJoinMemberSig")
             | "AttachMemberSig" >> beam.FlatMap(_attach_member_signature)
         )
         edges = (
-            {"pair": with_member_sig, "sig": sigs}
-            | "JoinRepSig" >> beam.CoGroupByKey()
+            steps.cogroup({"pair": with_member_sig, "sig": sigs}, "NearJoinRepSig")
             | "Verify" >> beam.FlatMap(_verify_against_rep, self.config.min_jaccard)
         )
-        return edges | "Components" >> ConnectedComponents(self.config.cc_rounds) | "NearDrops" >> beam.FlatMap(lambda kv: dd.near_drop(*kv))
+        components = edges | "Components" >> ConnectedComponents(self.config.cc_rounds, steps)
+        return components | "NearDrops" >> beam.FlatMap(lambda kv: dd.near_drop(*kv))
 
 
 # ----------------------------------------------------------------------------- all stages
@@ -288,27 +284,25 @@ class Dedup(beam.PTransform):
         keyed = docs | "KeysAndSignatures" >> beam.ParDo(_KeysFn(c)).with_outputs(SIGNATURES, main="keys")
         keys, sigs = keyed.keys, keyed[SIGNATURES]
 
-        url_drops = _losers(keys | "UrlKey" >> beam.FlatMap(_ranked, lambda k: k.url_key), dd.URL_REASON, "Url")
+        url_drops = _losers(steps, keys | "UrlKey" >> beam.FlatMap(_ranked, lambda k: k.url_key), dd.URL_REASON, "Url")
         urls = _survivors(steps, keys, url_drops, dd.URL_STAGE, "Url")
-        exact_drops = _losers(urls.keys | "ExactKey" >> beam.FlatMap(_ranked, lambda k: k.text_key), dd.EXACT_REASON, "Exact")
+        exact_drops = _losers(steps, urls.keys | "ExactKey" >> beam.FlatMap(_ranked, lambda k: k.text_key), dd.EXACT_REASON, "Exact")
         exact = _survivors(steps, urls.keys, exact_drops, dd.EXACT_STAGE, "Exact")
         surviving_sigs = (
-            {"keep": exact.keys | "SurvivorKey" >> beam.Map(lambda k: (k.key, None)), "sig": sigs}
-            | "JoinSurvivorSigs" >> beam.CoGroupByKey()
+            steps.cogroup({"keep": exact.keys | "SurvivorKey" >> beam.Map(lambda k: (k.key, None)), "sig": sigs}, "JoinSurvivorSigs")
             | "SurvivorSigs" >> beam.FlatMap(lambda kv: [(kv[0], s) for s in kv[1]["sig"]] if list(kv[1]["keep"]) else [])
         )
-        near_drops = surviving_sigs | "NearDrops" >> NearDuplicates(c)
+        near_drops = surviving_sigs | "NearDrops" >> NearDuplicates(c, steps)
         near = _survivors(steps, exact.keys, near_drops, dd.NEAR_STAGE, "Near")
         hot = hot_image_keys(near.keys, c.max_docs_per_image)
         set_ranks = near.keys | "SetKey" >> beam.ParDo(_ImageSetRankFn(), AsList(hot))
-        set_drops = _losers(set_ranks, dd.IMAGE_SET_REASON, "Set")
+        set_drops = _losers(steps, set_ranks, dd.IMAGE_SET_REASON, "Set")
         sets = _survivors(steps, near.keys, set_drops, dd.IMAGE_SET_STAGE, "Set")
 
         # Each stage only sees the previous one's survivors, so a document is dropped at most once.
         all_drops = (url_drops, exact_drops, near_drops, set_drops) | "AllDrops" >> beam.Flatten()
         kept = (
-            {"doc": docs | "KeyByDoc" >> beam.Map(lambda d: (d.key, d)), "drop": all_drops}
-            | "JoinDocuments" >> beam.CoGroupByKey()
+            steps.cogroup({"doc": docs | "KeyByDoc" >> beam.Map(lambda d: (d.key, d)), "drop": all_drops}, "DedupJoinDocuments")
             | "KeepUndropped" >> beam.FlatMap(_keep_undropped)
         )
         hot_removed = steps(kept, "RemoveHot", _RemoveHotFn(), REJECTS, main="docs", args=(AsList(hot),))

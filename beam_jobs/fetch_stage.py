@@ -5,7 +5,8 @@
       -> BatchElements                   a batch keeps every fetch thread of a worker busy
       -> FetchMediaFn                    fetch each URL once, process_image once, fan out to refs;
                                          a failed fetch sends its refs on to their next candidate
-           main:          (doc key, (node index, rank, ImageResult))  for every ref
+           main:          (doc key, (node index, rank, ImageResult without bytes))  for every ref
+           "image_bytes":  (sha256, processed bytes) once per URL (beam_jobs.image_bytes)
            "fetch_status": one status row per URL (schemas/fetch_status.arrow.json)
            "counts":       fetch/in and fetch/<status> per URL
 
@@ -22,6 +23,7 @@ import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.counting import COUNTS, count
+from beam_jobs.image_bytes import IMAGE_BYTES, split_bytes
 from m3w_pipeline.core.config import FetchConfig, ImageConfig
 from m3w_pipeline.media.fetch import Fetcher, FetchResult
 from m3w_pipeline.media.images import ImageResult, process_image
@@ -111,7 +113,8 @@ class FetchFn(beam.DoFn):
 
 
 class FetchMediaFn(FetchFn):
-    """Batches of (url, refs) -> one fetch and one process_image per URL, a result per ref."""
+    """Batches of (url, refs) -> one fetch and one process_image per URL, a result (without bytes)
+    per ref; the bytes once under IMAGE_BYTES."""
 
     def __init__(self, fetch_config: FetchConfig, image_config: ImageConfig):
         super().__init__(fetch_config)
@@ -122,7 +125,8 @@ class FetchMediaFn(FetchFn):
 
     def results(self, fetched: FetchResult, refs: list[Ref]) -> Iterator[Any]:
         """A result per ref; refs whose best candidate failed try their next candidates, in order."""
-        result = image_result_for(fetched, self.image_config)
+        *image_bytes, result = split_bytes(image_result_for(fetched, self.image_config))
+        yield from image_bytes
         retry: dict[str, list[Ref]] = {}
         for doc_key, node_index, rank, fallbacks in refs:
             if result.image is None and fallbacks:
@@ -135,13 +139,14 @@ class FetchMediaFn(FetchFn):
 
 
 def fetch_batches(
-    unresolved: beam.PCollection, fn: FetchFn, label: str, min_batch_size: int = 8, max_batch_size: int = 256, main: str = "images"
+    unresolved: beam.PCollection, fn: FetchFn, label: str, min_batch_size: int = 8, max_batch_size: int = 256, main: str = "images",
+    tags: tuple[str, ...] = (),
 ) -> beam.pvalue.DoOutputsTuple:
-    """(url, refs) per distinct URL -> batches -> `fn`: outputs main, FETCH_STATUS and COUNTS."""
+    """(url, refs) per distinct URL -> batches -> `fn`: outputs main, FETCH_STATUS, COUNTS and `tags`."""
     return (
         unresolved
         | f"{label}/Batch" >> beam.BatchElements(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-        | f"{label}/Fetch" >> beam.ParDo(fn).with_outputs(FETCH_STATUS, COUNTS, main=main)
+        | f"{label}/Fetch" >> beam.ParDo(fn).with_outputs(FETCH_STATUS, COUNTS, *tags, main=main)
     )
 
 
@@ -158,6 +163,6 @@ def fetch_media(
     max_batch_size: int = 256,
     label: str = "FetchMedia",
 ) -> beam.pvalue.DoOutputsTuple:
-    """(url, (doc key, node index)) refs -> outputs main ("images"), "fetch_status", "counts"."""
+    """(url, (doc key, node index)) refs -> outputs main ("images"), "image_bytes", "fetch_status", "counts"."""
     grouped = refs | f"{label}/GroupByUrl" >> beam.GroupByKey() | f"{label}/Refs" >> beam.Map(_group_refs)
-    return fetch_batches(grouped, FetchMediaFn(fetch_config, image_config), label, min_batch_size, max_batch_size)
+    return fetch_batches(grouped, FetchMediaFn(fetch_config, image_config), label, min_batch_size, max_batch_size, tags=(IMAGE_BYTES,))

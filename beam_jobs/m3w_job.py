@@ -4,10 +4,13 @@
                            -> media records (by URL) ---------------------------+     |
                               every candidate URL of every image + URLs held ---+-> ChooseCandidate (per node, URLs only)
                               chosen URL (by URL) + media records -> ResolveImages (once per URL; FetchMedia for the rest)
-                                                                                    |
-    JoinByDocument (page + its image results) -> AssembleAndFilter -> M3W: Dedup -> FinalImageCheck -> shards
-                                              -> AssemblePairInputs -> pairs (ALIGN, LTIP) and video corpora
-    every corpus -> manifest.json (write_manifests)
+                                -> image metadata per reference (by doc key); bytes (sha256, data) once per URL -> [bytes]
+    JoinByDocument (page + its image metadata) -> AssembleAndFilter -> M3W: Dedup -> FinalImageCheck -> kept documents
+                                               -> AssemblePairInputs -> pairs (ALIGN, LTIP) -> kept pairs
+                                                                     -> video corpus -> kept videos (bytes, frames -> [bytes])
+    ShipImageBytes: [bytes] to the shards that keep them, once per shard (beam_jobs.image_bytes)
+      -> ShardWithBytes_<corpus>: each shard's samples and bytes -> M3W, pair and video shards
+    every corpus -> manifest.json (write_manifests), with the bytes entering every grouping (shuffle_bytes)
 
 Each step records what became of every element in a Tally; `beam_jobs.counting` emits it as
 Beam metrics and as data, so the manifest can be reconciled on any runner.
@@ -24,6 +27,7 @@ from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, REJECTS, CountedSteps, CountingFn, SampleRejects, counting, write_rejects
 from beam_jobs.dedup_stages import Dedup
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchMediaFn, fetch_batches
+from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment, split_bytes
 from beam_jobs.outputs import Corpus, write_m3w_shards, write_manifests
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
 from m3w_pipeline.core import web
@@ -136,8 +140,9 @@ def choose_candidate(element: tuple[tuple[str, int], Iterable[tuple[int, str, bo
 
 
 class ResolveImagesFn(CountingFn):
-    """Per URL: choose one media record, process it once, hand the result to every node that chose
-    this URL. Records no node chose are counted as unreferenced. Stage `media_records`."""
+    """Per URL: choose one media record, process it once, hand the result (without its bytes) to
+    every node that chose this URL; the bytes go once to IMAGE_BYTES. Records no node chose are
+    counted as unreferenced. Stage `media_records`."""
 
     def __init__(self, config: ImageConfig):
         self.config = config
@@ -149,7 +154,8 @@ class ResolveImagesFn(CountingFn):
         if records:
             record = choose_record(records, bool(refs), "media_records", tally)
             if refs:
-                result = process_image(record.data, self.config)
+                *image_bytes, result = split_bytes(process_image(record.data, self.config))
+                yield from image_bytes
                 for doc_key, node_index, rank in refs:
                     yield (doc_key, (node_index, rank, result))
 
@@ -194,30 +200,33 @@ def corpus_dirs(corpus: str, output_dir: str) -> dict[str, str]:
 
 
 def resolve_images(steps: CountedSteps, pages: beam.PCollection, media: beam.PCollection,
-                   config: BuildConfig) -> tuple[beam.PCollection, Optional[beam.PCollection]]:
-    """(doc key, (node index, ImageResult)) for every image ref, and the fetch status rows when fetching is on."""
+                   config: BuildConfig) -> tuple[beam.PCollection, beam.PCollection, Optional[beam.PCollection]]:
+    """(doc key, (node index, rank, ImageResult without bytes)) for every image ref, (sha256, bytes)
+    once per processed URL, and the fetch status rows when fetching is on."""
     # Which candidate each node uses is decided on URLs alone, before any bytes move or decode.
     candidates = pages | "ImageCandidates" >> beam.FlatMap(image_refs)
-    held = media | "HeldUrls" >> beam.Map(lambda kv: (kv[0], True)) | "DistinctHeld" >> beam.Distinct()
+    held = steps.distinct(media | "HeldUrls" >> beam.Map(lambda kv: (kv[0], True)), "DistinctHeld")
     chosen = (
-        {"refs": candidates, "held": held}
-        | "JoinCandidatesWithCrawl" >> beam.CoGroupByKey()
+        steps.cogroup({"refs": candidates, "held": held}, "JoinCandidatesWithCrawl")
         | "CandidatesByNode" >> beam.FlatMap(candidate_presence)
-        | "GroupByNode" >> beam.GroupByKey()
-        | "ChooseCandidate" >> beam.FlatMap(choose_candidate).with_outputs(UNRESOLVED, main="refs")
     )
-    joined = {"refs": chosen.refs, "media": media} | "JoinMediaByUrl" >> beam.CoGroupByKey()
-    resolved = steps(joined, "ResolveImages", ResolveImagesFn(config.image), main="images")
+    chosen = steps.group(chosen, "GroupByNode") | "ChooseCandidate" >> beam.FlatMap(choose_candidate).with_outputs(UNRESOLVED, main="refs")
+    joined = steps.cogroup({"refs": chosen.refs, "media": media}, "JoinMediaByUrl")
+    resolved = steps(joined, "ResolveImages", ResolveImagesFn(config.image), IMAGE_BYTES, main="images")
     if not config.fetch.enabled:
-        return resolved.images, None
-    unresolved = chosen[UNRESOLVED] | "GroupByBestUrl" >> beam.GroupByKey() | "SortRefs" >> beam.MapTuple(lambda url, refs: (url, sorted(refs)))
-    fetched = fetch_batches(unresolved, FetchMediaFn(config.fetch, config.image), "FetchMedia")
+        return resolved.images, resolved[IMAGE_BYTES], None
+    unresolved = steps.group(chosen[UNRESOLVED], "GroupByBestUrl") | "SortRefs" >> beam.MapTuple(lambda url, refs: (url, sorted(refs)))
+    fetched = fetch_batches(unresolved, FetchMediaFn(config.fetch, config.image), "FetchMedia", tags=(IMAGE_BYTES,))
     steps.add(fetched[COUNTS])
-    return (resolved.images, fetched.images) | "AllImageResults" >> beam.Flatten(), fetched[FETCH_STATUS]
+    images = (resolved.images, fetched.images) | "AllImageResults" >> beam.Flatten()
+    image_bytes = (resolved[IMAGE_BYTES], fetched[IMAGE_BYTES]) | "AllImageBytes" >> beam.Flatten()
+    return images, image_bytes, fetched[FETCH_STATUS]
 
 
-def add_m3w_corpus(docs: beam.PCollection, rejects: beam.PCollection, output_dir: str, config: BuildConfig) -> Corpus:
-    """Filtered documents -> Dedup -> FinalImageCheck -> shards; the reject sample -> rejects.jsonl."""
+def add_m3w_corpus(docs: beam.PCollection, rejects: beam.PCollection, output_dir: str, config: BuildConfig,
+                   shipment: ImageShipment) -> Corpus:
+    """Filtered documents -> Dedup -> FinalImageCheck -> shards (written once `shipment` ships the
+    bytes); the reject sample -> rejects.jsonl."""
     steps = CountedSteps()
     samples = [rejects]
     if config.dedup.enabled:
@@ -227,35 +236,38 @@ def add_m3w_corpus(docs: beam.PCollection, rejects: beam.PCollection, output_dir
         samples.append(deduped["rejects"])
     final = steps(docs, "FinalImageCheck", final_image_check, REJECTS, main="docs", args=(config.filters,))
     sampled = samples | "FilterAndDedupRejects" >> beam.Flatten() | "SampleRejects" >> SampleRejects(config.dedup.reject_sample_size)
-    rejects_file = write_rejects([sampled, final[REJECTS]], output_dir)  # post_dedup rejects are all written, as before
-    shards = write_m3w_shards(final.docs, output_dir, config.shards)
-    return Corpus((config.shards.prefix,), shards, steps.counts, files=[rejects_file])
+    rejects_file = write_rejects([sampled, final[REJECTS]], output_dir, steps)  # post_dedup rejects are all written, as before
+    write_m3w_shards(final.docs, output_dir, config.shards, shipment)
+    return Corpus((config.shards.prefix,), None, steps.counts, files=[rejects_file])
 
 
 def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, str], config: BuildConfig) -> list[beam.PCollection]:
     """One read and one extraction of every page, feeding each requested corpus; one manifest per corpus."""
     steps = CountedSteps()  # the shared funnel; each corpus branch counts its own stages
-    files = pipeline | "Inputs" >> beam.Create(sorted(inputs)) | "SpreadFiles" >> beam.Reshuffle()
+    files = steps.reshuffle(pipeline | "Inputs" >> beam.Create(sorted(inputs)), "SpreadFiles")
     read = steps(files, "ReadWarc", ReadWarcFn(config.warc), MEDIA, BROKEN, main="pages")
     pages = steps(read.pages, "Extract", ExtractFn(config.extract), main="docs").docs
     image_media, video_media = read[MEDIA], None
     if "video" in dirs:  # video records go to the video join, images to the image join
         split = steps(read[MEDIA], "SplitMedia", split_media, VIDEO_MEDIA, main="images")
         image_media, video_media = split.images, split[VIDEO_MEDIA]
-    image_results, image_fetch_status = resolve_images(steps, pages, image_media, config)
-    by_doc = {"page": pages, "images": image_results} | "JoinByDocument" >> beam.CoGroupByKey()
+    image_results, image_bytes, image_fetch_status = resolve_images(steps, pages, image_media, config)
+    by_doc = steps.cogroup({"page": pages, "images": image_results}, "JoinByDocument")
     # M3W assembly always runs: it accounts for every image reference and document.
     assembled = steps(by_doc, "AssembleAndFilter", AssembleFn(config.filters), REJECTS, main="docs")
 
     corpora: dict[str, Corpus] = {}
+    shipment = ImageShipment(steps, image_bytes)
     if "m3w" in dirs:
-        corpora["m3w"] = add_m3w_corpus(assembled.docs, assembled[REJECTS], dirs["m3w"], config)
+        corpora["m3w"] = add_m3w_corpus(assembled.docs, assembled[REJECTS], dirs["m3w"], config, shipment)
     if "pairs" in dirs or "video" in dirs:
         pair_inputs = by_doc | "AssemblePairInputs" >> beam.ParDo(AssemblePairInputsFn())
         if "pairs" in dirs:
-            corpora["pairs"] = add_pair_corpus(pair_inputs, dirs["pairs"], config)
+            corpora["pairs"] = add_pair_corpus(pair_inputs, dirs["pairs"], config, shipment)
         if "video" in dirs:
-            corpora["video"] = add_video_corpus(pair_inputs, video_media, dirs["video"], config)
+            corpora["video"] = add_video_corpus(pair_inputs, video_media, dirs["video"], config, shipment)
+    for name, shards in shipment.ship().items():  # the bytes each kept sample needs, once per shard
+        corpora[name].shards = shards
     if image_fetch_status is not None:  # images are fetched once for every corpus: their status goes with the first
         corpora[next(iter(dirs))].status_rows.insert(0, image_fetch_status)
     return write_manifests(pipeline, inputs, dirs, config, corpora, steps.counts, read[BROKEN])

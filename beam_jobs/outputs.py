@@ -14,16 +14,18 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
 from beam_jobs import fsio
-from beam_jobs.counting import REJECTS_NAME
+from beam_jobs.counting import REJECTS_NAME, SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SHUFFLE_STAGES
+from beam_jobs.image_bytes import ImageShipment, document_hashes, grouped_with_bytes, with_document_bytes
 from m3w_pipeline.core.accounting import build_manifest
 from m3w_pipeline.core.config import BuildConfig, ShardConfig
+from m3w_pipeline.write.layout import CARD_NAME, SIZES_NAME, dataset_card, index_file, shard_side_files, sizes_json, stats_file
 from m3w_pipeline.write.shards import ShardInfo, parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
 from schemas import load_arrow_schema
 
@@ -36,7 +38,7 @@ class Corpus:
     """What one corpus branch of the build wrote, for its manifest."""
 
     prefixes: tuple[str, ...]  # shard name prefixes it owns in its folder (older shards with them are removed)
-    shards: beam.PCollection  # one dict per shard: ShardInfo fields (pairs and video add rows)
+    shards: Optional[beam.PCollection]  # one dict per shard: ShardInfo fields (pairs and video add rows); set once image bytes ship
     counts: list[beam.PCollection]  # accounting.Count elements of its own stages
     status_rows: list[beam.PCollection] = field(default_factory=list)  # fetch status rows of media it fetched
     files: list[beam.PCollection] = field(default_factory=list)  # names of other files it wrote
@@ -55,7 +57,8 @@ def shard_of(key: str, n: int) -> int:
 
 
 def write_shard_files(output_dir: str, name: str, write_tar: Callable[[BinaryIO], tuple[ShardInfo, pa.Table]]) -> tuple[ShardInfo, pa.Table]:
-    """NAME.tar (written by `write_tar`) and its index NAME.parquet; the info gets the index's size and hash."""
+    """NAME.tar (written by `write_tar`), its index index/NAME.parquet and its other files
+    (`layout.shard_side_files`); the info gets the index's size and hash."""
     holder: dict[str, Any] = {}
 
     def write(out: BinaryIO) -> None:
@@ -63,35 +66,35 @@ def write_shard_files(output_dir: str, name: str, write_tar: Callable[[BinaryIO]
 
     fsio.write_atomic(fsio.join(output_dir, f"{name}.tar"), write)
     info, table = holder["info"], holder["table"]
-    index_bytes = parquet_bytes(table)
-    fsio.write_bytes_atomic(fsio.join(output_dir, f"{name}.parquet"), index_bytes)
+    files = shard_side_files(name, table)
+    for path, data in files.items():
+        fsio.write_bytes_atomic(fsio.join(output_dir, path), data)
+    index_bytes = files[index_file(name)]
     info.parquet_bytes, info.parquet_sha256 = len(index_bytes), sha256_bytes(index_bytes)
     return info, table
 
 
 class WriteM3WShardFn(beam.DoFn):
-    """(shard index, documents) -> PREFIX-NNNNN.tar + .parquet; the shard's info."""
+    """(shard index, {samples: documents, bytes: (sha256, image bytes)}) -> PREFIX-NNNNN.tar + .parquet; the shard's info."""
 
     def __init__(self, output_dir: str, config: ShardConfig):
         self.output_dir = output_dir
         self.config = config
 
-    def process(self, element: tuple[int, Iterable[Any]]) -> Iterator[dict[str, Any]]:
-        index, docs = element
+    def process(self, element: tuple[int, dict[str, Iterable[Any]]]) -> Iterator[dict[str, Any]]:
+        index, grouped = element
+        docs = grouped_with_bytes(grouped, with_document_bytes)
         name = shard_name(self.config.prefix, index)
         info, _ = write_shard_files(self.output_dir, name, lambda out: write_m3w_shard(docs, name, out))
         yield dataclasses.asdict(info)
 
 
-def write_m3w_shards(docs: beam.PCollection, output_dir: str, config: ShardConfig) -> beam.PCollection:
-    """Kept documents -> PREFIX-NNNNN.tar/.parquet, documents spread over shards by key hash."""
+def write_m3w_shards(docs: beam.PCollection, output_dir: str, config: ShardConfig, shipment: ImageShipment, corpus: str = "m3w") -> None:
+    """Kept documents -> PREFIX-NNNNN.tar/.parquet, documents spread over shards by key hash; each
+    shard gets the bytes of its documents' images once (`shipment.ship` writes it)."""
     n = docs | "CountKept" >> beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(n_shards, config.samples_per_shard)
-    return (
-        docs
-        | "AssignShard" >> beam.Map(lambda doc, n: (shard_of(doc.key, n), doc), AsSingleton(n))
-        | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteM3WShardFn(output_dir, config))
-    )
+    keyed = docs | "AssignShard" >> beam.Map(lambda doc, n: (shard_of(doc.key, n), doc), AsSingleton(n))
+    shipment.need(corpus, keyed, document_hashes, lambda grouped: grouped | "WriteShards" >> beam.ParDo(WriteM3WShardFn(output_dir, config)))
 
 
 # ----------------------------------------------------------------------------- fetch status tables
@@ -142,14 +145,22 @@ class WriteManifestFn(beam.DoFn):
         for kind, item in written:
             files[kind].append(item)
         shards, status_files, other_files = files["shards"], files["fetch_status_files"], files["other_files"]
-        manifest = build_manifest(counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
+        shard_files = [f for s in shards for f in (f"{s['name']}.tar", index_file(s["name"]), stats_file(s["name"]))]
+        side = {SIZES_NAME: sizes_json(shards), CARD_NAME: dataset_card(self.corpus, self.config, [s["name"] for s in shards])}
+        for name, data in side.items():
+            fsio.write_bytes_atomic(fsio.join(self.output_dir, name), data)
+        other_files = [*other_files, *side]
+        stage_counts = {k: n for k, n in counts.items() if k[0] not in SHUFFLE_STAGES}
+        manifest = build_manifest(stage_counts, shards, broken, self.inputs, self.config.to_dict(), self.corpus)
+        manifest["shuffle_bytes"] = shuffle_block(counts)
         manifest["fetch_status_files"] = sorted(status_files)
         manifest["other_files"] = sorted(other_files)
         if self.corpus == "m3w" and REJECTS_NAME not in other_files and fsio.exists(fsio.join(self.output_dir, REJECTS_NAME)):
             fsio.delete_matching(fsio.join(self.output_dir, REJECTS_NAME), set())  # a previous build's sample
-        keep = {fsio.join(self.output_dir, f"{s['name']}.{ext}") for s in shards for ext in ("tar", "parquet")}
-        keep |= {fsio.join(self.output_dir, f) for f in status_files}
-        patterns = [f"{p}-*.{ext}" for p in self.prefixes for ext in ("tar", "parquet")]
+        keep = {fsio.join(self.output_dir, f) for f in [*shard_files, *status_files]}
+        # This layout's shard files, and the indexes an older layout kept beside the tars.
+        patterns = [f"{p}-*{end}" for p in self.prefixes for end in (".tar", ".parquet", "_stats.json")]
+        patterns += [index_file(f"{p}-*") for p in self.prefixes]
         if status_files or self.config.fetch.enabled:
             patterns.append(f"{STATUS_PREFIX}-*.parquet")
         manifest["removed_stale_files"] = sorted(
@@ -158,6 +169,14 @@ class WriteManifestFn(beam.DoFn):
         data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         fsio.write_bytes_atomic(fsio.join(self.output_dir, MANIFEST_NAME), data)
         yield manifest
+
+
+def shuffle_block(counts: dict) -> dict[str, Any]:
+    """The manifest's `shuffle_bytes`: payload bytes and elements entering each grouping of the
+    build (a join lists each input as JOIN/INPUT), and their total."""
+    groupings = sorted({label for (stage, label) in counts if stage in SHUFFLE_STAGES})
+    by_grouping = {g: {"bytes": counts.get((SHUFFLE_BYTES, g), 0), "elements": counts.get((SHUFFLE_ELEMENTS, g), 0)} for g in groupings}
+    return {"total_bytes": sum(g["bytes"] for g in by_grouping.values()), "by_grouping": by_grouping}
 
 
 def _tagged(pcolls: list[beam.PCollection], kind: str, label: str) -> list[beam.PCollection]:

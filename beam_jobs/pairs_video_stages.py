@@ -7,13 +7,13 @@ and the same extraction as the M3W build:
                                -> video records (containers, WebVTT) -+
     JoinByDocument (page + image results, before the M3W filters)     |
       -> AssemblePairInputsFn -> PairInput (Document + failed images) |
-           -> ExtractPairsFn -> pairs -> WriteSampleShards (align-*, ltip-*)
+           -> ExtractPairsFn -> pairs -> write_sample_shards (align-*, ltip-*; image bytes shipped)
            -> VideoCandidatesFn -> candidates (by key) ----------------------------+
                                 -> source/track refs (by URL) -+                   |
                                 -> failed rows (unfetchable)   |                   |
                         video records (by URL) ----------------+-> ResolveVideosFn |
                               (probe + sample each URL once) -> results by key ---+-> BuildVideoSamplesFn
-                 with --fetch-media: refs of URLs no record holds                 |   -> WriteSampleShards (video-*)
+                 with --fetch-media: refs of URLs no record holds                 |   -> write_sample_shards (video-*)
                    -> FetchVideosFn (fetch once per URL; probe + sample a video, parse a track) -> results by key
 
 Every step records what it consumes per (stage, outcome) in a Tally (`beam_jobs.counting`);
@@ -32,6 +32,16 @@ from apache_beam.pvalue import AsDict, TaggedOutput
 
 from beam_jobs.counting import COUNTS, CountedSteps, CountingFn, counting
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batches
+from beam_jobs.image_bytes import (
+    VIDEO_BYTES,
+    ImageShipment,
+    grouped_with_bytes,
+    sample_hashes,
+    split_video_bytes,
+    video_hashes,
+    with_sample_bytes,
+    with_video_bytes,
+)
 from beam_jobs.outputs import Corpus, n_shards, shard_of, write_shard_files
 from m3w_pipeline.core import web
 from m3w_pipeline.core.accounting import Tally
@@ -134,7 +144,10 @@ class VideoCandidatesFn(CountingFn):
 
 
 def source_results(refs: Iterable[tuple], result: VideoResult) -> Iterator[Any]:
-    """The one result of a video URL, handed to every candidate that lists it as a source."""
+    """The one result of a video URL, handed (without its bytes) to every candidate that lists it
+    as a source; the bytes and frames once under VIDEO_BYTES."""
+    *video_bytes, result = split_video_bytes(result)
+    yield from video_bytes
     for cand_key, rank, role, url in sorted(refs):
         if role == SOURCE:
             yield (cand_key, (SOURCE, rank, url, result))
@@ -238,16 +251,19 @@ class BuildVideoSamplesFn(CountingFn):
 
 
 class WriteShardGroupFn(CountingFn):
-    """((prefix, index), samples) -> PREFIX-NNNNN.tar + .parquet; dedups, stage <set>_samples (in, written, duplicate)."""
+    """((prefix, index), samples or {samples, bytes}) -> PREFIX-NNNNN.tar + .parquet; dedups, stage
+    <set>_samples (in, written, duplicate). Pairs come with their images' bytes beside them
+    (beam_jobs.image_bytes), which go back into the samples here."""
 
-    def __init__(self, output_dir: str, writer: Callable, stages: dict[str, str]):
+    def __init__(self, output_dir: str, writer: Callable, stages: dict[str, str], fill: Callable = with_sample_bytes):
         self.output_dir = output_dir
         self.writer = writer
         self.stages = stages  # prefix -> accounting stage
+        self.fill = fill  # (sample, bytes by content key) -> the sample with its bytes back
 
-    def step(self, element: tuple[tuple[str, int], Iterable[Any]], tally: Tally) -> Iterator[Any]:
-        (prefix, index), samples = element
-        samples = list(samples)
+    def step(self, element: tuple[tuple[str, int], Any], tally: Tally) -> Iterator[Any]:
+        (prefix, index), grouped = element
+        samples = grouped_with_bytes(grouped, self.fill) if isinstance(grouped, dict) else list(grouped)
         unique, duplicates = dedup_samples(samples)
         stage = self.stages[prefix]
         tally.add(stage, "written", sum(1 for s in samples if s.ok) - duplicates)
@@ -257,36 +273,32 @@ class WriteShardGroupFn(CountingFn):
         yield dict(dataclasses.asdict(info), rows=table.num_rows)
 
 
-class WriteSampleShards(beam.PTransform):
-    """Samples (and failed rows) -> shard files per prefix; outputs shard dicts (main) and COUNTS."""
+def write_sample_shards(steps: CountedSteps, samples: beam.PCollection, label: str, output_dir: str, prefix_of: Callable[[Any], str],
+                        stages: dict[str, str], per_shard: int, writer: Callable,
+                        shipment: Optional[ImageShipment] = None, corpus: str = "",
+                        hashes: Callable = sample_hashes, fill: Callable = with_sample_bytes) -> Optional[beam.PCollection]:
+    """Samples (and failed rows) -> shard files per prefix; the shard dicts. With a `shipment`, the
+    samples carry media metadata only (`hashes` names the bytes each needs, `fill` puts them back):
+    they are written once it ships their bytes (returns None)."""
+    kept = (
+        samples
+        | f"{label}/OkPrefixes" >> beam.FlatMap(lambda s: [prefix_of(s)] if s.ok else [])
+        | f"{label}/CountPerPrefix" >> beam.combiners.Count.PerElement()
+    )
 
-    def __init__(self, output_dir: str, prefix_of: Callable[[Any], str], stages: dict[str, str],
-                 per_shard: int, writer: Callable):
-        super().__init__()
-        self.output_dir = output_dir
-        self.prefix_of = prefix_of
-        self.stages = stages
-        self.per_shard = per_shard
-        self.writer = writer
+    def assign(sample: Any, counts: dict[str, int]) -> tuple[tuple[str, int], Any]:
+        prefix = prefix_of(sample)
+        return (prefix, shard_of(sample.key, n_shards(counts.get(prefix, 0), per_shard))), sample
 
-    def expand(self, samples: beam.PCollection) -> Any:
-        prefix_of, per_shard = self.prefix_of, self.per_shard
-        kept = (
-            samples
-            | "OkPrefixes" >> beam.FlatMap(lambda s: [prefix_of(s)] if s.ok else [])
-            | "CountPerPrefix" >> beam.combiners.Count.PerElement()
-        )
+    def write(grouped: beam.PCollection) -> beam.PCollection:
+        written = steps(grouped, f"{label}/WriteShards", WriteShardGroupFn(output_dir, writer, stages, fill), main="shards")
+        return written.shards
 
-        def assign(sample: Any, counts: dict[str, int]) -> tuple[tuple[str, int], Any]:
-            prefix = prefix_of(sample)
-            return (prefix, shard_of(sample.key, n_shards(counts.get(prefix, 0), per_shard))), sample
-
-        return (
-            samples
-            | "AssignShard" >> beam.Map(assign, AsDict(kept))
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(WriteShardGroupFn(self.output_dir, self.writer, self.stages)).with_outputs(COUNTS, main="shards")
-        )
+    keyed = samples | f"{label}/AssignShard" >> beam.Map(assign, AsDict(kept))
+    if shipment is not None:
+        shipment.need(corpus, keyed, hashes, write)
+        return None
+    return write(steps.group(keyed, f"{label}/GroupShards"))
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -297,36 +309,48 @@ def pair_prefix(config: PairConfig) -> Callable[[Pair], str]:
     return lambda pair: prefixes[pair.kind]
 
 
-def add_pair_corpus(pair_inputs: beam.PCollection, output_dir: str, config: BuildConfig) -> Corpus:
-    """ALIGN + LTIP shards (PREFIX-NNNNN.tar/.parquet in output_dir) from PairInputs or Documents."""
+def add_pair_corpus(pair_inputs: beam.PCollection, output_dir: str, config: BuildConfig, shipment: ImageShipment,
+                    corpus: str = "pairs") -> Corpus:
+    """ALIGN + LTIP shards (PREFIX-NNNNN.tar/.parquet in output_dir) from PairInputs or Documents,
+    written once `shipment` ships the images' bytes."""
     pc, steps = config.pairs, CountedSteps()
     pairs = steps(pair_inputs, "ExtractPairs", ExtractPairsFn(pc), main="pairs")
     stages = {pc.align_prefix: "align_samples", pc.ltip_prefix: "ltip_samples"}
-    shards = pairs.pairs | "PairShards" >> WriteSampleShards(output_dir, pair_prefix(pc), stages, pc.samples_per_shard, write_pair_shard)
-    steps.add(shards[COUNTS])
-    return Corpus((pc.align_prefix, pc.ltip_prefix), shards.shards, steps.counts)
+    write_sample_shards(steps, pairs.pairs, "PairShards", output_dir, pair_prefix(pc), stages, pc.samples_per_shard, write_pair_shard,
+                        shipment, corpus)
+    return Corpus((pc.align_prefix, pc.ltip_prefix), None, steps.counts)
 
 
 def add_video_corpus(
-    pair_inputs: beam.PCollection, video_media: beam.PCollection, output_dir: str, config: BuildConfig
+    pair_inputs: beam.PCollection, video_media: beam.PCollection, output_dir: str, config: BuildConfig,
+    shipment: Optional[ImageShipment] = None, corpus: str = "video",
 ) -> Corpus:
-    """Video shards (PREFIX-NNNNN.tar/.parquet) from PairInputs/Documents and (url, MediaRecord) video records."""
+    """Video shards (PREFIX-NNNNN.tar/.parquet) from PairInputs/Documents and (url, MediaRecord) video
+    records. Samples carry video metadata; the bytes and frames go through `shipment` (the build's,
+    with the images; without one, the corpus ships its own) and are written once it ships them."""
     vc, steps = config.video, CountedSteps()
     cands = steps(pair_inputs, "VideoCandidates", VideoCandidatesFn(vc, config.pairs), VIDEO_REFS, VIDEO_ROWS, main="candidates")
-    joined = {"refs": cands[VIDEO_REFS], "media": video_media} | "JoinVideoMediaByUrl" >> beam.CoGroupByKey()
+    joined = steps.cogroup({"refs": cands[VIDEO_REFS], "media": video_media}, "JoinVideoMediaByUrl")
     fetch = config.fetch.enabled
-    resolved = steps(joined, "ResolveVideos", ResolveVideosFn(vc, config.image, config.pairs, fetch), UNRESOLVED, main="results")
-    results, status_rows = resolved.results, []
+    resolved = steps(joined, "ResolveVideos", ResolveVideosFn(vc, config.image, config.pairs, fetch), UNRESOLVED, VIDEO_BYTES,
+                     main="results")
+    results, status_rows, video_bytes = resolved.results, [], [resolved[VIDEO_BYTES]]
     if fetch:  # batches no larger than the thread pool: at most that many video bodies held at once
         fetched = fetch_batches(resolved[UNRESOLVED], FetchVideosFn(config.fetch, vc, config.image, config.pairs), "FetchVideos",
-                                min_batch_size=1, max_batch_size=max(1, config.fetch.workers), main="results")
+                                min_batch_size=1, max_batch_size=max(1, config.fetch.workers), main="results", tags=(VIDEO_BYTES,))
+        video_bytes.append(fetched[VIDEO_BYTES])
         results = (results, fetched.results) | "AllVideoResults" >> beam.Flatten()
         steps.add(fetched[COUNTS])
         status_rows.append(fetched[FETCH_STATUS])
-    joined = {"candidate": cands.candidates, "resolved": results} | "JoinVideoCandidates" >> beam.CoGroupByKey()
+    joined = steps.cogroup({"candidate": cands.candidates, "resolved": results}, "JoinVideoCandidates")
     built = steps(joined, "BuildVideoSamples", BuildVideoSamplesFn(vc), main="samples")
     samples = (built.samples, cands[VIDEO_ROWS]) | "VideoSamplesAndRows" >> beam.Flatten()
-    shards = samples | "VideoShards" >> WriteSampleShards(output_dir, lambda s: vc.prefix, {vc.prefix: "video_samples"},
-                                                          vc.samples_per_shard, write_video_shard)
-    steps.add(shards[COUNTS])
-    return Corpus((vc.prefix,), shards.shards, steps.counts, status_rows)
+    content = video_bytes[0] if len(video_bytes) == 1 else video_bytes | "AllVideoBytes" >> beam.Flatten()
+    own = shipment is None
+    if shipment is None:
+        shipment = ImageShipment(steps, content, "Video")
+    else:
+        shipment.add_bytes(content)
+    write_sample_shards(steps, samples, "VideoShards", output_dir, lambda s: vc.prefix, {vc.prefix: "video_samples"},
+                        vc.samples_per_shard, write_video_shard, shipment, corpus, video_hashes, with_video_bytes)
+    return Corpus((vc.prefix,), shipment.ship()[corpus] if own else None, steps.counts, status_rows)

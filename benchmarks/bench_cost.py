@@ -8,7 +8,8 @@ children datatrove's extractor sandbox starts), and the tools take turns round b
 they share the machine's state. The other tools run in their own venvs (benchmarks/venvs.py,
 built on first use); ours runs with this interpreter and PYTHONPATH = this tree.
 
-Text: `m3w build m3w` (default config, and `extract.fast = true`) vs datatrove's
+Text: `m3w build m3w` (default config, which runs trafilatura's fast path; and this tree with
+`extract.fast = false`, trafilatura's full path with its readability/jusText comparison) vs datatrove's
 WarcReader -> Trafilatura -> JsonlWriter on the same WARC of 3,000 captures of the 60 shared
 pages; and again on the WARC that also holds the pages' images (datatrove skips image records
 by their WARC-Identified-Payload-Type; we decode, resize and hash every referenced image).
@@ -21,7 +22,8 @@ output's size equals our exact path's and img2dataset's, phash Hamming distance 
 path, and PSNR of both tools' outputs against the exact path's.
 
 --baseline-tree DIR adds our side run from another checkout (e.g. `git archive` of an older
-commit) as extra rows, so a before/after lands in the same run.
+commit) as extra rows, so a before/after lands in the same run (images: with the same checks on
+its output, against this tree's exact path).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ import venvs
 WORK = HERE / "_work" / "cost"
 WORKERS = HERE / "cost_workers.py"
 MAX_SIDE, JPEG_QUALITY = 512, 90  # ImageConfig's defaults, given to img2dataset as well
-FAST_CONFIG = "[extract]\nfast = true\n"
+FULL_PATH_CONFIG = "[extract]\nfast = false\n"  # trafilatura's full path (the default is its fast path)
 
 
 @dataclass
@@ -120,14 +122,14 @@ def run_datatrove(python: Path, warc: Path, pages: int, core: int, tag: str) -> 
     return Run("datatrove", pages, wall, cpu, extra)
 
 
-def run_m3w_build(tree: Path, warc: Path, pages: int, core: int, tag: str, fast: bool, name: str) -> Run:
+def run_m3w_build(tree: Path, warc: Path, pages: int, core: int, tag: str, full_path: bool, name: str) -> Run:
     out = WORK / "runs" / tag
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "m3w", "build", "m3w", "--input", str(warc), "--output", str(out / "m3w"), "--force"]
-    if fast:
-        (out / "fast.toml").write_text(FAST_CONFIG)
-        cmd += ["--config", str(out / "fast.toml")]
+    if full_path:
+        (out / "full.toml").write_text(FULL_PATH_CONFIG)
+        cmd += ["--config", str(out / "full.toml")]
     wall, cpu, _stdout = run_pinned(cmd, _env(tree), core, out / "log.txt")
     manifest = json.loads((out / "m3w" / "manifest.json").read_text())
     stages = manifest["stages"]
@@ -287,6 +289,9 @@ def bench_images(args: argparse.Namespace, trees: dict[str, Path]) -> dict:
     last_ours = [r for r in runs if r.tool == "m3w process_image (this tree)"][-1]
     last_theirs = [r for r in runs if r.tool == "img2dataset Resizer"][-1]
     checks = check_images(photos, Path(last_ours.extra["out"]), Path(exact.extra["out"]), Path(last_theirs.extra["out"]))
+    baseline = [r for r in runs if r.tool == "m3w process_image (baseline tree)"]
+    if baseline:  # the same checks on the other checkout's output: before/after quality in one run
+        checks["baseline_tree"] = check_images(photos, Path(baseline[-1].extra["out"]), Path(exact.extra["out"]), Path(last_theirs.extra["out"]))
     sizes = [Image.open(p).size for p in photos]
     inputs = {
         "photos": len(photos),
@@ -303,17 +308,18 @@ def bench_text(args: argparse.Namespace, trees: dict[str, Path]) -> dict:
         warc = WORK / f"{variant.replace('+', '-')}-{args.copies}.warc.gz"
         counts = cost_inputs.build_text_warc(warc, copies=args.copies, with_images=with_images)
         runs: list[Run] = []
-        contenders = ["datatrove"] + [(who, fast) for who in trees for fast in (False, True)]
+        # every tree with its default config; this tree also on trafilatura's full path
+        contenders = ["datatrove", *((who, False) for who in trees), ("this tree", True)]
         for round_ in range(args.repeats):
             rotation = round_ % len(contenders)
             for who in contenders[rotation:] + contenders[:rotation]:
                 if who == "datatrove":
                     run = run_datatrove(dt, warc, counts["pages"], args.core, f"datatrove-{variant}-{round_}")
                 else:
-                    tree, fast = who
-                    name = f"m3w build m3w ({tree}{', extract.fast' if fast else ''})"
-                    tag = f"m3w-{tree.replace(' ', '-')}-{variant}-{'fast' if fast else 'default'}-{round_}"
-                    run = run_m3w_build(trees[tree], warc, counts["pages"], args.core, tag, fast, name)
+                    tree, full_path = who
+                    name = f"m3w build m3w ({tree}{', extract.fast=false' if full_path else ''})"
+                    tag = f"m3w-{tree.replace(' ', '-')}-{variant}-{'full' if full_path else 'default'}-{round_}"
+                    run = run_m3w_build(trees[tree], warc, counts["pages"], args.core, tag, full_path, name)
                 runs.append(run)
                 print(f"  {variant} round {round_}: {run.tool:<44} {run.per_cpu_s:6.1f}/CPU-s {run.per_wall_s:6.1f}/s wall", flush=True)
         results[variant] = {"inputs": counts, "rows": summarise(runs, "datatrove")}

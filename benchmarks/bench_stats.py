@@ -29,6 +29,7 @@ from m3w_pipeline.core.document import DocImage, Document, document_key
 from m3w_pipeline.core.nodes import ImageRef
 from m3w_pipeline.core.web import Provenance, url_domain
 from m3w_pipeline.media.images import process_image
+from m3w_pipeline.write.layout import index_path
 from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, write_m3w_shard
 
 WORDS = "the a river bridge garden mural lamp old quiet city harbour painted framed restored gallery".split()
@@ -71,7 +72,8 @@ def synthetic_corpus(out: Path, n_docs: int, n_shards: int, seed: int = 0) -> No
         info, table = write_m3w_shard(docs[s::n_shards], name, buf)
         index = parquet_bytes(table)
         (out / f"{name}.tar").write_bytes(buf.getvalue())
-        (out / f"{name}.parquet").write_bytes(index)
+        Path(index_path(str(out), name)).parent.mkdir(exist_ok=True)
+        Path(index_path(str(out), name)).write_bytes(index)
         info.parquet_bytes, info.parquet_sha256 = len(index), sha256_bytes(index)
         infos.append(dataclasses.asdict(info))
     n = len(docs)

@@ -4,7 +4,11 @@
 
 Builds (or reuses) the other tools' venvs under benchmarks/_work/venvs, then runs bench_cost.py:
 text vs datatrove, text+images vs datatrove, images vs img2dataset, each ratio measured in this
-run. --quick is a short run (minutes); --all then also runs every other bench_*.py here.
+run; then bench_shuffle.py: the bytes a build shuffles when one image is on every page; then
+bench_scaling.py: time and peak RSS of `m3w build all` at 1x/2x/4x input, and the
+multi-processing runner on the largest; then the scripts in `default` (bench_openflamingo.py: a
+train step vs OpenFlamingo's). --quick is a short run (minutes); --all then also runs every other
+bench_*.py here.
 """
 import subprocess
 import sys
@@ -26,9 +30,17 @@ except venvs.VenvError as exc:
 
 print("=== bench_cost.py", flush=True)
 failed = subprocess.call([sys.executable, str(here / "bench_cost.py"), *args]) != 0
+print("=== bench_shuffle.py", flush=True)
+failed |= subprocess.call([sys.executable, str(here / "bench_shuffle.py"), *(["--pages", "2000"] if "--quick" in args else [])]) != 0
+print("=== bench_scaling.py", flush=True)
+failed |= subprocess.call([sys.executable, str(here / "bench_scaling.py"), *(["--quick"] if "--quick" in args else [])]) != 0
+default = ["bench_openflamingo.py"]  # also run by default, without options (a few minutes each)
+for script in default:
+    print(f"=== {script}", flush=True)
+    failed |= subprocess.call([sys.executable, str(here / script)]) != 0
 if run_everything:
     for script in sorted(here.glob("bench_*.py")):
-        if script.name != "bench_cost.py":
+        if script.name not in ("bench_cost.py", "bench_shuffle.py", "bench_scaling.py", *default):
             print(f"=== {script.name}", flush=True)
             failed |= subprocess.call([sys.executable, str(script)]) != 0
 sys.exit(failed)

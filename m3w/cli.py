@@ -150,8 +150,10 @@ def _config_sections() -> str:
 def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from beam_jobs.dask_cluster import runner_flag
     from beam_jobs.fsio import expand_inputs
+    from beam_jobs.m3w_job import ReadWarcFn
+    from beam_jobs.progress import Reader
     from beam_jobs.runner import run_build
-    from m3w_pipeline.core.accounting import summary_lines
+    from m3w.progress import BuildStatus, ProgressLine, wanted
 
     config = _build_config(args)
     _check_beam_flags("build", beam_args)
@@ -161,17 +163,65 @@ def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         raise UsageError(str(err)) from None
     print(f"m3w build {args.corpus}: {len(inputs)} input files -> {args.output}", file=sys.stderr)
     given_runner = runner_flag(beam_args)
-    with _engine(given_runner, beam_args, args.dask_workers) as (runner, engine_args):
+    show = wanted(args.no_progress)
+    with contextlib.ExitStack() as stack:
+        # Before the engine: the processes of a local Dask cluster must inherit where to report.
+        reader = stack.enter_context(Reader()) if show else None
+        runner, engine_args = stack.enter_context(_engine(given_runner, beam_args, args.dask_workers))
         if runner != given_runner:
             engine_args += ["--runner", runner]
-        manifests = run_build(args.corpus, inputs, args.output, config, engine_args, force=args.force)
+        status = BuildStatus(reader.totals if reader else dict, len(inputs), ReadWarcFn.__name__)
+        with ProgressLine(status, enabled=show):
+            manifests = run_build(args.corpus, inputs, args.output, config, engine_args, force=args.force)
     if all(m.get("skipped") for m in manifests.values()):
         print("output already holds this build (same inputs and config); nothing to do. --force rebuilds.")
-    # The stage funnel is shared by the corpora of one build: print it once.
-    for i, manifest in enumerate(manifests.values()):
-        for line in summary_lines(manifest, with_stages=(i == len(manifests) - 1)):
-            print(line)
+    for line in summary_table(manifests):
+        print(line)
     return 0 if all(m["reconciles"] for m in manifests.values()) else 3
+
+
+# The stages in the order they run, each group under the corpus that runs it (the first group feeds every corpus).
+STAGE_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("read, extract, images, assemble", ("records", "pages", "page_images", "media_kind", "fetch", "media_records",
+                                         "image_refs", "text_nodes", "image_nodes", "documents")),
+    ("m3w", ("images_in_document", "dedup_url", "dedup_text_exact", "dedup_text_near", "images_hot", "dedup_image_sets", "post_dedup")),
+    ("pairs", ("pair_documents", "pair_candidates", "align_samples", "ltip_samples")),
+    ("video", ("video_refs", "video_media_records", "video_unresolved", "video_fetch", "video_candidates", "video_samples")),
+)
+
+
+def summary_table(manifests: dict[str, dict[str, Any]]) -> list[str]:
+    """What the build made, then one table of its stages in pipeline order with aligned columns
+    (every manifest of one build holds the same stage counts), broken files, and whether it reconciles."""
+    lines = []
+    for name, m in manifests.items():
+        verdict = "reconciles" if m["reconciles"] else "does NOT reconcile: " + "; ".join(m["reconciliation_errors"])
+        lines.append(f"corpus {name}: {m['totals']['samples']:,} samples in {m['totals']['shards']:,} shards; {verdict}")
+    stages = next(reversed(manifests.values()))["stages"] if manifests else {}
+    known = {stage for _, group in STAGE_ORDER for stage in group}
+    groups = [(title, [s for s in group if s in stages]) for title, group in STAGE_ORDER]
+    groups.append(("other", sorted(s for s in stages if s not in known)))  # a stage this table does not know yet
+    rows = []
+    for title, names in groups:
+        if names:
+            rows.append((title,))
+        for stage in names:
+            s = stages[stage]
+            kept = ", ".join(f"{k}={v:,}" for k, v in s["kept"].items())
+            dropped = ", ".join(f"{k}={v:,}" for k, v in sorted(s["dropped"].items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+            rows.append((f"  {stage}", f"{s['in']:,}", kept, dropped))
+    if rows:
+        table = [("stage", "in", "kept", "dropped"), *rows]
+        widths = [max(len(r[i]) for r in table if len(r) > 1) for i in range(3)]  # group titles stand alone
+        for row in table:
+            if len(row) == 1:
+                lines.append(row[0])
+            else:
+                lines.append(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+    for m in list(manifests.values())[-1:]:
+        for b in m["broken_files"]:
+            lines.append(f"broken file {b['warc_file']}: {b['reason']} after {b['records_read']:,} records ({b['detail'][:80]})")
+    return lines
 
 
 def _add_dask_workers(p: argparse.ArgumentParser) -> None:
@@ -210,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help=f"BuildConfig as TOML, YAML or JSON, sections {_config_sections()}; unknown keys are errors")
     p.add_argument("--listing-base-url", default="https://data.commoncrawl.org/", help="prefix for the paths of a CC warc.paths.gz listing")
     p.add_argument("--force", action="store_true", help="rebuild even when OUTPUT already holds this build")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line on stderr (shown only on a terminal anyway)")
     p.add_argument("--min-words", type=int, help="filters.min_words_per_document: fewer words drop the document")
     p.add_argument("--min-images", type=int, help="filters.min_images_per_document: fewer images drop the document")
     p.add_argument("--max-images", type=int, help="filters.max_images_per_document: more images drop the document")
@@ -240,11 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export an M3W corpus as OBELICS-style Parquet or MMC4 webdataset shards")
     add_export_arguments(p)
 
-    try:
+    # The model commands need torch (`m3w[train]`); a pipeline-only install has none. Looked up, not
+    # imported: importing torch costs ~1 CPU-s on every `m3w build`.
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
         from m3w.model_cli import add_generate_arguments
-    except ImportError:  # the model package is optional at run time
-        add_generate_arguments = None
-    if add_generate_arguments is not None:
+
         p = sub.add_parser("generate", help="few-shot generation with a trained checkpoint")
         add_generate_arguments(p)
         from m3w.model_cli import add_demo_arguments, add_train_arguments
@@ -269,23 +322,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-class _QuietBeam(logging.Filter):
-    """Without -v, Beam's import-time and per-stage chatter is not shown; our own warnings and every error are."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
-            return True
-        if "apitools not found" in record.getMessage():  # printed by `import apache_beam` on every run
-            return False
-        return not record.name.startswith("apache_beam")
-
-
 def _configure_logging(verbose: bool) -> None:
     # Set up before Beam is imported: its import-time warning otherwise configures the root logger itself.
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
+        from beam_jobs.sdk_worker import quiet_beam  # imports no Beam
+
         for handler in logging.getLogger().handlers:
-            handler.addFilter(_QuietBeam())
+            handler.addFilter(quiet_beam)
 
 
 def _local_source_missing(path: str) -> bool:

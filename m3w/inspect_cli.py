@@ -68,8 +68,8 @@ def _progress(args: argparse.Namespace) -> Optional[bool]:
 
 
 def add_stats_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="corpus directory (local, file://, gs://, s3://)")
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.add_argument("path", help="corpus directory, or a `build all` output holding m3w/ pairs/ video/ (local, file://, gs://, s3://)")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON (a build root: one key per corpus)")
     p.add_argument("--report", metavar="DIR", help="write PNG plots and a self-contained DIR/index.html")
     p.add_argument(
         "--source",
@@ -78,7 +78,7 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: Parquet index + JSON members found by offset (tar scan without index); "
         "index: Parquet only, fastest, no image-level distributions; tar: scan the tars",
     )
-    p.add_argument("--kind", choices=KINDS, help="corpus kind (default: the manifest's `corpus`, else sniffed)")
+    p.add_argument("--kind", choices=KINDS, help="corpus kind (default: the manifest's `corpus`, else sniffed); on a build root: only that corpus")
     p.add_argument("--top", type=int, default=20, help="domains / languages listed")
     p.add_argument("--report-samples", type=int, default=5, help="documents rendered in the report")
     p.add_argument("--tokenizer", help="also count tokens: 'byte' or a local Hugging Face tokenizer directory")
@@ -87,7 +87,8 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
         help="compute as a Beam job on this runner (FnApiRunner, DataflowRunner, PortableRunner, ...); "
         "other flags `m3w stats` does not know are Beam pipeline options",
     )
-    p.add_argument("--stats-output", help="with --runner: where the job writes its merged statistics (default: --temp_location or a local temp dir)")
+    p.add_argument("--stats-output", help="with --runner: where the job writes its merged statistics (default: --temp_location or a local temp dir); "
+                   "a build root: one file per corpus, NAME.KIND.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -100,35 +101,87 @@ def _token_counter(spec: Optional[str]) -> Optional[Callable[[str], int]]:
     return lambda text: len(tok.encode(text))
 
 
+def _error(args: argparse.Namespace, message: str) -> int:
+    """A user's mistake: one line on stderr, exit 2 (the way `m3w.cli` reports usage errors)."""
+    print(f"m3w {getattr(args, 'command', None) or 'inspect'}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+class _Refused(Exception):
+    """PATH is not what the command reads; the message is the one line the user sees."""
+
+
+def _targets(args: argparse.Namespace, path: str, opener: Any, lister: Any, what: str) -> dict[Optional[str], str]:
+    """The corpora PATH holds: {None: PATH} for a corpus, {kind: path} for a `build all` root.
+    _Refused for an empty or unrecognised folder, an export, or a root without the --kind asked for."""
+    from m3w_pipeline.inspect.corpus import NotACorpus, locate
+
+    try:
+        where = locate(path, opener, lister)
+    except NotACorpus as err:
+        raise _Refused(str(err)) from None
+    if where.layout in ("mmc4", "obelics"):
+        raise _Refused(f"{path} is {where.describe()} (written by `m3w export`), not a corpus: {what}; `m3w validate` checks exports")
+    if where.layout == "corpus":
+        return {None: path}
+    kind = getattr(args, "kind", None)
+    targets: dict[Optional[str], str] = {k: p for k, p in where.corpora.items() if kind in (None, k)}
+    if not targets:
+        raise _Refused(f"{path} holds no {kind} corpus (it holds {', '.join(where.corpora)})")
+    return targets
+
+
+def _per_corpus(path: str, kind: str) -> str:
+    """stats.json -> stats.m3w.json: a root's corpora each get their own --stats-output file."""
+    head, dot, ext = path.rpartition(".")
+    return f"{head}.{kind}.{ext}" if dot and "/" not in ext else f"{path}.{kind}"
+
+
 def run_stats(args: argparse.Namespace) -> int:
     from m3w_pipeline.inspect.corpus import local_path, open_corpus
-    from m3w_pipeline.inspect.report import ReportConfig, write_report
-    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats, format_table, summarize
+    from m3w_pipeline.inspect.report import ReportConfig, write_report, write_root_report
+    from m3w_pipeline.inspect.stats import StatsConfig, compute_stats
+    from m3w_pipeline.inspect.summary import format_root_table, format_table, summarize
 
     beam_args = list(getattr(args, "beam_args", None) or [])
     if beam_args and not args.runner:
         print(f"m3w stats: unrecognized arguments: {' '.join(beam_args)} (Beam options need --runner)", file=sys.stderr)
         return 2
+    if args.runner and args.tokenizer:
+        print("m3w stats: --tokenizer is not supported with --runner", file=sys.stderr)
+        return 2
     path = local_path(args.path)
     opener, lister = filesystem_for(path)
-    corpus = open_corpus(path, opener, lister, kind=args.kind)
+    try:
+        targets = _targets(args, path, opener, lister, "`m3w stats` reads corpora")
+    except _Refused as err:
+        return _error(args, str(err))
     config = StatsConfig(source=args.source, top_n=args.top)
-    if args.runner:
-        if args.tokenizer:
-            print("m3w stats: --tokenizer is not supported with --runner", file=sys.stderr)
-            return 2
-        from beam_jobs.stats_job import run_stats_job
+    count_tokens = _token_counter(args.tokenizer)
+    results: dict[str, Any] = {}
+    for name, corpus_path in targets.items():
+        corpus = open_corpus(corpus_path, opener, lister, kind=args.kind if name is None else None)
+        if args.runner:
+            from beam_jobs.stats_job import run_stats_job
 
-        stats = run_stats_job(corpus, config, ["--runner", args.runner, *beam_args], args.stats_output)
-        source = f"{args.source} (Beam {args.runner})"
-    else:
-        stats = compute_stats(corpus, opener, config, _token_counter(args.tokenizer), progress=_progress(args))
-        source = args.source
-    summary = summarize(stats, corpus, config, source)
+            result = args.stats_output and (args.stats_output if name is None else _per_corpus(args.stats_output, name))
+            stats = run_stats_job(corpus, config, ["--runner", args.runner, *beam_args], result)
+            source = f"{args.source} (Beam {args.runner})"
+        else:
+            stats = compute_stats(corpus, opener, config, count_tokens, progress=_progress(args))
+            source = args.source
+        results[name or ""] = (summarize(stats, corpus, config, source), corpus)
+    report_config = ReportConfig(sample_documents=args.report_samples)
+    summaries = {name: summary for name, (summary, _) in results.items()}
+    if None in targets:
+        summary, corpus = results[""]
+        if args.report:
+            print(f"report: {write_report(summary, args.report, corpus, opener, report_config)}", file=sys.stderr)
+        print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_table(summary))
+        return 0
     if args.report:
-        html = write_report(summary, args.report, corpus, opener, ReportConfig(sample_documents=args.report_samples))
-        print(f"report: {html}", file=sys.stderr)
-    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else format_table(summary))
+        print(f"report: {write_root_report(results, args.report, path, opener, report_config)}", file=sys.stderr)
+    print(json.dumps(summaries, indent=2, ensure_ascii=False) if args.json else format_root_table(summaries))
     return 0
 
 
@@ -136,8 +189,8 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def add_validate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="corpus directory (local, file://, gs://, s3://)")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.add_argument("path", help="corpus directory, a `build all` output, or an `m3w export` output (local, file://, gs://, s3://)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON (a build root: one key per corpus)")
     p.add_argument("--no-decode", action="store_true", help="skip decoding images (hashes are still checked)")
     p.add_argument("--no-index", action="store_true", help="skip the Parquet index checks")
     p.add_argument("--max-problems", type=int, default=200, help="problems reported per shard")
@@ -146,51 +199,102 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Exit 0 when the corpus is intact, 1 with the list of what is wrong and where."""
-    from m3w_pipeline.inspect.corpus import local_path
+    """Exit 0 when the corpus (every corpus of a build root, or an export) is intact, 1 with the list of what is wrong and where."""
+    from m3w_pipeline.inspect.corpus import NotACorpus, local_path, locate
     from m3w_pipeline.inspect.validate import ValidateConfig, validate_corpus
+    from m3w_pipeline.inspect.validate_export import validate_export
 
     path = local_path(args.path)
     opener, lister = filesystem_for(path)
     config = ValidateConfig(
         decode_images=not args.no_decode, check_index=not args.no_index, max_problems_per_shard=args.max_problems, workers=args.workers
     )
-    report = validate_corpus(path, opener, lister, config, progress=_progress(args))
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    try:
+        where = locate(path, opener, lister)
+    except NotACorpus as err:
+        return _error(args, str(err))
+    if where.layout in ("mmc4", "obelics"):
+        reports = {"": validate_export(path, where.layout, opener, lister, config, progress=_progress(args))}
+    elif where.layout == "corpus":
+        reports = {"": validate_corpus(path, opener, lister, config, progress=_progress(args))}
     else:
+        reports = {kind: validate_corpus(p, opener, lister, config, progress=_progress(args)) for kind, p in where.corpora.items()}
+    ok = all(r.ok for r in reports.values())
+    if args.json:
+        shown = reports[""].to_json() if "" in reports else {kind: r.to_json() for kind, r in reports.items()}
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0 if ok else 1
+    for kind, report in reports.items():
+        if kind:
+            print(f"=== {kind} ===")
         for problem in report.problems:
             print(problem)
         verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-        print(f"{report.root}: {report.kind} corpus, {report.shards} shards, {report.samples} samples, {report.images} images: {verdict}")
-    return 0 if report.ok else 1
+        export = report.kind in ("mmc4", "obelics")
+        unit = "documents" if export else "samples"
+        print(f"{report.root}: {report.kind} {'export' if export else 'corpus'}, {report.shards} {'files' if export else 'shards'}, "
+              f"{report.samples} {unit}, {report.images} images: {verdict}")
+    if "" not in reports:
+        bad = [f"{kind} ({len(r.problems)})" for kind, r in reports.items() if not r.ok]
+        print(f"{path}: build root with {', '.join(reports)}: " + ("OK" if ok else f"problems in {', '.join(bad)}"))
+    return 0 if ok else 1
 
 
 # ----------------------------------------------------------------------------- export
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("format", choices=["parquet", "mmc4"], help="parquet: OBELICS-style; mmc4: OpenFlamingo's MMC4 webdataset")
-    p.add_argument("src", help="M3W corpus directory")
-    p.add_argument("dst", help="output directory (local, gs://, s3://)")
-    p.add_argument("--images", choices=["bytes", "urls"], default="bytes", help="parquet: image bytes or URLs in `images`")
-    p.add_argument(
+    """One subcommand per format, so each one's --help lists only the flags that apply to it."""
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT", help="the layout to write")
+    q = formats.add_parser("parquet", help="OBELICS-style Parquet, one file per shard (pyarrow, DuckDB, HF datasets read it)")
+    _add_export_paths(q)
+    q.add_argument("--images", choices=["bytes", "urls"], default="bytes", help="image bytes or URLs in the `images` column")
+    q.add_argument(
         "--missing-images",
         choices=["auto", "keep", "drop"],
         default="auto",
         help="images without bytes: auto drops them with --images bytes and keeps their URLs with --images urls",
     )
+    q = formats.add_parser("mmc4", help="OpenFlamingo's MMC4 webdataset: KEY.json per document (or per window) with its images as base64")
+    _add_export_paths(q)
+    q.add_argument("--window-tokens", type=int, default=0, metavar="N",
+                   help="cut documents so every <image> lies within N tokens (OpenFlamingo: 256); 0 = whole documents")
+    q.add_argument("--window-images", type=int, default=6, metavar="N", help="images per window at most (OpenFlamingo: 6)")
+    q.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="directory with the training tokenizer's tokenizer.json, for exact token counts (default: UTF-8 bytes, an upper bound)")
+
+
+def _add_export_paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="M3W corpus directory, or a `build all` output (its m3w/ corpus is exported)")
+    p.add_argument("dst", help="output directory (local, gs://, s3://)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line on stderr (shown only on a terminal anyway)")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Export an M3W corpus; on a build root, its m3w/ corpus (the one both formats are made from)."""
+    from m3w.progress import ExportStatus, ProgressLine, wanted
     from m3w_pipeline.inspect.corpus import local_path, open_corpus
     from m3w_pipeline.inspect.export import ExportConfig, export_mmc4, export_parquet
 
     src = local_path(args.src)
     opener, lister = filesystem_for(src)
-    corpus = open_corpus(src, opener, lister)
-    config = ExportConfig(images=args.images, missing_images=args.missing_images)
-    export = export_parquet if args.format == "parquet" else export_mmc4
-    result = export(corpus, args.dst, config, opener, writer_for(args.dst))
+    try:
+        targets = _targets(args, src, opener, lister, f"`m3w export {args.format}` reads an M3W corpus")
+    except _Refused as err:
+        return _error(args, str(err))
+    if None not in targets and "m3w" not in targets:
+        return _error(args, f"`m3w export {args.format}` needs an M3W corpus; {src} holds {', '.join(targets)} only")
+    corpus = open_corpus(targets.get(None) or targets["m3w"], opener, lister)
+    if corpus.kind != "m3w":
+        return _error(args, f"{corpus.root} is a {corpus.kind} corpus; `m3w export {args.format}` needs an M3W corpus "
+                            "(pair and video shards already follow img2dataset / video2dataset)")
+    if args.format == "parquet":
+        export, config = export_parquet, ExportConfig(images=args.images, missing_images=args.missing_images)
+    else:
+        export, config = export_mmc4, ExportConfig(window_tokens=args.window_tokens, window_images=args.window_images,
+                                                   tokenizer=args.tokenizer)
+    status = ExportStatus(len(corpus.shards), ((corpus.manifest or {}).get("totals") or {}).get("samples"))
+    with ProgressLine(status, enabled=wanted(args.no_progress)):
+        result = export(corpus, args.dst, config, opener, writer_for(args.dst), progress=status.update)
     print(json.dumps(result.to_json(), indent=2))
     return 0

@@ -17,10 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
-from model.tokenizer import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
-
 PROMPT_ITEMS = "prompt_items"
 
 
@@ -46,11 +42,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a text placed before the first image")
     parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens to generate after the prompt")
     parser.add_argument("--num-beams", type=int, default=3, help="beam width (1: greedy)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="torch device (default auto: cuda when available, else cpu)")
 
 
 def build_prompt(items: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
     """(prompt text, image paths in order) from ("image", path) / ("text", text) items."""
+    from model.tokenizer import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
+
     parts: list[str] = []
     images: list[str] = []
     for i, (kind, value) in enumerate(items):
@@ -77,8 +75,11 @@ def run_generate(args: argparse.Namespace) -> int:
     if missing:
         print(f"m3w generate: image not found: {', '.join(missing)}", file=sys.stderr)
         return 2
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
+        model, tokenizer = load_checkpoint(args.checkpoint, device=device)
     except (CheckpointError, OSError, ValueError) as err:
         print(f"m3w generate: cannot load {args.checkpoint}: {err}", file=sys.stderr)
         return 2

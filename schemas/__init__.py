@@ -18,6 +18,6 @@ def load_arrow_schema(name: str):  # -> pyarrow.Schema (pyarrow is imported only
 
     spec = json.loads(resources.files(__name__).joinpath(f"{name}.arrow.json").read_text("utf-8"))
     types = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
-             "float64": pa.float64(), "bool": pa.bool_()}
+             "float64": pa.float64(), "bool": pa.bool_(), "list<string>": pa.list_(pa.string())}
     return pa.schema([pa.field(f["name"], types[f["type"]], nullable=f["nullable"]) for f in spec["fields"]],
                      metadata={"schema": spec["name"]})

@@ -197,18 +197,3 @@ def build_manifest(
             "images": stages.get("image_refs", {}).get("kept", {}).get("resolved", 0),
         },
     }
-
-
-def summary_lines(manifest: Mapping[str, Any], with_stages: bool = True) -> list[str]:
-    """A short human summary of a manifest, for the CLI."""
-    lines = [f"corpus {manifest['corpus']}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shards"]
-    if not with_stages:
-        return lines + ["  reconciles: " + ("yes" if manifest["reconciles"] else "NO: " + "; ".join(manifest["reconciliation_errors"]))]
-    for stage, s in manifest["stages"].items():
-        kept = ", ".join(f"{k}={v}" for k, v in s["kept"].items())
-        dropped = ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "-"
-        lines.append(f"  {stage:<14} in={s['in']:<7} kept: {kept}; dropped: {dropped}")
-    for b in manifest["broken_files"]:
-        lines.append(f"  broken file {b['warc_file']}: {b['reason']} after {b['records_read']} records ({b['detail'][:80]})")
-    lines.append("  reconciles: " + ("yes" if manifest["reconciles"] else "NO: " + "; ".join(manifest["reconciliation_errors"])))
-    return lines

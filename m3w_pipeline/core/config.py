@@ -367,6 +367,10 @@ class VideoConfig:
     max_track_bytes: int = 1_000_000
     samples_per_shard: int = 1000
     prefix: str = "video"
+    # The stored video (KEY.<ext>): "original" keeps the crawled bytes and container; "mp4" stores
+    # MP4 for video2dataset-style loaders that read KEY.mp4 (remuxed; re-encoded when the codec
+    # cannot go into MP4; a video neither can make is dropped as mp4-failed).
+    container: str = "original"
 
 
 @dataclass(frozen=True)
@@ -438,6 +442,8 @@ def config_problems(config: BuildConfig) -> list[str]:
         problems.append(f"image.jpeg_quality must be <= 100, got {config.image.jpeg_quality}")
     if config.dedup.bands * config.dedup.rows > config.dedup.num_perm:
         problems.append(f"dedup.bands x dedup.rows ({config.dedup.bands * config.dedup.rows}) must be <= dedup.num_perm ({config.dedup.num_perm})")
+    if config.video.container not in ("original", "mp4"):
+        problems.append(f"video.container must be original or mp4, got {config.video.container!r}")
     for section, low, high in _ORDERED_PAIRS:
         values = getattr(config, section)
         if hasattr(values, low) and hasattr(values, high) and getattr(values, low) > getattr(values, high):

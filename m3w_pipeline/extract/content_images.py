@@ -71,40 +71,41 @@ def _squeeze(text: str) -> str:
 
 
 def index_dom(root: HtmlElement) -> DomIndex:
-    """One pass over the tree (iterative: pages nest thousands of elements deep)."""
+    """One pass over the tree (iterative: pages nest thousands of elements deep). The hot loop
+    of `select_images` (every element twice), so it is kept flat: no call per event."""
     pieces: list[str] = []
     starts: list[int] = []
     owners: list[HtmlElement] = []
     media: dict[str, tuple[int, HtmlElement]] = {}
     offset = 0
-
-    def add(text: Optional[str], owner: Optional[HtmlElement]) -> None:
-        nonlocal offset
-        if text and owner is not None:
-            squeezed = _squeeze(text)
-            if squeezed:
-                starts.append(offset)
-                owners.append(owner)
-                pieces.append(squeezed)
-                offset += len(squeezed)
-
     walker = iterwalk(root, events=("start", "end"))
     for event, elem in walker:
-        if event == "end":
-            if elem is not root:
-                add(elem.tail, elem.getparent())
-            continue
-        tag = elem.tag
-        if not isinstance(tag, str):  # comments, processing instructions: only their tail counts
-            continue
-        if tag in _INVISIBLE_TAGS:
-            walker.skip_subtree()
-            continue
-        if tag == "img":
-            src = elem.get("src") or ""
-            if PLACEHOLDER_RE.fullmatch(src):
-                media[src] = (offset, elem)
-        add(elem.text, elem)
+        if event == "end":  # the tail belongs to the parent, after this element's subtree
+            text = elem.tail
+            if not text or elem is root or text.isspace():
+                continue
+            owner = elem.getparent()
+        else:
+            tag = elem.tag
+            if not isinstance(tag, str):  # comments, processing instructions: only their tail counts
+                continue
+            if tag in _INVISIBLE_TAGS:
+                walker.skip_subtree()
+                continue
+            if tag == "img":
+                src = elem.get("src") or ""
+                if PLACEHOLDER_RE.fullmatch(src):
+                    media[src] = (offset, elem)
+            text = elem.text
+            if not text or text.isspace():
+                continue
+            owner = elem
+        squeezed = _squeeze(text)
+        if squeezed and owner is not None:
+            starts.append(offset)
+            owners.append(owner)
+            pieces.append(squeezed)
+            offset += len(squeezed)
     return DomIndex("".join(pieces), starts, owners, media)
 
 

@@ -22,9 +22,11 @@ from collections import Counter
 from dataclasses import asdict, replace
 from typing import Any, Optional
 
+import lxml.html
 import trafilatura
-from lxml.html import HtmlElement
-from trafilatura.utils import load_html
+from lxml.etree import ElementDefaultClassLookup
+from lxml.html import HtmlComment, HtmlElement, HtmlEntity, HtmlProcessingInstruction
+from trafilatura.utils import DOCTYPE_TAG, is_dubious_html, repair_faulty_html
 
 from m3w_pipeline.core.config import ExtractConfig
 from m3w_pipeline.core.nodes import ExtractedPage, Node, VideoRef
@@ -33,6 +35,17 @@ from m3w_pipeline.extract.media_refs import PLACEHOLDER_RE, MediaTable, absolute
 from m3w_pipeline.read.decode import decode_html
 
 LOGGER = logging.getLogger(__name__)
+
+# trafilatura's HTML parser settings, but every element an `HtmlElement` looked up in C: lxml.html's
+# own lookup is a Python call per element proxy (half a million per page set), and its form
+# element classes (FormElement, InputElement, ...) are used by neither trafilatura nor us.
+_PARSER = lxml.html.HTMLParser(collect_ids=False, default_doctype=False, encoding="utf-8", remove_comments=True, remove_pis=True)
+_PARSER.set_element_class_lookup(
+    ElementDefaultClassLookup(element=HtmlElement, comment=HtmlComment, pi=HtmlProcessingInstruction, entity=HtmlEntity)
+)
+
+# Bytes of the characters trafilatura's repair removes (its INVALID_XML_CHARS below U+0080).
+_XML_FORBIDDEN_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
 
 # trafilatura XML output: elements that start a new text node.
 _BLOCK_TAGS = frozenset({"p", "head", "item", "row", "code", "quote", "list", "table", "div", "note", "body", "doc", "main", "article", "section"})
@@ -59,12 +72,14 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
         tree = _parse(text)
         if tree is None:
             return page
-        page.title = _page_title(tree)
-        page.lang = _page_lang(tree)
-        page.robots, page.tdm_reservation = _opt_out_meta(tree)
+        metas = list(tree.iter("meta"))
+        named = _named_meta(metas)
+        page.title = _page_title(tree, named)
+        page.lang = _page_lang(tree, metas, named)
+        page.robots, page.tdm_reservation = _opt_out_meta(metas)
         base = _base_url(tree, url)
-        og_video = _og_video(tree, base) if config.include_og_video else None
-        og_image = absolute_url(_meta_content(tree, "og:image:secure_url", "og:image:url", "og:image"), base)
+        og_video = _og_video(named, base) if config.include_og_video else None
+        og_image = absolute_url(_meta_content(named, "og:image:secure_url", "og:image:url", "og:image"), base)
         declared = _declared_main_summary(tree) if config.declared_main_fallback else None
         table = rewrite_media(tree, url, base, config)
         body = _run_trafilatura(tree, url, config)
@@ -107,30 +122,79 @@ def page_to_json(page: ExtractedPage) -> dict[str, Any]:
 
 
 def _parse(text: str) -> Optional[HtmlElement]:
-    """One lxml parse via trafilatura's loader, so trafilatura sees exactly what it expects."""
+    """One lxml parse, with the repairs and checks of trafilatura's `load_html` (so trafilatura
+    sees the tree it expects). lxml parses the repaired page as UTF-8 bytes (its string form is
+    converted inside libxml2, ~25% slower; both give the same tree), else as a string; a page
+    that does not say "html" early and parses to fewer than two children is not HTML."""
     if not text or not text.strip():
         return None
-    tree = load_html(text)
-    return tree if tree is not None and len(tree) else None
+    beginning = text[:50].lower()
+    markup = _repaired_utf8(text, beginning)
+    if markup is None:  # characters XML forbids, lone surrogates: trafilatura's repair on the string
+        text = repair_faulty_html(text, beginning)
+        tree = _fromstring(text)
+        if tree is None or not len(tree):
+            tree = _fromstring(text.encode("utf-8", "surrogatepass"))
+    else:
+        tree = _fromstring(markup)
+        if tree is None or not len(tree):
+            tree = _fromstring(markup.decode("utf-8"))
+    if tree is None or not len(tree) or (is_dubious_html(beginning) and len(tree) < 2):
+        return None
+    return tree
 
 
+def _repaired_utf8(text: str, beginning: str) -> Optional[bytes]:
+    """`repair_faulty_html(text, beginning)` as UTF-8 bytes, or None where only trafilatura's own
+    repair applies (a character XML forbids, a lone surrogate). Its whole-page regex scan for
+    forbidden characters (~0.8 ms a page) is done here on the bytes, in C: the ASCII controls are
+    single bytes in UTF-8 and U+FFFE/U+FFFF fixed three-byte sequences."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if len(data.translate(None, _XML_FORBIDDEN_BYTES)) != len(data) or b"\xef\xbf\xbe" in data or b"\xef\xbf\xbf" in data:
+        return None
+    head = text[:4096]
+    if "doctype" in beginning:  # trafilatura drops a DOCTYPE holding a "/" from the first line, which always ends in "\n"
+        first, newline, rest = text.partition("\n")
+        doctype = DOCTYPE_TAG.match(first)
+        if doctype is not None or not newline:
+            cut = doctype.end() if doctype is not None else 0
+            data = data[len(first[:cut].encode("utf-8")):] + (b"" if newline else b"\n")
+            head = (first[cut:cut + 4096] + "\n" + rest[:4096])[:4096]
+    if any("<html" in line and line.endswith("/>") for line in head.splitlines()[:4]):
+        return repair_faulty_html(text, beginning).encode("utf-8")  # a self-closed <html/> (rare): their repair
+    return data
 
 
-def _meta_content(tree: HtmlElement, *keys: str) -> Optional[str]:
-    """First non-empty <meta property|name=KEY content> among keys (in priority order)."""
+def _fromstring(markup: str | bytes) -> Optional[HtmlElement]:
+    try:
+        return lxml.html.fromstring(markup, parser=_PARSER)
+    except Exception:  # noqa: BLE001 - lxml's refusals (ValueError, ParserError, ...) mean "try the other form"
+        return None
+
+
+def _named_meta(metas: list[HtmlElement]) -> dict[str, str]:
+    """Each <meta property|name=KEY>'s first non-empty content (whitespace collapsed), by lower-cased KEY."""
     found: dict[str, str] = {}
-    for meta in tree.iter("meta"):
+    for meta in metas:
         key = (meta.get("property") or meta.get("name") or "").strip().lower()
-        if key in keys and key not in found:
+        if key and key not in found:
             content = clean_text(meta.get("content"))
             if content:
                 found[key] = content
-    return next((found[k] for k in keys if k in found), None)
+    return found
 
 
-def _page_title(tree: HtmlElement) -> Optional[str]:
+def _meta_content(named: dict[str, str], *keys: str) -> Optional[str]:
+    """The first of keys (in priority order) that a <meta> gives content (see `_named_meta`)."""
+    return next((named[k] for k in keys if k in named), None)
+
+
+def _page_title(tree: HtmlElement, named: dict[str, str]) -> Optional[str]:
     """og:title (no site-name suffix), else <title>, else the first <h1>."""
-    title = _meta_content(tree, "og:title", "twitter:title")
+    title = _meta_content(named, "og:title", "twitter:title")
     if title:
         return title
     for tag in ("title", "h1"):
@@ -149,11 +213,11 @@ def _normalise_lang(value: Optional[str]) -> Optional[str]:
     return first if re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{1,8})*", first) else None
 
 
-def _opt_out_meta(tree: HtmlElement) -> tuple[list[str], bool]:
+def _opt_out_meta(metas: list[HtmlElement]) -> tuple[list[str], bool]:
     """Robots directives from <meta name="robots"|"<bot>"> and the TDMRep reservation flag."""
     directives: list[str] = []
     tdm = False
-    for meta in tree.iter("meta"):
+    for meta in metas:
         name = (meta.get("name") or "").strip().lower()
         content = (meta.get("content") or "").strip().lower()
         if name == "tdm-reservation":
@@ -163,17 +227,17 @@ def _opt_out_meta(tree: HtmlElement) -> tuple[list[str], bool]:
     return directives, tdm
 
 
-def _page_lang(tree: HtmlElement) -> Optional[str]:
+def _page_lang(tree: HtmlElement, metas: list[HtmlElement], named: dict[str, str]) -> Optional[str]:
     """Declared language, lowercased BCP-47-ish: <html lang>, content-language, og:locale."""
     lang = _normalise_lang(tree.get("lang") or tree.get("xml:lang"))
     if lang:
         return lang
-    for meta in tree.iter("meta"):
+    for meta in metas:
         if (meta.get("http-equiv") or "").strip().lower() == "content-language":
             lang = _normalise_lang(meta.get("content"))
             if lang:
                 return lang
-    return _normalise_lang(_meta_content(tree, "og:locale"))
+    return _normalise_lang(_meta_content(named, "og:locale"))
 
 
 def _base_url(tree: HtmlElement, url: str) -> str:
@@ -319,14 +383,14 @@ def _nodes_from_body(body: Any, table: MediaTable, config: ExtractConfig) -> lis
     return builder.nodes
 
 
-def _og_video(tree: HtmlElement, base: str) -> Optional[VideoRef]:
+def _og_video(named: dict[str, str], base: str) -> Optional[VideoRef]:
     """og:video as a VideoRef (Flash players skipped), placed at the top of the page."""
-    url = _meta_content(tree, "og:video:secure_url", "og:video:url", "og:video")
-    mime = (_meta_content(tree, "og:video:type") or "").lower()
+    url = _meta_content(named, "og:video:secure_url", "og:video:url", "og:video")
+    mime = (_meta_content(named, "og:video:type") or "").lower()
     absolute = absolute_url(url, base)
     if absolute is None or "flash" in mime or url_ext(absolute) == "swf":
         return None
-    return VideoRef(sources=[absolute], poster=absolute_url(_meta_content(tree, "og:image"), base), origin="og-video")
+    return VideoRef(sources=[absolute], poster=absolute_url(_meta_content(named, "og:image"), base), origin="og-video")
 
 
 def _add_og_video(nodes: list[Node], video: VideoRef, title: Optional[str]) -> None:
@@ -349,28 +413,31 @@ _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 
 def _find_declared_main(tree: HtmlElement) -> Optional[HtmlElement]:
-    found = tree.xpath("//main | //*[@role='main']")
-    return found[0] if found else None
+    """The first <main> or role="main" element in document order (a Python walk that stops
+    there is cheaper than the XPath union, which tests every element's attributes)."""
+    for elem in tree.iter():
+        if elem.tag == "main" or elem.get("role") == "main":
+            return elem
+    return None
 
 
-def _declared_main_summary(tree: HtmlElement) -> Optional[tuple[set[str], int]]:
-    """(words, image count) of the page's declared main region, read before any rewriting."""
+def _declared_main_summary(tree: HtmlElement) -> Optional[str]:
+    """The text of the page's declared main region, read before any rewriting; None when there
+    is none or it shows no image. Its words are read only if trafilatura's output has no image."""
     main = _find_declared_main(tree)
-    if main is None:
+    if main is None or next(main.iter("img", "picture"), None) is None:
         return None
-    n_images = sum(1 for _ in main.iter("img", "picture"))
-    if n_images == 0:
-        return None
-    return {w.lower() for w in _WORD_RE.findall(main.text_content())}, n_images
+    return main.text_content()
 
 
-def _missed_declared_main(nodes: list[Node], declared: tuple[set[str], int], config: ExtractConfig) -> bool:
+def _missed_declared_main(nodes: list[Node], declared: str, config: ExtractConfig) -> bool:
     if any(n.type == "image" for n in nodes):
         return False
     words = [w.lower() for n in nodes if n.type == "text" and n.text for w in _WORD_RE.findall(n.text)]
     if not words:
         return True
-    inside = sum(1 for w in words if w in declared[0])
+    vocabulary = {w.lower() for w in _WORD_RE.findall(declared)}
+    inside = sum(1 for w in words if w in vocabulary)
     return inside / len(words) < config.declared_main_max_overlap
 
 

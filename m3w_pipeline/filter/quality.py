@@ -15,6 +15,7 @@ the row the Parquet index stores (column names and types: DOCUMENT_SCORE_COLUMNS
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import unicodedata
@@ -190,24 +191,45 @@ def flagged_word_ratio(tokens: Sequence[str], lang: Optional[str]) -> float:
     if not tokens:
         return 0.0
     flagged = flagged_words(lang)
+    if flagged.isdisjoint(tokens):  # nearly every text: one pass in C
+        return 0.0
     return sum(1 for t in tokens if t in flagged) / len(tokens)
 
 
+def _char_class(ch: str) -> int:
+    """0 whitespace, 1 letter or combining mark (marks belong to letters: Devanagari, Thai
+    vowels), 2 punctuation, 3 any other special character (digits, symbols, emoji)."""
+    if ch.isspace():
+        return 0
+    if ch.isalpha():
+        return 1
+    cat = unicodedata.category(ch)[0]
+    return 1 if cat == "M" else 2 if cat == "P" else 3
+
+
+# ASCII text is classified in C: each byte mapped to its class digit, whitespace deleted.
+_ASCII_CLASSES = bytes(48 + _char_class(chr(b)) if b < 128 else 0 for b in range(256))
+_ASCII_SPACES = bytes(b for b in range(128) if chr(b).isspace())
+_ASCII_RUNS = re.compile(r"[\x00-\x7f]+")
+_COUNT_DISTINCT_FROM = 32  # non-ASCII characters from which classifying distinct ones (Counter) is cheaper
+
+
 def _char_classes(text: str) -> tuple[int, int, int]:
-    """(non-space chars, punctuation chars, special chars)."""
-    non_space = punct = special = 0
-    for ch in text:
-        if ch.isspace():
-            continue
-        non_space += 1
-        if ch.isalpha():
-            continue
-        cat = unicodedata.category(ch)
-        if cat[0] == "M":  # combining marks belong to letters (Devanagari, Thai vowels)
-            continue
-        special += 1
-        if cat[0] == "P":
-            punct += 1
+    """(non-space chars, punctuation chars, special chars). Called for every text node and every
+    document: the ASCII characters are classified in C (bytes.translate), the others one per
+    distinct character."""
+    classes = text.encode("ascii", "ignore").translate(_ASCII_CLASSES, _ASCII_SPACES)
+    non_space, punct = len(classes), classes.count(b"2")
+    special = non_space - classes.count(b"1")
+    if not text.isascii():
+        rest = _ASCII_RUNS.sub("", text)  # usually a few quotes and accents; whole scripts (ja, ru) repeat characters
+        for ch, count in (Counter(rest).items() if len(rest) > _COUNT_DISTINCT_FROM else zip(rest, itertools.repeat(1))):
+            kind = _char_class(ch)
+            if kind:
+                non_space += count
+                if kind >= 2:
+                    special += count
+                    punct += count if kind == 2 else 0
     return non_space, punct, special
 
 

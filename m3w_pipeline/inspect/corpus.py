@@ -1,7 +1,7 @@
 """Reading a written corpus: find its shards, walk its tars strictly, group members into samples.
 
 A corpus is a directory (local, or gs:// / s3:// through the caller's `Opener`) holding
-NAME.tar shards, optional NAME.parquet indexes and usually a manifest.json. Its kind (m3w,
+NAME.tar shards, optional Parquet indexes (index/NAME.parquet: `write.layout`) and usually a manifest.json. Its kind (m3w,
 pairs, video) comes from the caller, the manifest, or the first sample's members.
 `stats`, `validate`, `export` and `report` read corpora only through this module, which
 never imports apache_beam.
@@ -12,8 +12,11 @@ import io
 import json
 import os
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+from m3w_pipeline.write.layout import index_dir, index_path, legacy_index_path
 
 Opener = Callable[[str], BinaryIO]  # path -> readable binary stream (a context manager)
 Lister = Callable[[str], list[str]]  # directory -> names of the files directly in it
@@ -244,7 +247,7 @@ def read_member_at(stream: BinaryIO, offset: int) -> TarMember:
 class ShardRef:
     name: str  # base name, e.g. m3w-00003
     tar: str  # path of NAME.tar
-    index: Optional[str]  # path of NAME.parquet, when the corpus has indexes
+    index: Optional[str]  # path of its index (`write.layout.index_path`), when the corpus has indexes
     kind: str  # m3w | pairs | video
 
 
@@ -334,29 +337,134 @@ def open_corpus(
     kind = kind or kind_from_manifest(manifest)
     if kind is None:
         kind = sniff_kind(join_path(root, f"{names[0]}.tar"), opener) if names else "m3w"
-    has_index = _has_indexes(root, names, manifest, files, opener)
-    shards = [
-        ShardRef(n, join_path(root, f"{n}.tar"), join_path(root, f"{n}.parquet") if has_index else None, kind)
-        for n in names
-    ]
+    index_of = _index_locator(root, names, manifest, files, lister, opener)
+    shards = [ShardRef(n, join_path(root, f"{n}.tar"), index_of(n) if index_of else None, kind) for n in names]
     return Corpus(root, kind, manifest, shards)
 
 
-def _has_indexes(
-    root: str, names: list[str], manifest: Optional[Mapping[str, Any]], files: Optional[set[str]], opener: Opener
-) -> bool:
-    """Every shard has NAME.parquet: the manifest records it, or the listing shows it, or it opens."""
-    if not names:
-        return False
-    if manifest is not None and manifest.get("shards") and all(s.get("parquet_sha256") for s in manifest["shards"]):
-        return True
-    if files is not None:
-        return all(f"{n}.parquet" in files for n in names)
+# ----------------------------------------------------------------------------- what a path holds
+
+EXPORT_LAYOUTS = ("mmc4", "obelics")  # folders `m3w export` writes
+OBELICS_COLUMNS = ("images", "metadata", "general_metadata", "texts")
+
+
+class NotACorpus(ValueError):
+    """A path holds nothing the inspect commands read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """What a path holds: one corpus, a `build all` root (kind -> corpus path), or an export."""
+
+    path: str
+    layout: str  # corpus | root | mmc4 | obelics
+    corpora: Mapping[str, str]  # root: kind -> corpus path, in KINDS order; else empty
+
+    def describe(self) -> str:
+        if self.layout == "root":
+            return f"a build root holding {', '.join(self.corpora)}"
+        return {"mmc4": "an MMC4 export", "obelics": "an OBELICS-style Parquet export"}.get(self.layout, "a corpus")
+
+
+def locate(path: str, opener: Opener = open_local, lister: Optional[Lister] = list_local) -> Location:
+    """Tell a corpus (manifest or .tar shards) from a `build all` root (m3w/, pairs/, video/ corpora)
+    and from what `m3w export` writes; NotACorpus for an empty or unrecognised folder."""
+    files = _files_in(path, lister)
+    if read_manifest(path, opener) is not None:
+        return Location(path, "corpus", {})
+    tars = sorted(n for n in files or () if n.endswith(".tar"))
+    if tars:
+        first = _first_json(join_path(path, tars[0]), opener)
+        return Location(path, "mmc4" if _is_mmc4_json(first) else "corpus", {})
+    parquets = sorted(n for n in files or () if n.endswith(".parquet"))
+    if parquets and _is_obelics(join_path(path, parquets[0]), opener):
+        return Location(path, "obelics", {})
+    corpora = {kind: join_path(path, kind) for kind in KINDS if _is_corpus_dir(join_path(path, kind), opener, lister)}
+    if corpora:
+        return Location(path, "root", corpora)
+    if files is None:
+        raise NotACorpus(f"{path}: cannot list it and it has no {MANIFEST_NAME}")
+    found = f"{len(parquets)} .parquet files that are not an OBELICS export and no" if parquets else "no"
+    raise NotACorpus(f"{path}: not a corpus: {found} {MANIFEST_NAME}, .tar shards or m3w/ pairs/ video/ corpora in it")
+
+
+def _files_in(path: str, lister: Optional[Lister]) -> Optional[list[str]]:
+    if lister is None:
+        return None
     try:
-        with opener(join_path(root, f"{names[0]}.parquet")):
-            return True
+        return lister(path)
     except OSError:
+        return None
+
+
+def _is_corpus_dir(path: str, opener: Opener, lister: Optional[Lister]) -> bool:
+    if read_manifest(path, opener) is not None:
+        return True
+    return any(n.endswith(".tar") for n in _files_in(path, lister) or ())
+
+
+def _first_json(tar_path: str, opener: Opener) -> Optional[dict[str, Any]]:
+    """The first sample's KEY.json of a tar (None when it has none or the tar is unreadable)."""
+    try:
+        with opener(tar_path) as f:
+            first = next(group_samples(iter_tar_members(f, want=lambda n: n.endswith(".json"), seek=seekable(f))), None)
+    except (OSError, TarDamage):
+        return None
+    if first is None:
+        return None
+    value = sample_json(first)
+    return value or None
+
+
+def _is_mmc4_json(doc: Optional[Mapping[str, Any]]) -> bool:
+    return doc is not None and "text_list" in doc and "image_info" in doc and "schema" not in doc
+
+
+def _is_obelics(parquet_path: str, opener: Opener) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        with opener(parquet_path) as f:  # the footer only, where the stream can seek
+            names = pq.ParquetFile(f if seekable(f) else io.BytesIO(f.read())).schema_arrow.names
+    except Exception:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for what is not Parquet
         return False
+    return set(OBELICS_COLUMNS) <= set(names)
+
+
+def _index_locator(
+    root: str, names: list[str], manifest: Optional[Mapping[str, Any]], files: Optional[set[str]],
+    lister: Optional[Lister], opener: Opener,
+) -> Optional[Callable[[str], str]]:
+    """Where the shards' indexes are: index/NAME.parquet (`write.layout.index_path`), or beside
+    the tar as corpora written before the index/ folder had them; None when a shard has none."""
+    if not names:
+        return None
+    if manifest is not None and manifest.get("shards") and all(s.get("parquet_sha256") for s in manifest["shards"]):
+        if files is not None and all(f"{n}.parquet" in files for n in names):
+            return lambda n: legacy_index_path(root, n)  # an older build's manifest
+        return lambda n: index_path(root, n)
+    for locate, listing in ((index_path, _listing(lister, index_dir(root))), (legacy_index_path, files)):
+        if listing is not None:
+            if all(f"{n}.parquet" in listing for n in names):
+                return lambda n, locate=locate: locate(root, n)
+            continue
+        try:
+            with opener(locate(root, names[0])):
+                return lambda n, locate=locate: locate(root, n)
+        except OSError:
+            continue
+    return None
+
+
+def _listing(lister: Optional[Lister], directory: str) -> Optional[set[str]]:
+    if lister is None:
+        return None
+    try:
+        return set(lister(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------------- sample contents
@@ -410,3 +518,47 @@ def iter_m3w_documents(shard: ShardRef, opener: Opener = open_local, with_media:
                 if m.data is not None and not m.name.endswith(".json")
             }
             yield M3WDocument(sample.key, sample_json(sample), media, shard.name)
+
+
+# ----------------------------------------------------------------------------- rejects (report)
+
+REJECTS_NAME = "rejects.jsonl"  # = beam_jobs.counting.REJECTS_NAME: the build's sample of rejected items
+
+
+@dataclass
+class RejectSample:
+    """A few rejects per (stage, reason), read from the front of ROOT/rejects.jsonl."""
+
+    by_reason: dict[tuple[str, str], list[dict[str, str]]]  # (stage, reason) -> first `per_reason` rejects
+    seen: Counter  # (stage, reason) -> rejects of it read (the file holds a bounded sample; the manifest has all counts)
+    complete: bool  # False when the byte cap stopped the read
+
+
+def sample_rejects(
+    root: str, opener: Opener = open_local, per_reason: int = 3, max_bytes: int = 4 << 20, max_chars: int = 240
+) -> Optional[RejectSample]:
+    """Up to `per_reason` rejects of each (stage, reason), reading at most `max_bytes`; None without the file."""
+    try:
+        stream = opener(join_path(root, REJECTS_NAME))
+    except OSError:
+        return None
+    out = RejectSample({}, Counter(), True)
+    read = 0
+    with stream:
+        while line := stream.readline(1 << 16):  # a line longer than 64 KiB is cut (and then fails to parse)
+            read += len(line)
+            if read > max_bytes:
+                out.complete = False
+                break
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            reason = (str(row.get("stage", "")), str(row.get("reason", "")))
+            out.seen[reason] += 1
+            kept = out.by_reason.setdefault(reason, [])
+            if len(kept) < per_reason:
+                kept.append({k: str(row.get(k) or "")[:max_chars] for k in ("url", "key", "detail")})
+    return out

@@ -15,6 +15,12 @@
   `linear_sum_assignment` recover the page order. Images with no text of their own after
   them (consecutive images, an image at the end) get an empty text slot, since the MMC4
   format puts at most one image before each text.
+  The matched similarity is 100: MMC4 and OpenFlamingo read these numbers on CLIP's logit
+  scale (100 x cosine; `--mmc4_textsim_threshold` defaults to 30), and the page itself says
+  which text goes with the image, so the match gets the scale's maximum (cosine 1).
+  `window_tokens` cuts documents into samples whose every image lies inside OpenFlamingo's
+  token window, and every export counts what OpenFlamingo's loader would still drop
+  (m3w_pipeline/inspect/openflamingo.py).
 """
 from __future__ import annotations
 
@@ -30,8 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from m3w_pipeline.inspect.corpus import Corpus, M3WDocument, Opener, iter_m3w_documents, join_path, local_path, open_local
+from m3w_pipeline.inspect.openflamingo import MAX_IMAGES, LoaderLosses, TokenCounter, windows
 
 Writer = Callable[[str], ContextManager[BinaryIO]]  # path -> writable binary stream
+Progress = Callable[[int, int], None]  # (documents, shards) just done: for the CLI's progress line
 
 
 @contextmanager
@@ -54,9 +62,12 @@ class ExportConfig:
     images: str = "bytes"  # parquet: "bytes" (stored image bytes) | "urls" (OBELICS' own convention)
     missing_images: str = "auto"  # keep | drop | auto (drop with bytes: no bytes to give; keep with URLs)
     row_group_size: int = 1000  # parquet rows per row group
-    matched_sim: float = 1.0  # mmc4: similarity of an image to the text after it
+    matched_sim: float = 100.0  # mmc4: similarity of an image to the text after it (CLIP logit scale, its maximum)
     other_sim: float = 0.0  # mmc4: similarity to every other text
     min_images: int = 1  # mmc4: documents with fewer stored images are skipped (the loader rejects them)
+    window_tokens: int = 0  # mmc4: 0 = whole documents; N = cut so each <image> and the token after it lie in N tokens
+    window_images: int = MAX_IMAGES  # mmc4, with window_tokens: images per window at most (--mmc4_max_num_images)
+    tokenizer: Optional[str] = None  # mmc4: directory with the training tokenizer's tokenizer.json; None: count bytes
 
     def __post_init__(self) -> None:
         if self.images not in ("bytes", "urls"):
@@ -65,6 +76,10 @@ class ExportConfig:
             raise ValueError(f"missing_images must be auto, keep or drop, not {self.missing_images!r}")
         if self.matched_sim <= self.other_sim:
             raise ValueError("matched_sim must exceed other_sim, or the page order is not recoverable")
+        if self.window_tokens and self.window_tokens < 8:
+            raise ValueError(f"window_tokens must be 0 (off) or at least 8, not {self.window_tokens}")
+        if self.window_images < 1:
+            raise ValueError(f"window_images must be >= 1, not {self.window_images}")
 
     @property
     def keep_missing(self) -> bool:
@@ -77,9 +92,17 @@ class ExportResult:
     documents: int = 0
     images: int = 0
     skipped_documents: int = 0  # mmc4: documents without enough stored images
+    source_documents: int = 0  # mmc4: documents read (written whole, cut into windows, or skipped)
+    cut_documents: int = 0  # mmc4: documents written as more than one window
+    dropped_text_nodes: int = 0  # mmc4 windows: text that fit in no window with an image
+    openflamingo: Optional[LoaderLosses] = None  # mmc4: what OpenFlamingo's loader would still drop
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": self.files, "documents": self.documents, "images": self.images, "skipped_documents": self.skipped_documents}
+        out = {"files": self.files, "documents": self.documents, "images": self.images, "skipped_documents": self.skipped_documents}
+        if self.openflamingo is not None:
+            out.update(source_documents=self.source_documents, cut_documents=self.cut_documents,
+                       dropped_text_nodes=self.dropped_text_nodes, openflamingo_defaults=self.openflamingo.to_json())
+        return out
 
 
 # ----------------------------------------------------------------------------- OBELICS-style Parquet
@@ -173,6 +196,7 @@ def export_parquet(
     config: ExportConfig = ExportConfig(),
     opener: Opener = open_local,
     writer: Writer = write_local,
+    progress: Optional[Progress] = None,
 ) -> ExportResult:
     """One OBELICS-style Parquet file per M3W shard, `DST/NAME.parquet`."""
     _require_m3w(corpus)
@@ -189,6 +213,8 @@ def export_parquet(
         result.files.append(path)
         result.documents += len(rows)
         result.images += sum(1 for r in rows for v in r["images"] if v is not None)
+        if progress:
+            progress(len(rows), 1)
     return result
 
 
@@ -221,12 +247,9 @@ def mmc4_alignment(texts: list[Optional[str]], images: list[Optional[dict[str, A
     return text_list, matches
 
 
-def mmc4_sample(item: M3WDocument, config: ExportConfig) -> Optional[dict[str, Any]]:
-    """One document as an MMC4 `KEY.json` object, or None with fewer than `min_images` stored images."""
+def mmc4_json(item: M3WDocument, text_list: list[str], matches: list[tuple[int, int]], config: ExportConfig) -> dict[str, Any]:
+    """One MMC4 `KEY.json` object for these texts and (image position in the document, text index) matches."""
     doc = item.doc
-    text_list, matches = mmc4_alignment(doc["texts"], doc["images"])
-    if len(matches) < config.min_images:
-        return None
     image_info, matrix = [], []
     for position, text_index in matches:
         im = doc["images"][position]
@@ -257,18 +280,47 @@ def mmc4_sample(item: M3WDocument, config: ExportConfig) -> Optional[dict[str, A
     }
 
 
+def mmc4_sample(item: M3WDocument, config: ExportConfig) -> Optional[dict[str, Any]]:
+    """One document as an MMC4 `KEY.json` object, or None with fewer than `min_images` stored images."""
+    text_list, matches = mmc4_alignment(item.doc["texts"], item.doc["images"])
+    if len(matches) < config.min_images:
+        return None
+    return mmc4_json(item, text_list, matches, config)
+
+
+def mmc4_windows(item: M3WDocument, config: ExportConfig, counter: TokenCounter) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """(key, MMC4 object) per window of the document (`window_tokens`), and the text nodes dropped.
+    Keys are KEY_wNNN; each object says which window of which document it is."""
+    text_list, matches = mmc4_alignment(item.doc["texts"], item.doc["images"])
+    if len(matches) < config.min_images:
+        return [], 0
+    image_at = {text_index: k for k, (_, text_index) in enumerate(matches)}
+    runs, dropped = windows(text_list, image_at, counter, config.window_tokens, config.window_images)
+    out = []
+    for n, run in enumerate(runs):
+        local = {t: i for i, t in enumerate(run)}
+        window_matches = [(matches[image_at[t]][0], local[t]) for t in run if t in image_at]
+        sample = mmc4_json(item, [text_list[t] for t in run], window_matches, config)
+        sample["window"] = {"index": n, "of": len(runs), "source_key": item.key}
+        out.append((f"{item.key}_w{n:03d}", sample))
+    return out, dropped
+
+
 def export_mmc4(
     corpus: Corpus,
     dst: str,
     config: ExportConfig = ExportConfig(),
     opener: Opener = open_local,
     writer: Writer = write_local,
+    progress: Optional[Progress] = None,
 ) -> ExportResult:
-    """`DST/NAME.tar` per M3W shard (KEY.json per document) and `DST/sizes.json` (samples per tar)."""
+    """`DST/NAME.tar` per M3W shard (KEY.json per document, or KEY_wNNN.json per window) and
+    `DST/sizes.json` (samples per tar); the result counts what OpenFlamingo's loader would drop."""
     from m3w_pipeline.write.shards import DeterministicTarWriter, canonical_json
 
     _require_m3w(corpus)
-    result = ExportResult()
+    counter = TokenCounter(config.tokenizer)
+    result = ExportResult(openflamingo=LoaderLosses(counter=counter.name))
     sizes: dict[str, int] = {}
     for shard in corpus.shards:
         path = join_path(dst, f"{shard.name}.tar")
@@ -276,22 +328,39 @@ def export_mmc4(
         with writer(path) as out:
             tar = DeterministicTarWriter(out)
             for item in iter_m3w_documents(shard, opener):
-                sample = mmc4_sample(item, config)
-                if sample is None:
+                result.source_documents += 1
+                if config.window_tokens:
+                    samples, dropped = mmc4_windows(item, config, counter)
+                    result.dropped_text_nodes += dropped
+                    result.cut_documents += len(samples) > 1
+                else:
+                    sample = mmc4_sample(item, config)
+                    samples = [] if sample is None else [(item.key, sample)]
+                if progress:
+                    progress(1, 0)
+                if not samples:
                     result.skipped_documents += 1
                     continue
-                tar.add(f"{item.key}.json", canonical_json(sample))
-                n += 1
-                result.images += len(sample["image_info"])
+                for key, sample in samples:
+                    tar.add(f"{key}.json", canonical_json(sample))
+                    n += 1
+                    result.images += len(sample["image_info"])
+                    result.openflamingo.add(sample, [_decoded_size(im["image_base64"]) for im in sample["image_info"]], counter)
             tar.close()
         sizes[f"{shard.name}.tar"] = n
         result.files.append(path)
         result.documents += n
+        if progress:
+            progress(0, 1)
     sizes_path = join_path(dst, "sizes.json")
     with writer(sizes_path) as out:
         out.write(json.dumps(sizes, indent=2, sort_keys=True).encode("utf-8"))
     result.files.append(sizes_path)
     return result
+
+
+def _decoded_size(b64: str) -> int:
+    return len(b64) * 3 // 4 - b64[-2:].count("=")
 
 
 def _require_m3w(corpus: Corpus) -> None:

@@ -2,19 +2,34 @@
 
 The page inlines every plot and thumbnail as a base64 data URI, so it can be mailed,
 attached to an issue or opened from a bucket without its directory. It shows the counts,
-the drop funnel from the manifest, the distributions, and a few documents rendered in
-page order (text and image thumbnails).
+the drop funnel from the manifest (log scale: a stage of 3 items stays visible next to one
+of a million), a few rejects per drop reason (rejects.jsonl), the distributions, the
+quality scores of the index with the build's limits marked, and a few samples rendered in
+page order (text and image thumbnails). A `build all` root gets one page with a section
+per corpus, each labelled in its own unit (documents, pairs, clips).
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from m3w_pipeline.inspect.corpus import Corpus, Opener, group_samples, iter_m3w_documents, iter_tar_members, open_local, split_member_name
+from m3w_pipeline.inspect.corpus import (
+    Corpus,
+    Opener,
+    RejectSample,
+    group_samples,
+    iter_m3w_documents,
+    iter_tar_members,
+    open_local,
+    sample_rejects,
+    split_member_name,
+)
+from m3w_pipeline.inspect.summary import FUNNEL_ORDER, shown_counts
 
 PLOT_DIR = "plots"
 HTML_NAME = "index.html"
@@ -28,6 +43,13 @@ class ReportConfig:
     dpi: int = 100
     max_bars: int = 40  # distinct values drawn as bars; more become a histogram
     histogram_bins: int = 40
+    score_columns: int = 4  # quality-score histograms per row of their grid
+    rejects_per_reason: int = 3  # examples shown per (stage, reason)
+    rejects_max_bytes: int = 4 << 20  # read of rejects.jsonl stops here
+
+
+KEPT_COLOUR, DROPPED_COLOUR = "#2ca25f", "#de2d26"
+SCORE_COLOUR, LIMIT_COLOUR = "#8172B3", "#d62728"
 
 
 # ----------------------------------------------------------------------------- plots
@@ -88,26 +110,65 @@ def plot_top(rows: list[list[Any]], title: str, path: str, config: ReportConfig)
 
 
 def plot_funnel(funnel: list[dict[str, Any]], path: str, config: ReportConfig) -> bytes:
-    """One stacked bar per stage: kept outcomes in greens, drop reasons in reds, labelled."""
+    """Per stage, a kept bar (green) over a dropped bar (red) on a log axis, so stages of a few
+    items stay visible next to stages of millions; the largest drop reasons are written beside."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.7 * len(funnel) + 1.2))
-    greens = ["#2ca25f", "#66c2a4", "#99d8c9"]
-    reds = ["#de2d26", "#fb6a4a", "#fc9272", "#fcbba1", "#a50f15", "#ef3b2c", "#cb181d", "#fee0d2"]
-    widest = max((s["in"] for s in funnel), default=0) or 1  # labels only where a segment has room
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(funnel) + 1.4))
+    widest = max((max(s["kept_total"], s["dropped_total"]) for s in funnel), default=1) or 1
+    height = 0.38
     for y, stage in enumerate(reversed(funnel)):
-        left = 0
-        segments = [(k, v, greens[i % len(greens)]) for i, (k, v) in enumerate(stage["kept"].items())]
-        segments += [(k, v, reds[i % len(reds)]) for i, (k, v) in enumerate(stage["dropped"].items())]
-        for name, value, color in segments:
-            if value <= 0:
-                continue
-            ax.barh(y, value, left=left, color=color, edgecolor="white")
-            if value / widest > 0.08:
-                ax.text(left + value / 2, y, f"{name}\n{value:,}", ha="center", va="center", fontsize=7)
-            left += value
+        for offset, total, colour, text in (
+            (height / 2, stage["kept_total"], KEPT_COLOUR, _outcomes("kept", stage["kept_total"], stage["kept"])),
+            (-height / 2, stage["dropped_total"], DROPPED_COLOUR, _outcomes("dropped", stage["dropped_total"], stage["dropped"])),
+        ):
+            if total > 0:  # log axis: bars start at 0.5, so a single item is a visible bar
+                ax.barh(y + offset, total - 0.5, left=0.5, height=height, color=colour, edgecolor="white")
+                ax.text(total * 1.15, y + offset, text, va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlim(0.5, widest * 40)  # room for the labels right of the longest bar
     ax.set_yticks(range(len(funnel)), [f"{s['stage']} (in {s['in']:,})" for s in reversed(funnel)], fontsize=8)
-    ax.set_xlabel("items (green: kept, red: dropped by reason)")
+    ax.set_xlabel("items (log scale; green: kept, red: dropped)")
     ax.set_title("drop funnel", fontsize=10)
+    ax.grid(axis="x", which="major", alpha=0.3)
+    return _save(fig, path, config.dpi)
+
+
+def _outcomes(verb: str, total: int, by_name: Mapping[str, int], shown: int = 3) -> str:
+    if list(by_name) == [verb]:
+        return f"{verb} {total:,}"
+    names = ", ".join(f"{k} {v:,}" for k, v in list(by_name.items())[:shown])
+    more = f", +{len(by_name) - shown} more" if len(by_name) > shown else ""
+    return f"{verb} {total:,}: {names}{more}"
+
+
+def plot_quality_scores(scores: Mapping[str, Mapping[str, Any]], path: str, config: ReportConfig) -> bytes:
+    """A grid of histograms, one per index score column, with the build's limit as a vertical line
+    (red and the rejected side shaded when the filter is on; grey dashed when it is off)."""
+    plt = _pyplot()
+    cols = config.score_columns
+    rows = math.ceil(len(scores) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.flat[len(scores) :]:
+        ax.set_visible(False)
+    for ax, (name, d) in zip(axes.flat, scores.items()):
+        values = [v for v, _ in d["histogram"]]
+        limit = d.get("threshold")
+        ends = values + ([limit["value"]] if limit else [])
+        lo, hi = min(ends), max(ends)
+        pad = max(hi - lo, 0.02) * 0.05
+        ax.hist(values, weights=[c for _, c in d["histogram"]], bins=config.histogram_bins, range=(lo - pad, hi + pad), color=SCORE_COLOUR)
+        if limit:
+            if limit["active"]:
+                ax.axvline(limit["value"], color=LIMIT_COLOUR, linewidth=2)
+                rejected = (limit["value"], hi + pad) if limit["keeps"] == "at most" else (lo - pad, limit["value"])
+                ax.axvspan(*rejected, color=LIMIT_COLOUR, alpha=0.12)
+            else:
+                ax.axvline(limit["value"], color="#888888", linewidth=1, linestyle="--")
+            ax.set_xlabel(f"limit: {limit['keeps']} {limit['value']:g}" + ("" if limit["active"] else " (off)"), fontsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.suptitle("quality scores of the kept documents (index); red: the build's limit", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path, config.dpi)
 
 
@@ -118,18 +179,30 @@ class Plot:
     png: bytes
 
 
-def write_plots(summary: Mapping[str, Any], out_dir: str, config: ReportConfig = ReportConfig()) -> list[Plot]:
-    """Every plot the summary supports, as DIR/plots/NAME.png."""
+def write_plots(summary: Mapping[str, Any], out_dir: str, config: ReportConfig = ReportConfig(), prefix: str = "", funnel: bool = True) -> list[Plot]:
+    """Every plot the summary supports, as DIR/plots/PREFIXNAME.png."""
     plot_dir = os.path.join(out_dir, PLOT_DIR)
     os.makedirs(plot_dir, exist_ok=True)
+
+    def where(name: str) -> str:
+        return os.path.join(plot_dir, f"{prefix}{name}.png")
+
     plots = []
-    if summary["funnel"]:
-        plots.append(Plot("funnel", "Drop funnel", plot_funnel(summary["funnel"], os.path.join(plot_dir, "funnel.png"), config)))
+    if summary["funnel"] and funnel:
+        plots.append(Plot(f"{prefix}funnel", "Drop funnel", plot_funnel(summary["funnel"], where("funnel"), config)))
+    if summary.get("quality_scores"):
+        png = plot_quality_scores(summary["quality_scores"], where("quality_scores"), config)
+        plots.append(Plot(f"{prefix}quality_scores", "Quality scores", png))
     for name, dist in summary["distributions"].items():
-        plots.append(Plot(name, dist["label"], plot_distribution(dist, os.path.join(plot_dir, f"{name}.png"), config)))
-    for name, title in (("top_domains", "top domains"), ("languages", "languages"), ("image_formats", "original image formats")):
+        plots.append(Plot(f"{prefix}{name}", dist["label"], plot_distribution(dist, where(name), config)))
+    for name, title in (
+        ("top_domains", "top domains"),
+        ("languages", "languages"),
+        ("identified_languages", "identified languages (index lang_id)"),
+        ("image_formats", "original image formats"),
+    ):
         if summary.get(name):
-            plots.append(Plot(name, title, plot_top(summary[name], title, os.path.join(plot_dir, f"{name}.png"), config)))
+            plots.append(Plot(f"{prefix}{name}", title, plot_top(summary[name], title, where(name), config)))
     return plots
 
 
@@ -235,6 +308,7 @@ article.doc h3 { font-size: 15px; margin: 4px 0; } article.doc .url { font-size:
 article.doc p { font-size: 13px; line-height: 1.45; }
 article.doc .image { margin: 8px 0; font-size: 11px; color: #555; } article.doc img.thumb { display: block; border: 1px solid #ddd; }
 .missing { font-size: 11px; color: #a00; }
+table.rejects td { vertical-align: top; } .reject { font-size: 11px; margin: 2px 0; word-break: break-all; }
 """
 
 
@@ -292,43 +366,134 @@ def _plot_figure(p: Plot, attrs: str = "") -> str:
     return f"<figure{attrs}>{img}<figcaption>{html.escape(p.title)}</figcaption></figure>"
 
 
-def render_html(summary: Mapping[str, Any], plots: list[Plot], documents: list[RenderedDocument]) -> str:
-    """The whole page as one string: no external resources."""
-    counts = [(k, v) for k, v in summary["counts"].items() if v is not None]
-    title = f"m3w corpus report: {summary.get('root') or ''}"
-    body = [
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>kind <b>{html.escape(summary['kind'])}</b> ({html.escape(summary['sample_unit'])}); "
-        f"read from: {html.escape(str(summary['source']))}</p>",
-        "<h2 id='counts'>Counts</h2>",
+def _quality_table(scores: Mapping[str, Any]) -> str:
+    out = ["<table><tr><th>score</th><th>n</th><th>mean</th><th>p50</th><th>p90</th><th>max</th><th>the build's limit</th></tr>"]
+    for name, d in scores.items():
+        t = d.get("threshold")
+        limit = f"{t['keeps']} {t['value']:g} ({t['setting']}{'' if t['active'] else ', off'})" if t else "-"
+        cells = "".join(f"<td class='n'>{_fmt(d[c])}</td>" for c in ("n", "mean", "p50", "p90", "max"))
+        out.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{html.escape(limit)}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:.4g}"
+
+
+def _rejects_table(rejects: RejectSample, funnel: Sequence[Mapping[str, Any]]) -> str:
+    """Per (stage, reason), in funnel order: how many the manifest counts, and the first few rejects."""
+    counted = {(s["stage"], reason): n for s in funnel for reason, n in s["dropped"].items()}
+    rank = {stage: i for i, stage in enumerate(FUNNEL_ORDER)}
+    order = sorted(rejects.by_reason, key=lambda sr: (rank.get(sr[0], len(rank)), sr[0], -counted.get(sr, 0), sr[1]))
+    out = ["<table class='rejects'><tr><th>stage</th><th>reason</th><th>dropped</th><th>examples (url, key, detail)</th></tr>"]
+    for stage, reason in order:
+        examples = "".join(
+            f"<div class='reject'><code>{html.escape(r['url'])}</code> {html.escape(r['key'])}"
+            + (f" <i>{html.escape(r['detail'])}</i>" if r["detail"] else "")
+            + "</div>"
+            for r in rejects.by_reason[(stage, reason)]
+        )
+        n = counted.get((stage, reason), rejects.seen[(stage, reason)])
+        out.append(f"<tr><td>{html.escape(stage)}</td><td>{html.escape(reason)}</td><td class='n'>{n:,}</td><td>{examples}</td></tr>")
+    out.append("</table>")
+    if not rejects.complete:
+        out.append("<p><i>rejects.jsonl was read only up to the report's byte cap.</i></p>")
+    return "\n".join(out)
+
+
+@dataclass
+class Section:
+    """One corpus on the page: its summary, plots, rendered samples and rejects."""
+
+    name: str  # "" for a single corpus; the kind in a build root (ids and plot names get it as prefix)
+    summary: Mapping[str, Any]
+    plots: list[Plot]
+    documents: list[RenderedDocument]
+    rejects: Optional[RejectSample] = None
+    funnel_shared_with: Optional[str] = None  # the section whose funnel this one's equals (one run: shown once)
+    repetition_min_words: Optional[int] = None
+
+
+def _section_html(sec: Section) -> list[str]:
+    summary, p = sec.summary, f"{sec.name}-" if sec.name else ""
+    kind = summary["kind"]
+    counts = shown_counts(summary)
+    body = []
+    if sec.name:
+        body.append(f"<h1 id='{p}corpus'>{html.escape(sec.name)}: {html.escape(str(summary.get('root') or ''))}</h1>")
+    body += [
+        f"<p>kind <b>{html.escape(kind)}</b> ({html.escape(summary['sample_unit'])}); read from: {html.escape(str(summary['source']))}</p>",
+        f"<h2 id='{p}counts'>Counts</h2>",
         _table(counts, ("count", "value")),
     ]
-    funnel_plot = [p for p in plots if p.name == "funnel"]
+    plots = {pl.name: pl for pl in sec.plots}
     if summary["funnel"]:
-        body.append("<h2 id='funnel'>Drop funnel</h2>")
-        for p in funnel_plot:
-            body.append(_plot_figure(p, " class='wide'"))
-        body.append(_funnel_table(summary["funnel"]))
-    if summary.get("broken_files"):
+        body.append(f"<h2 id='{p}funnel'>Drop funnel</h2>")
+        if sec.funnel_shared_with:
+            body.append(f"<p>The same funnel as {html.escape(sec.funnel_shared_with)}'s: the corpora come from one run.</p>")
+        else:
+            if f"{p}funnel" in plots:
+                body.append(_plot_figure(plots[f"{p}funnel"], " class='wide'"))
+            body.append(_funnel_table(summary["funnel"]))
+    if sec.rejects is not None and sec.rejects.by_reason:
+        body.append(f"<h2 id='{p}rejects'>Rejects, a few per reason</h2>")
+        body.append(_rejects_table(sec.rejects, summary["funnel"]))
+    if summary.get("broken_files") and not sec.funnel_shared_with:
         body.append("<h3>Broken input files</h3>")
         body.append(_table([(b.get("warc_file", ""), b.get("reason", "")) for b in summary["broken_files"]], ("file", "reason")))
-    body.append("<h2 id='distributions'>Distributions</h2>")
+    if summary.get("quality_scores"):
+        body.append(f"<h2 id='{p}quality'>Quality scores</h2>")
+        note = "Scores of the kept documents, from the Parquet index; the red line is the build's limit (manifest config), "
+        note += "the shaded side is what it drops."
+        if sec.repetition_min_words:
+            note += f" Repetition limits apply to documents of at least {sec.repetition_min_words} words (filters.min_words_for_repetition_filters)."
+        body.append(f"<p>{html.escape(note)}</p>")
+        if f"{p}quality_scores" in plots:
+            body.append(_plot_figure(plots[f"{p}quality_scores"], " class='wide'"))
+        body.append(_quality_table(summary["quality_scores"]))
+    body.append(f"<h2 id='{p}distributions'>Distributions</h2>")
     if summary["distributions"]:
         body.append(_distribution_table(summary["distributions"]))
     if not summary.get("image_level", True):
         body.append("<p><i>Read from the Parquet indexes only: image sizes, aspect ratios and captions are not included.</i></p>")
     body.append("<div class='plots'>")
-    for p in plots:
-        if p.name != "funnel":
-            body.append(_plot_figure(p))
+    body += [_plot_figure(pl) for name, pl in plots.items() if name not in (f"{p}funnel", f"{p}quality_scores")]
     body.append("</div>")
-    if documents:
-        body.append(f"<h2 id='samples'>Sample {html.escape(summary['sample_unit'])}</h2>")
-        body.extend(_document_html(d) for d in documents)
+    if sec.documents:
+        body.append(f"<h2 id='{p}samples'>Sample {html.escape(summary['sample_unit'])}</h2>")
+        body.extend(_document_html(d) for d in sec.documents)
+    return body
+
+
+def render_html(sections: Sequence[Section], title: str) -> str:
+    """The whole page as one string: no external resources."""
+    body = [f"<h1>{html.escape(title)}</h1>"] if len(sections) > 1 or not sections[0].name else []
+    if len(sections) > 1:
+        body.append("<p>" + " · ".join(f"<a href='#{s.name}-corpus'>{html.escape(s.name)}</a>" for s in sections) + "</p>")
+    for sec in sections:
+        body += _section_html(sec)
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def build_section(
+    summary: Mapping[str, Any],
+    out_dir: str,
+    corpus: Optional[Corpus] = None,
+    opener: Opener = open_local,
+    config: ReportConfig = ReportConfig(),
+    name: str = "",
+    funnel_shared_with: Optional[str] = None,
+) -> Section:
+    """Plots (DIR/plots/), rendered samples and rejects of one corpus."""
+    plots = write_plots(summary, out_dir, config, f"{name}-" if name else "", funnel=funnel_shared_with is None)
+    documents = render_documents(corpus, opener, config) if corpus is not None and config.sample_documents > 0 else []
+    rejects = sample_rejects(corpus.root, opener, config.rejects_per_reason, config.rejects_max_bytes) if corpus is not None else None
+    filters = ((corpus.manifest or {}).get("config") or {}).get("filters") or {} if corpus is not None else {}
+    return Section(name, summary, plots, documents, rejects, funnel_shared_with, filters.get("min_words_for_repetition_filters"))
 
 
 def write_report(
@@ -340,9 +505,28 @@ def write_report(
 ) -> str:
     """Plots under DIR/plots/ and DIR/index.html; returns the HTML path. `out_dir` is local."""
     os.makedirs(out_dir, exist_ok=True)
-    plots = write_plots(summary, out_dir, config)
-    documents = render_documents(corpus, opener, config) if corpus is not None and config.sample_documents > 0 else []
+    section = build_section(summary, out_dir, corpus, opener, config)
+    return _write_page([section], f"m3w corpus report: {summary.get('root') or ''}", out_dir)
+
+
+def write_root_report(
+    corpora: Mapping[str, tuple[Mapping[str, Any], Optional[Corpus]]],
+    out_dir: str,
+    root: str,
+    opener: Opener = open_local,
+    config: ReportConfig = ReportConfig(),
+) -> str:
+    """One page for a `build all` root: a section per corpus (kind -> (summary, corpus)), the shared funnel once."""
+    os.makedirs(out_dir, exist_ok=True)
+    sections: list[Section] = []
+    for name, (summary, corpus) in corpora.items():
+        shared = next((s.name for s in sections if s.summary["funnel"] == summary["funnel"] and not s.funnel_shared_with), None)
+        sections.append(build_section(summary, out_dir, corpus, opener, config, name, shared if summary["funnel"] else None))
+    return _write_page(sections, f"m3w build report: {root}", out_dir)
+
+
+def _write_page(sections: Sequence[Section], title: str, out_dir: str) -> str:
     path = os.path.join(out_dir, HTML_NAME)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(render_html(summary, plots, documents))
+        f.write(render_html(sections, title))
     return path

@@ -1,8 +1,10 @@
-"""Corpus statistics: counts, distributions, top domains, languages and the drop funnel.
+"""Corpus statistics: counts, distributions, quality scores, top domains and languages.
 
 One library function, `shard_stats`, turns one shard into a mergeable `CorpusStats`
 partial; `compute_stats` merges them locally and `beam_jobs/stats_job.py` merges the
-very same partials with a CombineFn, so both paths give identical numbers.
+very same partials with a CombineFn, so both paths give identical numbers. The quality
+scores come from the Parquet index whatever the source (the tars do not hold them).
+`inspect.summary` turns merged statistics and the manifest (funnel, limits) into the report.
 
 Files are read through an `Opener` (path -> binary stream) that the caller supplies:
 plain `open` for local paths here, Beam's FileSystems (gs://, s3://) in the CLI and
@@ -38,17 +40,9 @@ from m3w_pipeline.inspect.corpus import (
     sample_text,
     seekable,
 )
+from m3w_pipeline.write.shards import SCORE_COLUMNS
 
 TokenCounter = Callable[[str], int]
-# Funnel stages in the order a build runs them (m3w_pipeline.core.accounting lists what each
-# keeps); stages another builder adds follow, sorted.
-FUNNEL_ORDER = (
-    "records", "media_kind", "pages", "page_images", "fetch", "image_refs", "media_records", "text_nodes", "image_nodes", "documents",
-    "images_in_document", "dedup_url", "dedup_text_exact", "dedup_text_near", "images_hot", "dedup_image_sets",
-    "post_dedup", "pair_documents", "pair_candidates", "align_samples", "ltip_samples", "video_refs",
-    "video_media_records", "video_candidates", "video_samples",
-)
-SAMPLE_UNITS = {"m3w": "documents", "pairs": "pairs", "video": "videos"}
 
 
 # ----------------------------------------------------------------------------- mergeable statistics
@@ -132,6 +126,8 @@ DISTRIBUTIONS: dict[str, str] = {
 IMAGE_LEVEL = frozenset(
     {"image_width", "image_height", "original_width", "original_height", "aspect_ratio", "caption_words", "tokens_per_sample"}
 )
+# The index's numeric quality-score columns (lang_id is a label: counted in `identified_languages`).
+QUALITY_SCORES = tuple(c for c in SCORE_COLUMNS if c != "lang_id")
 _COUNTERS = ("samples", "images", "missing_images", "videos", "words", "text_nodes", "tokens", "captioned_images")
 
 
@@ -154,6 +150,8 @@ class CorpusStats:
     domains: Counter = field(default_factory=Counter)
     languages: Counter = field(default_factory=Counter)
     image_formats: Counter = field(default_factory=Counter)
+    scores: dict[str, ValueCounts] = field(default_factory=lambda: {k: ValueCounts() for k in QUALITY_SCORES})  # from the index
+    identified_languages: Counter = field(default_factory=Counter)  # the index's lang_id
 
     def merge(self, other: "CorpusStats") -> "CorpusStats":
         if other.kind != self.kind:
@@ -167,6 +165,9 @@ class CorpusStats:
         self.domains.update(other.domains)
         self.languages.update(other.languages)
         self.image_formats.update(other.image_formats)
+        for k, v in other.scores.items():
+            self.scores.setdefault(k, ValueCounts()).merge(v)
+        self.identified_languages.update(other.identified_languages)
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -180,6 +181,8 @@ class CorpusStats:
             "domains": dict(self.domains),
             "languages": dict(self.languages),
             "image_formats": dict(self.image_formats),
+            "scores": {k: v.to_pairs() for k, v in self.scores.items()},
+            "identified_languages": dict(self.identified_languages),
         }
 
     @classmethod
@@ -190,6 +193,8 @@ class CorpusStats:
         s.dists = {k: ValueCounts.from_pairs(v) for k, v in data["dists"].items()}
         s.domains, s.languages = Counter(data["domains"]), Counter(data["languages"])
         s.image_formats = Counter(data["image_formats"])
+        s.scores.update({k: ValueCounts.from_pairs(v) for k, v in data.get("scores", {}).items()})
+        s.identified_languages = Counter(data.get("identified_languages", {}))
         return s
 
 
@@ -201,6 +206,7 @@ class StatsConfig:
     #                       index: Parquet only (fast; no image-level distributions) | tar: full scan
     aspect_ratio_step: float = 0.01  # aspect ratios are binned to this step
     duration_step: float = 0.1  # video durations (s) are binned to this step
+    score_step: float = 0.001  # quality scores (fractions) are binned to this step: fine enough for min_punctuation_ratio=0.001
     top_n: int = 20  # domains / languages / formats shown
     unknown_language: str = "unknown"
 
@@ -273,6 +279,16 @@ def add_m3w_index_row(stats: CorpusStats, row: Mapping[str, Any], config: StatsC
     stats.dists["text_nodes_per_sample"].add(row["n_text_nodes"])
     stats.domains[row["domain"] or ""] += 1
     stats.languages[row["lang"] or config.unknown_language] += 1
+
+
+def add_m3w_scores(stats: CorpusStats, row: Mapping[str, Any], config: StatsConfig) -> None:
+    """One index row's quality scores (the tars do not hold them); None = the score does not apply."""
+    for name in QUALITY_SCORES:
+        value = row.get(name)
+        if value is not None:
+            stats.scores[name].add(_bin(float(value), config.score_step))
+    if row.get("lang_id") is not None:
+        stats.identified_languages[row["lang_id"]] += 1
 
 
 def add_m3w_images_only(stats: CorpusStats, doc: Mapping[str, Any], config: StatsConfig, count_tokens: Optional[TokenCounter]) -> None:
@@ -374,11 +390,15 @@ def shard_stats(
     """The statistics of one shard: the unit both the local loop and the Beam job merge."""
     stats = CorpusStats(shard.kind, shards=1)
     source = _source_for(shard, config, count_tokens)
+    table = _read_index(shard, opener) if shard.kind == "m3w" and shard.index is not None else None
+    rows = table.to_pylist() if table is not None else []
+    for row in rows:  # every source: only the index holds the quality scores
+        add_m3w_scores(stats, row, config)
     if source == "tar":
         _scan_tar(stats, shard, opener, config, count_tokens)
     else:
-        table = _read_index(shard, opener)
-        for row in table.to_pylist():
+        assert table is not None
+        for row in rows:
             add_m3w_index_row(stats, row, config)
         if source == "index":
             stats.image_level = False
@@ -461,111 +481,3 @@ def compute_stats(
 def _tqdm_disable(progress: Optional[bool]) -> Optional[bool]:
     """tqdm's `disable`: None lets tqdm hide the bar when stderr is not a terminal."""
     return None if progress is None else not progress
-
-
-def funnel(manifest: Optional[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The manifest's stages in pipeline order: in, kept and dropped (by reason) per stage."""
-    if not manifest or not manifest.get("stages"):
-        return []
-    stages = manifest["stages"]
-    order = [s for s in FUNNEL_ORDER if s in stages] + sorted(s for s in stages if s not in FUNNEL_ORDER)
-    rows = []
-    for name in order:
-        s = stages[name]
-        kept, dropped = dict(s.get("kept", {})), dict(s.get("dropped", {}))
-        rows.append(
-            {
-                "stage": name,
-                "in": s.get("in", 0),
-                "kept": kept,
-                "dropped": dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
-                "kept_total": sum(kept.values()),
-                "dropped_total": sum(dropped.values()),
-            }
-        )
-    return rows
-
-
-def summarize(
-    stats: CorpusStats,
-    corpus: Optional[Corpus] = None,
-    config: StatsConfig = StatsConfig(),
-    source: Optional[str] = None,
-) -> dict[str, Any]:
-    """The report: counts, distribution summaries (and histograms), top domains, languages, funnel."""
-    manifest = corpus.manifest if corpus is not None else None
-    dists = {}
-    for name, label in DISTRIBUTIONS.items():
-        vc = stats.dists.get(name, ValueCounts())
-        if vc.n == 0:
-            continue
-        dists[name] = {"label": label, **vc.summary(), "histogram": vc.to_pairs()}
-    return {
-        "root": corpus.root if corpus is not None else None,
-        "kind": stats.kind,
-        "sample_unit": SAMPLE_UNITS[stats.kind],
-        "source": source or config.source,
-        "image_level": stats.image_level,
-        "counts": {
-            "shards": stats.shards,
-            "samples": stats.samples,
-            "images": stats.images,
-            "missing_images": stats.missing_images,
-            "videos": stats.videos,
-            "words": stats.words,
-            "text_nodes": stats.text_nodes,
-            "tokens": stats.tokens if stats.dists["tokens_per_sample"].n else None,
-            "captioned_images": stats.captioned_images if stats.image_level else None,
-        },
-        "distributions": dists,
-        "top_domains": _top(stats.domains, config.top_n),
-        "n_domains": len(stats.domains),
-        "languages": _top(stats.languages, config.top_n),
-        "image_formats": _top(stats.image_formats, config.top_n) if stats.image_level else [],
-        "funnel": funnel(manifest),
-        "broken_files": list((manifest or {}).get("broken_files", [])),
-        "manifest_totals": (manifest or {}).get("totals"),
-    }
-
-
-def _top(counter: Counter, n: int) -> list[list[Any]]:
-    return [[k, v] for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n]]
-
-
-# ----------------------------------------------------------------------------- terminal table
-
-
-def format_table(summary: Mapping[str, Any]) -> str:
-    """A plain-text report for the terminal."""
-    lines = [f"corpus {summary['root'] or ''} ({summary['kind']}, read from: {summary['source']})", ""]
-    lines.append("counts")
-    for name, value in summary["counts"].items():
-        if value is not None:
-            lines.append(f"  {name:<18} {value:>12,}")
-    if summary["distributions"]:
-        lines += ["", "distributions"]
-        lines.append(f"  {'':<36} {'n':>8} {'mean':>9} {'min':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
-        for d in summary["distributions"].values():
-            lines.append(
-                f"  {d['label']:<36} {d['n']:>8} {d['mean']:>9.2f} {_fmt(d['min']):>8} {_fmt(d['p50']):>8} "
-                f"{_fmt(d['p90']):>8} {_fmt(d['p99']):>8} {_fmt(d['max']):>8}"
-            )
-    if not summary["image_level"]:
-        lines.append("  (index only: image sizes, aspect ratios and captions need --source auto or tar)")
-    for title, rows in (("top domains", summary["top_domains"]), ("languages", summary["languages"]), ("image formats", summary["image_formats"])):
-        if rows:
-            lines += ["", title]
-            lines += [f"  {k or '(none)':<40} {v:>10,}" for k, v in rows]
-    if summary["funnel"]:
-        lines += ["", "funnel (manifest)"]
-        for s in summary["funnel"]:
-            kept = ", ".join(f"{k}={v}" for k, v in s["kept"].items())
-            dropped = ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "-"
-            lines.append(f"  {s['stage']:<14} in={s['in']:<8} kept: {kept}; dropped: {dropped}")
-    for b in summary["broken_files"]:
-        lines.append(f"  broken file {b.get('warc_file')}: {b.get('reason')}")
-    return "\n".join(lines)
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, (int, float)) else str(x)

@@ -35,9 +35,11 @@ from m3w_pipeline.inspect.corpus import (
     TarDamage,
     group_samples,
     iter_tar_members,
+    join_path,
     list_local,
     open_corpus,
     open_local,
+    sample_json,
     split_member_name,
 )
 
@@ -344,10 +346,23 @@ def _check_media_sample(sample: Sample, kind: str, tar_name: str, config: Valida
             if isinstance(size, str):
                 yield Problem("image-decode", tar_name, size, m.name, key)
     suffixes = {s.rsplit(".", 1)[-1].lower() for s in sample.suffixes}
+    if kind == "pairs":
+        yield from _check_pair_hash(sample, tar_name)
     if kind == "pairs" and not suffixes & IMAGE_EXTS:
         yield Problem("missing-member", tar_name, "pair sample has no image member", sample.members[0].name, key)
     if kind == "video" and not suffixes & VIDEO_EXTS:
         yield Problem("missing-member", tar_name, "video sample has no video member", sample.members[0].name, key)
+
+
+def _check_pair_hash(sample: Sample, tar_name: str) -> Iterator[Problem]:
+    """The stored image hashes to the JSON's output_sha256 (its sha256 is of the original bytes)."""
+    meta = sample_json(sample)
+    image = next((m for m in sample.members if split_member_name(m.name)[1].lower() in IMAGE_EXTS and m.data is not None), None)
+    if image is not None and meta.get("output_sha256"):
+        digest = hashlib.sha256(image.data or b"").hexdigest()
+        if digest != meta["output_sha256"]:
+            message = f"bytes hash to {digest}, the JSON's output_sha256 is {meta['output_sha256']}"
+            yield Problem("image-sha256", tar_name, message, image.name, sample.key)
 
 
 # ----------------------------------------------------------------------------- the index
@@ -460,6 +475,7 @@ def validate_corpus(
     problems.extend(_duplicates_across(checks))
     if corpus.manifest is not None:
         problems.extend(_manifest_problems(corpus, checks))
+        problems.extend(_sample_count_files(corpus, checks, opener))
     problems.extend(_unlisted_files(corpus, lister))
     return ValidationReport(
         root, corpus.kind, problems, len(checks), sum(c.samples for c in checks), sum(c.images for c in checks)
@@ -515,6 +531,26 @@ def _manifest_problems(corpus: Corpus, checks: list[ShardCheck]) -> Iterator[Pro
             yield Problem("manifest", MANIFEST_NAME, f"counts do not reconcile: {error}")
     if manifest.get("reconciles") is False:
         yield Problem("manifest", MANIFEST_NAME, "the build recorded reconciles=false: " + "; ".join(manifest.get("reconciliation_errors", [])))
+
+
+def _sample_count_files(corpus: Corpus, checks: list[ShardCheck], opener: Opener) -> Iterator[Problem]:
+    """sizes.json and NAME_stats.json (`write.layout`) agree with the samples the tars hold."""
+    from m3w_pipeline.write.layout import SIZES_NAME, stats_file
+
+    def read(name: str) -> Optional[dict[str, Any]]:
+        try:
+            with opener(join_path(corpus.root, name)) as f:
+                return json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+
+    sizes = read(SIZES_NAME)
+    for check in checks:
+        if sizes is not None and sizes.get(f"{check.name}.tar") != check.samples:
+            yield Problem("sizes", SIZES_NAME, f"{check.name}.tar: {sizes.get(f'{check.name}.tar')} but the tar holds {check.samples} samples")
+        stats = read(stats_file(check.name)) if corpus.kind != "m3w" else None
+        if stats is not None and stats.get("successes") != check.samples:
+            yield Problem("sizes", stats_file(check.name), f"successes={stats.get('successes')} but the tar holds {check.samples} samples")
 
 
 def _unlisted_files(corpus: Corpus, lister: Optional[Lister]) -> Iterator[Problem]:

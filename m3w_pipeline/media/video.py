@@ -46,6 +46,7 @@ from PIL import Image
 
 from m3w_pipeline.core.config import ImageConfig, VideoConfig
 from m3w_pipeline.media.images import flatten_alpha, is_webvtt, resize_and_encode, sniff_image_type, sniff_video_type
+from m3w_pipeline.media.mp4 import Mp4Error, to_mp4
 
 VIDEO_OK = "ok"
 VIDEO_DROP_REASONS: tuple[str, ...] = (
@@ -59,6 +60,7 @@ VIDEO_DROP_REASONS: tuple[str, ...] = (
     "bad-aspect",  # max/min side > max_aspect_ratio
     "too-short",  # duration < min_duration_s
     "too-long",  # duration > max_duration_s
+    "mp4-failed",  # VideoConfig.container is mp4 and the video could not be remuxed or re-encoded (media/mp4.py)
 )
 
 # Sniffed kind -> FFmpeg demuxer name.
@@ -106,13 +108,21 @@ class SampledFrame:
 
 @dataclass
 class ProcessedVideo:
-    data: bytes  # the original bytes, unchanged (stored as KEY.<format>)
+    data: bytes  # the original bytes, unchanged (stored as KEY.<format> unless `mp4` holds them as MP4)
     sha256: str  # of `data`
     probe: VideoProbe
     frames: list[SampledFrame] = field(default_factory=list)
     partial: bool = False  # kept after a decode error (see module doc)
     decode_error: str = ""
     decoded_frames: int = 0  # frames decoded to sample these (decoding stops at the last one needed)
+    mp4: Optional[bytes] = None  # VideoConfig.container "mp4" and another container: `data` as MP4 (media/mp4.py)
+    mp4_via: str = ""  # remux | transcode, when `mp4` is set
+    mp4_sha256: str = ""  # of `mp4`
+
+    @property
+    def stored(self) -> tuple[str, bytes]:
+        """(extension, bytes) of the video as a shard stores it."""
+        return ("mp4", self.mp4) if self.mp4 is not None else (self.probe.format, self.data)
 
 
 @dataclass
@@ -548,6 +558,12 @@ def _process(data: bytes, config: VideoConfig, image_config: ImageConfig) -> Vid
     if partial:
         probe.duration = decoded_until
     video = ProcessedVideo(data, hashlib.sha256(data).hexdigest(), probe, frames, partial, error, decoded)
+    if config.container == "mp4" and probe.format != "mp4":
+        try:
+            video.mp4, video.mp4_via = to_mp4(data, _DEMUXERS[probe.format])
+            video.mp4_sha256 = hashlib.sha256(video.mp4).hexdigest()
+        except Mp4Error as err:
+            raise _Drop("mp4-failed", str(err), probe) from None
     return VideoResult(video, VIDEO_OK, error)
 
 

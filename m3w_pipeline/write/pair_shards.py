@@ -1,15 +1,17 @@
 """Pair shards (img2dataset layout) and video shards (video2dataset layout), deterministic.
 
 Pairs:  KEY.jpg, KEY.txt (the caption), KEY.json (schemas/pair_sample.schema.json)
-Videos: KEY.json, KEY.txt, KEY.<mp4|mov|webm|mkv> (the crawled bytes, unchanged) and
+Videos: KEY.json, KEY.txt, KEY.<mp4|mov|webm|mkv> (the crawled bytes, unchanged; or KEY.mp4 for
+        every video with VideoConfig.container "mp4": remuxed or re-encoded, stored_via says which) and
         KEY.000.jpg, KEY.001.jpg, ... (sampled frames in time order; their timestamps
         are `frames[i].timestamp` in KEY.json; schemas/video_sample.schema.json)
 
-Beside each tar a Parquet index (schemas/pair_index.arrow.json, video_index.arrow.json)
-has one row per sample AND one per failed candidate, as img2dataset writes failed rows:
+Each tar has a Parquet index, index/NAME.parquet (`layout.index_path`; schemas/pair_index.arrow.json,
+video_index.arrow.json), with one row per sample AND one per failed candidate, as img2dataset writes failed rows:
 status success | failed_to_download | failed_to_resize (pairs) | failed_to_subsample
 (videos), with error_message. Failed rows have no tar members (offset/size null).
 
+A pair's `sha256` is img2dataset's: of the image bytes as crawled (`output_sha256`: KEY.jpg).
 Tars are written with shards.DeterministicTarWriter (fixed member metadata), samples
 sorted by key; the caller owns temp-then-rename, as for M3W shards.
 """
@@ -64,8 +66,10 @@ def pair_to_json(pair: Pair) -> dict[str, Any]:
         "original_height": im.original_height if im else None,
         "original_format": im.original_format if im else None,
         "original_bytes": im.original_bytes if im else None,
-        "sha256": im.sha256 if im else None,
+        "sha256": im.original_sha256 if im else None,
+        "output_sha256": im.sha256 if im else None,
         "phash": im.phash if im else None,
+        "exif": im.exif if im else None,
         "lang": pair.lang,
         "doc_key": pair.doc_key,
         "position": pair.position,
@@ -125,6 +129,9 @@ def video_to_json(sample: VideoSample) -> dict[str, Any]:
         "has_audio": p.has_audio if p else None,
         "bytes": p.bytes if p else None,
         "sha256": v.sha256 if v else None,
+        "stored_format": v.stored[0] if v else None,
+        "stored_via": (v.mp4_via or "original") if v else None,
+        "output_sha256": (v.mp4_sha256 or v.sha256) if v else None,
         "partial": v.partial if v else False,
         "frames": [
             {"file": frame_file(i), "timestamp": f.timestamp, "target": f.target, "width": f.width,
@@ -139,13 +146,14 @@ def video_to_json(sample: VideoSample) -> dict[str, Any]:
 
 
 def video_members(sample: VideoSample) -> list[tuple[str, bytes]]:
-    """KEY.json, KEY.txt, KEY.<container>, then KEY.NNN.jpg frames in time order."""
+    """KEY.json, KEY.txt, KEY.<container> (as crawled, or mp4: VideoConfig.container), then KEY.NNN.jpg frames in time order."""
     v = sample.video
     assert v is not None and sample.caption is not None, "failed rows have no tar members"
+    ext, data = v.stored
     members = [
         (f"{sample.key}.json", canonical_json(video_to_json(sample))),
         (f"{sample.key}.txt", sample.caption.encode("utf-8")),
-        (f"{sample.key}.{v.probe.format}", v.data),
+        (f"{sample.key}.{ext}", data),
     ]
     members += [(f"{sample.key}.{frame_file(i)}", f.data) for i, f in enumerate(v.frames)]
     return members

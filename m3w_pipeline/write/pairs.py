@@ -27,7 +27,7 @@ that the fetch stage could not fetch (<kind>-image-fetch-<status>), and
 (<kind>-image-<media reason>) or is smaller than `min_image_side` (<kind>-image-too-small).
 Failed rows go to the Parquet index only, never to the tar.
 
-Dedup: a pair's key is a hash of (kind, image sha256, caption), so identical pairs share
+Dedup: a pair's key is a hash of (kind, stored image sha256, caption), so identical pairs share
 a key and land in the same shard, where the first by (page URL, doc key, position) is kept;
 video samples (`video_samples`) are deduplicated the same way.
 """

@@ -180,6 +180,8 @@ def index_row(doc: Document, shard: str, offset: int, size: int) -> dict[str, An
         "domain": doc.domain,
         "title": doc.title,
         "lang": doc.lang,
+        "texts": list(doc.texts),
+        "images": [im.ref.url if im is not None else None for im in doc.images],
         "n_text_nodes": doc.n_text_nodes,
         "n_images": doc.n_images,
         "n_missing_images": doc.n_missing_images,

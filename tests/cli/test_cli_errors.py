@@ -45,6 +45,9 @@ CASES = {
     "stats on a missing corpus": (["stats", "{tmp}/missing"], "no such corpus directory"),
     "validate on a missing corpus": (["validate", "{tmp}/missing"], "no such corpus directory"),
     "export on a missing corpus": (["export", "parquet", "{tmp}/missing", "{tmp}/out"], "no such corpus directory"),
+    "stats on a folder that is not a corpus": (["stats", "{tmp}"], "not a corpus: no manifest.json, .tar shards or m3w/ pairs/ video/"),
+    "validate on a folder that is not a corpus": (["validate", "{tmp}"], "not a corpus"),
+    "export from a folder that is not a corpus": (["export", "mmc4", "{tmp}", "{tmp}/out"], "not a corpus"),
     "stats beam flag typo": (["stats", "{tmp}", "--runner", "FnApiRunner", "--direct_num_wrokers", "2"], "--direct_num_wrokers"),
     "no pages": (["sample-crawl", "{tmp}/s", "--pages", "0"], "--pages"),
 }
@@ -85,6 +88,17 @@ def test_gzip_config_is_not_silently_read(tmp_path, crawl, capsys):
     assert main(["build", "m3w", "--input", str(crawl), "--output", str(tmp_path / "o"), "--config", str(path)]) == 2
 
 
+def _parsers(parser, path=("m3w",)):
+    """Every parser of the CLI, sub-subcommands included, with its command path."""
+    import argparse
+
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
 def test_every_flag_has_help_and_config_lists_every_section():
     import argparse
     from dataclasses import fields
@@ -92,10 +106,26 @@ def test_every_flag_has_help_and_config_lists_every_section():
     from m3w.cli import build_parser
     from m3w_pipeline.core.config import BuildConfig
 
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    missing = [f"{name} {a.option_strings or a.dest}" for name, sub in commands.items() for a in sub._actions
-               if not a.help and not isinstance(a, argparse._HelpAction)]
+    parsers = dict(_parsers(build_parser()))
+    assert {"m3w build", "m3w export parquet", "m3w export mmc4", "m3w stats", "m3w validate", "m3w train"} <= set(parsers)
+    missing = []
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):  # each subcommand is listed with its own help
+                missing += [f"{name} {choice.dest}" for choice in action._choices_actions if not choice.help]
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {action.option_strings or action.dest}")
     assert missing == []
-    config_help = next(a.help for a in commands["build"]._actions if "--config" in a.option_strings)
-    assert all(f.name in config_help for f in fields(BuildConfig))
+    config_help = next(a.help for a in parsers["m3w build"]._actions if "--config" in a.option_strings)
+    assert [f.name for f in fields(BuildConfig)] == [s.strip() for s in config_help.split("sections ")[1].split(";")[0].split(",")]
+
+
+def test_export_help_lists_only_the_flags_of_its_format(capsys):
+    from m3w.cli import main
+
+    for fmt in ("parquet", "mmc4"):
+        with pytest.raises(SystemExit):
+            main(["export", fmt, "--help"])
+    parquet_help, mmc4_help = capsys.readouterr().out.split("usage: m3w export mmc4")
+    assert "--images" in parquet_help and "--missing-images" in parquet_help
+    assert "--images" not in mmc4_help and "--missing-images" not in mmc4_help and "--no-progress" in mmc4_help

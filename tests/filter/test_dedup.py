@@ -21,7 +21,7 @@ import pytest
 from apache_beam.testing.util import assert_that
 
 from beam_jobs import dedup_stages as ds
-from beam_jobs.counting import SampleRejects
+from beam_jobs.counting import SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SHUFFLE_STAGES, SampleRejects
 from m3w_pipeline.core.accounting import Tally
 from m3w_pipeline.core.config import DedupConfig
 from m3w_pipeline.core.document import DocImage, Document, DocVideo, words
@@ -310,8 +310,11 @@ def test_dedup_removes_the_logo_and_banner_from_every_page(dedup_run):
 def test_each_dedup_stage_reads_what_the_previous_one_kept(dedup_run):
     """Each stage reads what the previous one kept, and in = kept + drops."""
     got: dict = {}
+    shuffled: dict = {}  # the bytes entering each of dedup's groupings (the manifest's shuffle_bytes)
     for c in dedup_run["counts"]:
-        got[(c.stage, c.outcome)] = got.get((c.stage, c.outcome), 0) + c.n
+        into = shuffled if c.stage in SHUFFLE_STAGES else got
+        into[(c.stage, c.outcome)] = into.get((c.stage, c.outcome), 0) + c.n
+    assert shuffled[(SHUFFLE_ELEMENTS, "DedupJoinDocuments/doc")] == 60 and shuffled[(SHUFFLE_BYTES, "DedupJoinDocuments/doc")] > 0
     expected = {
         ("dedup_url", "in"): 60, ("dedup_url", "kept"): 57, ("dedup_url", "duplicate-url"): 3,
         ("dedup_text_exact", "in"): 57, ("dedup_text_exact", "kept"): 56, ("dedup_text_exact", "duplicate-text"): 1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import random
@@ -24,6 +25,7 @@ from m3w_pipeline.core.document import DocImage, Document, DocVideo, document_ke
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
 from m3w_pipeline.core.web import Provenance, url_domain
 from m3w_pipeline.media.images import process_image
+from m3w_pipeline.write.layout import index_file
 from m3w_pipeline.write.shards import parquet_bytes, sha256_bytes, write_m3w_shard
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +101,8 @@ def write_corpus(out: Path, docs: list[Document], n_shards: int = 3, prefix: str
         info, table = write_m3w_shard([d for k, d in enumerate(docs) if k % n_shards == s], name, buf)
         index = parquet_bytes(table)
         (out / f"{name}.tar").write_bytes(buf.getvalue())
-        (out / f"{name}.parquet").write_bytes(index)
+        (out / index_file(name)).parent.mkdir(exist_ok=True)
+        (out / index_file(name)).write_bytes(index)
         info.parquet_bytes, info.parquet_sha256 = len(index), sha256_bytes(index)
         infos.append(dataclasses.asdict(info))
     n = len(docs)
@@ -211,7 +214,8 @@ def _hist(summary: dict[str, Any], name: str) -> Counter:
 @pytest.mark.parametrize("name", CORPORA)
 def test_stats_equal_an_independent_recount(request, name):
     from m3w_pipeline.inspect.corpus import open_corpus
-    from m3w_pipeline.inspect.stats import FUNNEL_ORDER, compute_stats, summarize
+    from m3w_pipeline.inspect.stats import compute_stats
+    from m3w_pipeline.inspect.summary import FUNNEL_ORDER, summarize
 
     root = corpus_path(request, name)
     corpus = open_corpus(str(root))
@@ -294,7 +298,7 @@ class MemoryFS:
     """A stand-in for an object store: `mem://bucket/...` paths served from memory, every open recorded."""
 
     def __init__(self, src: Path, root: str):
-        self.files = {f"{root}/{p.name}": p.read_bytes() for p in src.iterdir() if p.is_file()}
+        self.files = {f"{root}/{p.relative_to(src).as_posix()}": p.read_bytes() for p in src.rglob("*") if p.is_file()}
         self.root = root
         self.opened: list[str] = []
 
@@ -325,7 +329,7 @@ def test_remote_paths_go_through_the_opener(tmp_path_factory, capsys):
     # file:// URLs through the CLI: same numbers, terminal table
     assert main(["stats", local_root.as_uri(), "--no-progress"]) == 0
     table = capsys.readouterr().out
-    assert re.search(r"samples\s+12\b", table) and "funnel (manifest)" in table and "news.example.org" in table
+    assert re.search(r"documents\s+12\b", table) and "funnel (manifest)" in table and "news.example.org" in table
 
 
 class StreamOnly(io.BytesIO):
@@ -377,11 +381,11 @@ def _media_json(kind: str, key: str, i: int, caption: str, width: int, height: i
     }
     if kind == "pairs":
         return {**common, "schema": "m3w.pair/1", "kind": "ltip", "caption_source": "figcaption", "alt": None, "title": None,
-                "original_format": "JPEG", "original_bytes": 1000, "phash": "ff00"}
+                "original_format": "JPEG", "original_bytes": 1000, "phash": "ff00", "output_sha256": "ab" * 32, "exif": "{}"}
     return {**common, "schema": "m3w.video/1", "caption_source": "figcaption", "captions": {}, "origin": "video-tag",
             "sources": [common["url"]], "poster": None, "tracks": [], "format": "mp4", "codec": "h264", "duration": 2.5 + i,
             "duration_source": "stream", "fps": 25.0, "rotation": 0, "pix_fmt": "yuv420p", "has_alpha": False,
-            "has_audio": False, "bytes": 80, "partial": False,
+            "has_audio": False, "bytes": 80, "partial": False, "stored_format": "mp4", "stored_via": "original", "output_sha256": "ab" * 32,
             "frames": [{"file": f"{f:03d}.jpg", "timestamp": f * 0.5, "target": f * 0.5, "width": 32, "height": 32, "sha256": "ef" * 32}
                        for f in range(2)]}
 
@@ -404,6 +408,7 @@ def _pair_shard(path: Path, rng: random.Random, n: int, video: bool = False) -> 
             else:
                 meta = _media_json("pairs", key, i, caption, 64 + i, 48)
                 members["jpg"] = _image(rng, 64 + i, 48, "JPEG")
+                meta["output_sha256"] = hashlib.sha256(members["jpg"]).hexdigest()  # validate checks the stored bytes
                 truth["images"] += 1
             members["txt"] = caption.encode()
             members["json"] = json.dumps(meta).encode()
@@ -434,7 +439,8 @@ def test_few_distinct_values_plot_as_visible_bars(tmp_path, histogram):
 def test_pair_and_video_corpora_are_detected_and_counted(tmp_path, kind):
     from m3w_pipeline.inspect.corpus import open_corpus
     from m3w_pipeline.inspect.report import write_report
-    from m3w_pipeline.inspect.stats import compute_stats, summarize
+    from m3w_pipeline.inspect.stats import compute_stats
+    from m3w_pipeline.inspect.summary import summarize
     from m3w_pipeline.inspect.validate import validate_corpus
 
     rng = random.Random(1)
@@ -501,7 +507,8 @@ def test_html_report_renders_in_headless_chromium(request, tmp_path):
 
     from m3w_pipeline.inspect.corpus import open_corpus
     from m3w_pipeline.inspect.report import write_report
-    from m3w_pipeline.inspect.stats import compute_stats, summarize
+    from m3w_pipeline.inspect.stats import compute_stats
+    from m3w_pipeline.inspect.summary import summarize
 
     try:
         root = request.getfixturevalue("sample_build")
@@ -517,6 +524,8 @@ def test_html_report_renders_in_headless_chromium(request, tmp_path):
     assert srcs and all(s.startswith("data:image/") for s in srcs)  # self-contained
     assert not re.search(r"""(href|src)=['"]?(https?:|//|file:)""", html)
     assert html.count("<article class='doc'>") == 5 and "class='thumb'" in html
+    assert "id='plot-quality_scores'" in html and html.count("(filters.max_") + html.count("(filters.min_") >= 16  # the index's scores
+    assert ("<table class='rejects'>" in html) == (root / "rejects.jsonl").exists()
 
     reason = ensure_chromium()
     if reason:

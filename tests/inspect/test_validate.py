@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_stats import corpus_path, handmade_corpus, make_documents, write_corpus
 
+from m3w_pipeline.write.layout import index_file
+
 
 def problems_of(root: Path) -> list:
     from m3w_pipeline.inspect.validate import validate_corpus
@@ -158,7 +160,7 @@ def test_duplicate_key(tmp_path, capsys, where):
 
 
 def test_index_offsets_must_match_the_tar(copy, capsys):
-    index = copy / "m3w-00000.parquet"
+    index = copy / index_file("m3w-00000")
     table = pq.read_table(index)
     offsets = table.column("offset").to_pylist()
     offsets[1] += 512

@@ -16,6 +16,7 @@ from PIL import Image
 import m3w_pipeline.extract.page as page_module
 from helpers.warc_builder import response, write_warc
 from m3w_pipeline.extract.page import extract_page
+from m3w_pipeline.write.layout import index_file
 
 VIDEO_DIR = CORPUS / "video"
 GALLERY = "https://videos.example/gallery"
@@ -110,7 +111,7 @@ def test_each_page_is_read_and_extracted_once(all_build):
 
 def test_every_real_video_is_kept_with_metadata_or_dropped_with_a_reason(all_build):
     out, manifests, _ = all_build
-    rows = [r for f in sorted((out / "video").glob("video-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = [r for f in sorted((out / "video").glob(index_file("video-*"))) for r in pq.read_table(f).to_pylist()]
     by_url: dict[str, dict] = {}
     for r in rows:
         by_url.setdefault(r["url"], r)
@@ -143,7 +144,7 @@ def test_every_real_video_is_kept_with_metadata_or_dropped_with_a_reason(all_bui
 
 def test_picturefill_video_tags_yield_no_video(all_build):
     out, _, _ = all_build
-    rows = [r for f in sorted((out / "video").glob("video-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = [r for f in sorted((out / "video").glob(index_file("video-*"))) for r in pq.read_table(f).to_pylist()]
     pages = {r["page_url"] for r in rows}
     assert not [p for p in pages if any(marker in p for marker in PICTUREFILL_PAGES)]
 

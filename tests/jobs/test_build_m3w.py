@@ -16,6 +16,7 @@ from PIL import Image
 
 from m3w_pipeline.media.images import process_image
 from m3w_pipeline.read import warc
+from m3w_pipeline.write.layout import index_file
 from m3w_pipeline.write.shards import validate_document_json
 from schemas import load_arrow_schema, load_json_schema
 
@@ -55,7 +56,7 @@ def test_corpus_build_reconciles_and_lists_broken_files(corpus_build):
 def test_manifest_checksums_match_the_files(corpus_build):
     for shard in manifest_of(corpus_build)["shards"]:
         tar = (corpus_build / f"{shard['name']}.tar").read_bytes()
-        par = (corpus_build / f"{shard['name']}.parquet").read_bytes()
+        par = (corpus_build / index_file(shard["name"])).read_bytes()
         assert hashlib.sha256(tar).hexdigest() == shard["tar_sha256"] and len(tar) == shard["tar_bytes"]
         assert hashlib.sha256(par).hexdigest() == shard["parquet_sha256"]
     assert not list(corpus_build.glob("*.tmp-*"))
@@ -102,10 +103,10 @@ def test_shards_read_back_with_webdataset_and_pyarrow_and_match_the_schemas(corp
     assert n_images == manifest_of(corpus_build)["stages"]["image_refs"]["kept"]["resolved"]
 
     schema = load_arrow_schema("m3w_index")
-    for par in corpus_build.glob("*.parquet"):
+    for par in corpus_build.glob(index_file("*")):
         table = pq.read_table(par)
         assert table.schema.equals(schema, check_metadata=False)
-        tar_path = par.with_suffix(".tar")
+        tar_path = corpus_build / f"{par.stem}.tar"
         with tarfile.open(tar_path) as tf:
             by_offset = {m.offset: m.name for m in tf.getmembers()}
         data = tar_path.read_bytes()
@@ -119,21 +120,25 @@ def test_shards_read_back_with_webdataset_and_pyarrow_and_match_the_schemas(corp
 def test_same_input_twice_gives_byte_identical_output(tmp_path, corpus_build):
     again = tmp_path / "again"
     build("m3w", [str(CORPUS / "warc" / "*")], again, "--samples-per-shard", "2")
-    first = {p.name: p.read_bytes() for p in corpus_build.iterdir()}
-    second = {p.name: p.read_bytes() for p in again.iterdir()}
+    first, second = _files(corpus_build), _files(again)
     assert first.keys() == second.keys()
     for name in first:
         assert first[name] == second[name], name
+
+
+def _files(root):
+    """Every file under root (the indexes are in index/) by relative path -> bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_rerun_into_the_same_output_skips_then_rebuilds_without_duplicates(tmp_path):
     out = tmp_path / "out"
     inputs = [str(GOV_UK), str(CORPUS / "warc" / "pywb__iana.warc.gz")]
     m1 = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _files(out)
     m2 = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")  # finished: skipped
     assert m2 == m1
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _files(out) == before
     # a different build into the same place: fewer, larger shards; the old ones must not linger
     m3 = build("m3w", inputs, out, "--samples-per-shard", "1000", "--min-words", "5", "--min-images", "0")
     assert m3["totals"]["shards"] == 1 < m1["totals"]["shards"]
@@ -219,8 +224,8 @@ def test_rerun_verifies_the_files_before_it_skips(tmp_path, damage, caplog):
     out = tmp_path / "out"
     inputs = [str(GOV_UK)]
     first = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")
-    intact = {p.name: p.read_bytes() for p in out.iterdir()}
-    tar, parquet = out / f"{first['shards'][-1]['name']}.tar", out / f"{first['shards'][-1]['name']}.parquet"
+    intact = _files(out)
+    tar, parquet = out / f"{first['shards'][-1]['name']}.tar", out / index_file(first["shards"][-1]["name"])
     if damage == "delete-tar":
         tar.unlink()
     else:
@@ -231,4 +236,4 @@ def test_rerun_verifies_the_files_before_it_skips(tmp_path, damage, caplog):
         again = build("m3w", inputs, out, "--samples-per-shard", "4", "--min-words", "5", "--min-images", "0")
     assert "skipped" not in again  # rebuilt, not skipped
     assert "rebuilding" in caplog.text
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == intact  # the rebuild restores every byte
+    assert _files(out) == intact  # the rebuild restores every byte

@@ -21,6 +21,7 @@ from PIL import Image
 
 from helpers.media_server import MediaServer, make_image
 from helpers.warc_builder import response, write_warc
+from m3w_pipeline.write.layout import index_file
 
 VIDEO_DIR = CORPUS / "video"
 GOOD = {"/files/clips/transparent.webm": "moviepy__transparent.webm", "/files/clips/bunny.webm": "moviepy__big_buck_bunny_432_433.webm",
@@ -91,7 +92,7 @@ def serve_corpus_videos(server: MediaServer) -> None:
 
 
 def video_rows(out: Path) -> list[dict]:
-    return [r for f in sorted(out.glob("video-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return [r for f in sorted(out.glob(index_file("video-*"))) for r in pq.read_table(f).to_pylist()]
 
 
 def status_rows(out: Path) -> dict[str, dict]:

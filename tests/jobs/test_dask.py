@@ -75,7 +75,7 @@ def test_build_on_two_dask_workers_has_the_embedded_runners_bytes(dask_build):
     root, workers = dask_build
     got = _hashes(root)
     pinned = json.loads(PINS.read_text())
-    assert len(got) == 14, sorted(got)
+    assert len(got) == len(pinned) == 23, sorted(got)  # the pinned sample build's files (test_pinned_build.py)
     assert got == pinned, sorted(n for n in pinned.keys() | got.keys() if pinned.get(n) != got.get(n))
     assert len(workers) == 2, workers  # both worker processes ran part of the job
     for corpus in ("m3w", "pairs", "video"):

@@ -17,6 +17,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from beam_jobs.counting import SHUFFLE_STAGES, CountedSteps
+from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment
 from beam_jobs.m3w_job import BROKEN, COUNTS, MEDIA, ExtractFn, ReadWarcFn, ResolveImagesFn, image_refs
 from beam_jobs.pairs_video_stages import (
     VIDEO_MEDIA,
@@ -34,6 +36,7 @@ from m3w_pipeline.media.images import process_image
 from m3w_pipeline.media.video import process_video
 from m3w_pipeline.read.warc import MediaRecord
 from m3w_pipeline.sample.crawl import SampleCrawl, write_sample_crawl
+from m3w_pipeline.write.layout import INDEX_DIR
 from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
 from m3w_pipeline.write.pairs import PairInput, extract_pairs
 from m3w_pipeline.write.video_samples import build_video_sample, video_candidates
@@ -168,18 +171,21 @@ def run_pairs_and_video(inputs: list[str], out: Path, config: BuildConfig) -> di
         extracted = read.pages | "Extract" >> beam.ParDo(ExtractFn(config.extract)).with_outputs(COUNTS, main="docs")
         refs = extracted.docs | "ImageRefs" >> beam.FlatMap(image_refs)
         resolved = ({"refs": refs, "media": split.images} | "JoinMediaByUrl" >> beam.CoGroupByKey()
-                    | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, main="images"))
+                    | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, IMAGE_BYTES, main="images"))
         by_doc = {"page": extracted.docs, "images": resolved.images} | "JoinByDocument" >> beam.CoGroupByKey()
         pair_inputs = by_doc | "AssemblePairInputs" >> beam.ParDo(AssemblePairInputsFn())
-        pairs = add_pair_corpus(pair_inputs, str(out), config)
+        shipment = ImageShipment(CountedSteps(), resolved[IMAGE_BYTES])
+        pairs = add_pair_corpus(pair_inputs, str(out), config, shipment)
         videos = add_video_corpus(pair_inputs, split[VIDEO_MEDIA], str(out), config)
+        pairs.shards = shipment.ship()["pairs"]  # image bytes travel apart from the pairs, as in the job
         write_counts(p, [read[COUNTS], split[COUNTS], extracted[COUNTS], resolved[COUNTS]] + pairs.counts + videos.counts,
                      [pairs.shards, videos.shards], out)
     return load_counts(out)
 
 
 def write_counts(p: beam.Pipeline, counts: list, shards: list, out: Path) -> None:
-    summed = (counts | "AllCounts" >> beam.Flatten() | "CountKey" >> beam.Map(lambda c: (f"{c.stage}|{c.outcome}", c.n))
+    summed = (counts | "AllCounts" >> beam.Flatten() | "StageCounts" >> beam.Filter(lambda c: c.stage not in SHUFFLE_STAGES)
+              | "CountKey" >> beam.Map(lambda c: (f"{c.stage}|{c.outcome}", c.n))
               | "SumCounts" >> beam.CombinePerKey(sum) | "CountList" >> beam.combiners.ToList())
     summed | "WriteCounts" >> beam.Map(lambda items: (out / "counts.json").write_text(json.dumps(dict(sorted(items)))))
     (shards | "AllShards" >> beam.Flatten() | "ShardList" >> beam.combiners.ToList()
@@ -242,7 +248,7 @@ def test_pair_shards_from_the_crawl_agree_with_the_truth(built: tuple[Path, dict
             check_schema(PAIR_SCHEMA, meta)
             assert meta["caption"] == caption and im.size == (meta["width"], meta["height"])
             assert images[meta["url"]]["description"] in caption.lower(), (kind, caption)
-        index = [r for t in sorted(out.glob(f"{kind}-*.parquet")) for r in pq.read_table(t).to_pylist()]
+        index = [r for t in sorted((out / INDEX_DIR).glob(f"{kind}-*.parquet")) for r in pq.read_table(t).to_pylist()]
         failed = Counter(r["status"] for r in index if r["status"] != "success")
         assert set(failed) <= {"failed_to_download", "failed_to_resize"}
         failed_outcomes = sum(n for (s, o), n in counts.items() if s == "pair_candidates" and o.startswith(f"{kind}-image-"))
@@ -274,7 +280,7 @@ def test_video_shards_from_the_crawl_agree_with_the_truth(built: tuple[Path, dic
         frames = [s[f["file"]] for f in meta["frames"]]
         assert len(frames) == 8
         assert_moving(frames, meta["frames"])
-    rows = [r for t in sorted(out.glob("video-*.parquet")) for r in pq.read_table(t).to_pylist()]
+    rows = [r for t in sorted((out / INDEX_DIR).glob("video-*.parquet")) for r in pq.read_table(t).to_pylist()]
     assert Counter(r["status"] for r in rows) == {"success": len(in_crawl), "failed_to_download": len(videos) - len(in_crawl)}
 
 
@@ -337,7 +343,7 @@ def test_video_stage_joins_probes_once_and_writes_failed_rows(tmp_path: Path) ->
         ("video_samples", "in"): 4, ("video_samples", "written"): 3, ("video_samples", "duplicate"): 1,
     }
     assert counts == expected
-    rows = {r["caption"]: r for t in tmp_path.glob("video-*.parquet") for r in pq.read_table(t).to_pylist()}
+    rows = {r["caption"]: r for t in (tmp_path / INDEX_DIR).glob("video-*.parquet") for r in pq.read_table(t).to_pylist()}
     assert {c: (r["status"], (r["error_message"] or "").split(":")[0]) for c, r in rows.items()} == {
         "A red shape spins on white": ("success", ""),
         "The red logo animation of the studio": ("success", ""),
