@@ -80,7 +80,7 @@ def test_build_on_two_dask_workers_has_the_embedded_runners_bytes(dask_build):
     assert len(workers) == 2, workers  # both worker processes ran part of the job
     for corpus in ("m3w", "pairs", "video"):
         manifest = json.loads((root / "out" / corpus / "manifest.json").read_text())
-        assert manifest["reconciles"] and manifest["stages"]["records"]["in"] == 627, corpus
+        assert manifest["reconciles"] and manifest["stages"]["records"]["in"] == 903, corpus  # 60 pages + 12 lesson pages
 
 
 def _stats(capsys, *args: str) -> dict:
