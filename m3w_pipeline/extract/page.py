@@ -23,7 +23,6 @@ from dataclasses import asdict, replace
 from typing import Any, Optional
 
 import lxml.html
-import trafilatura
 from lxml.etree import ElementDefaultClassLookup
 from lxml.html import HtmlComment, HtmlElement, HtmlEntity, HtmlProcessingInstruction
 from trafilatura.utils import DOCTYPE_TAG, is_dubious_html, repair_faulty_html
@@ -31,6 +30,7 @@ from trafilatura.utils import DOCTYPE_TAG, is_dubious_html, repair_faulty_html
 from m3w_pipeline.core.config import ExtractConfig
 from m3w_pipeline.core.nodes import ExtractedPage, Node, VideoRef
 from m3w_pipeline.extract.content_images import select_images
+from m3w_pipeline.extract.main_text import main_text_body
 from m3w_pipeline.extract.media_refs import PLACEHOLDER_RE, MediaTable, absolute_url, clean_text, placeholder_media, rewrite_media, url_ext
 from m3w_pipeline.read.decode import decode_html
 
@@ -82,7 +82,7 @@ def extract_page(html: str | bytes, url: str, config: ExtractConfig = ExtractCon
         og_image = absolute_url(_meta_content(named, "og:image:secure_url", "og:image:url", "og:image"), base)
         declared = _declared_main_summary(tree) if config.declared_main_fallback else None
         table = rewrite_media(tree, url, base, config)
-        body = _run_trafilatura(tree, url, config)
+        body = main_text_body(tree, url, config)
         nodes = _nodes_from_body(body, table, config) if body is not None else []
         if declared is not None and _missed_declared_main(nodes, declared, config):
             nodes, tree, table = _nodes_from_declared_main(text, url, config)
@@ -250,26 +250,6 @@ def _base_url(tree: HtmlElement, url: str) -> str:
     return url
 
 
-
-
-# --------------------------------------------------------------------------- trafilatura
-
-
-def _run_trafilatura(tree: HtmlElement, url: str, config: ExtractConfig) -> Any:
-    """trafilatura's main-content body (XML tree) for the rewritten tree, or None."""
-    document = trafilatura.bare_extraction(
-        tree,
-        url=url or None,
-        fast=config.fast,
-        include_comments=config.include_comments,
-        include_tables=config.include_tables,
-        include_images=True,
-        include_formatting=False,
-        include_links=False,
-        output_format="xml",
-        with_metadata=False,
-    )
-    return getattr(document, "body", None) if document is not None else None
 
 
 # --------------------------------------------------------------------------- output walk
