@@ -18,15 +18,14 @@ Reader comments (`include_comments`) take trafilatura's own path: that setting i
 """
 from __future__ import annotations
 
-import re
 from copy import copy
 from functools import lru_cache
 from typing import Any, Optional
 
 import trafilatura
-from lxml.etree import _Element
+from lxml.etree import _Element, iterwalk
 from lxml.html import HtmlElement
-from trafilatura.baseline import _spaced_text, baseline
+from trafilatura.baseline import _BLOCK_ELEMS, baseline
 from trafilatura.core import (
     ESCALATION_ACCEPT_RATIO,
     ESCALATION_JUSTEXT_RATIO,
@@ -37,27 +36,16 @@ from trafilatura.core import (
 from trafilatura.external import compare_extraction, justext_rescue
 from trafilatura.htmlprocessing import convert_tags, tree_cleaning
 from trafilatura.main_extractor import extract_content
-from trafilatura.settings import _COOKIE_CONSENT_RE, Extractor
+from trafilatura.settings import Extractor
+from trafilatura.utils import remove_control_characters
 from trafilatura.xml import delete_element
-from trafilatura.xpaths import _COMMENTS_CLASS, _COMMENTS_ID
 
 from m3w_pipeline.core.config import ExtractConfig
+from m3w_pipeline.extract.trafilatura_walks import basic_cleaned, in_extract_content, raw_prune_targets
 
-# RAW_TREE_PRUNE_XPATH[0]: infinite-scroll containers (kept when they hold the <h1>, unless mvp-*)
-_SCROLL_TAGS = frozenset({"div", "section", "aside"})
-_SCROLL_RE = re.compile(r"mvp-post-add-(?:box|wrap)|infinite-?scroll")
-_MVP_RE = re.compile(r"mvp-post-add-(?:box|wrap)")
-# RAW_TREE_PRUNE_XPATH[1]: Elementor share bars
-_SHARE_BAR = "elementor-share-buttons"
-# REMOVE_COMMENTS_AND_LISTS_XPATH: comment containers; <ol>/<ul> without the disqus ids
-_COMMENT_TAGS = frozenset({"div", "list", "section", "details", "ol", "ul"})
-_COMMENT_ID_RE = re.compile(f"^(?:{_COMMENTS_ID}|disqus_thread|dsq-comments)")
-_COMMENT_LIST_ID_RE = re.compile(f"^(?:{_COMMENTS_ID})")
-_COMMENT_CLASS_RE = re.compile(_COMMENTS_CLASS)
-_RAW_PRUNE_TAGS = tuple(sorted(_SCROLL_TAGS | _COMMENT_TAGS))
-# BASIC_CLEAN_XPATH: these tags, a <div> whose first of class/id says footer, cookie banners by class or id
-_BASIC_CLEAN_TAGS = frozenset({"aside", "fencedframe", "footer", "script", "style", "svg", "template"})
-_COOKIE_RE = re.compile(_COOKIE_CONSENT_RE, re.IGNORECASE)
+# html2txt's block elements: a space before their text and their tail
+_SPACED_BLOCKS = frozenset(_BLOCK_ELEMS)
+_XML_FORBIDDEN_SPACES = "\x0b\x0c\x1c\x1d\x1e\x1f"  # whitespace to str.isspace(), refused by lxml
 
 
 def main_text_body(tree: HtmlElement, url: str, config: ExtractConfig) -> Optional[_Element]:
@@ -128,45 +116,14 @@ def _extract_and_compare(tree: HtmlElement, options: Extractor) -> tuple[_Elemen
     cleaned = tree_cleaning(copy(tree), options)
     backup = None if options.fast else copy(cleaned)
     cleaned = convert_tags(cleaned, options, options.url)
-    body, text = extract_content(cleaned, options)
+    with in_extract_content():
+        body, text = extract_content(cleaned, options)
     if not options.fast:
         body, text = compare_extraction(backup, copy(tree), body, text, options)
     return body, text
 
 
-# --------------------------------------------------------------------------- the XPath selections, as walks
-
-
-def raw_prune_targets(tree: HtmlElement, prune_comments: bool = True) -> list[list[HtmlElement]]:
-    """The elements each raw-tree prune deletes, in document order, as trafilatura evaluates them
-    one after the other (`RAW_TREE_PRUNE_XPATH`'s two, then `REMOVE_COMMENTS_AND_LISTS_XPATH`).
-    Every test reads only the element's own tag and attributes, except the infinite-scroll one's
-    `<h1>` inside (it runs first), so one walk of the unpruned tree finds them all; an element
-    inside one deleted earlier is listed too, like trafilatura's later XPath would not, but deleting
-    it from the already detached subtree changes nothing."""
-    scroll: list[HtmlElement] = []
-    share: list[HtmlElement] = []
-    comments: list[HtmlElement] = []
-    for elem in tree.iter(*_RAW_PRUNE_TAGS):
-        elem_class, elem_id = elem.get("class"), elem.get("id")
-        if elem_class is None and elem_id is None:
-            continue
-        elem_class, elem_id, tag = elem_class or "", elem_id or "", elem.tag
-        if tag in _SCROLL_TAGS:
-            if (_SCROLL_RE.search(elem_id) or _SCROLL_RE.search(elem_class)) and (
-                next(elem.iter("h1"), None) is None or _MVP_RE.search(elem_id) or _MVP_RE.search(elem_class)
-            ):
-                scroll.append(elem)
-            if _SHARE_BAR in elem_class:
-                share.append(elem)
-        if prune_comments and tag in _COMMENT_TAGS:
-            by_class = _COMMENT_CLASS_RE.search(elem_class)
-            if tag == "ol" or tag == "ul":
-                if by_class or _COMMENT_LIST_ID_RE.search(elem_id):
-                    comments.append(elem)
-            elif by_class or _COMMENT_ID_RE.search(elem_id):
-                comments.append(elem)
-    return [scroll, share, comments]
+# --------------------------------------------------------------------------- raw-tree prunes and the page measure
 
 
 def _raw_pruned(tree: HtmlElement, prune_comments: bool) -> HtmlElement:
@@ -181,47 +138,50 @@ def _raw_pruned(tree: HtmlElement, prune_comments: bool) -> HtmlElement:
     return tree
 
 
-def basic_clean_targets(body: HtmlElement) -> list[HtmlElement]:
-    """`BASIC_CLEAN_XPATH(body)` in document order: the named tags, a <div> whose first class or id
-    attribute (in source order, as XPath's string of `@class|@id`) holds "footer", and any element
-    whose class or id names a cookie banner."""
-    found: list[HtmlElement] = []
-    walk = body.iter()
-    next(walk, None)  # ".//": the descendants only
-    for elem in walk:
-        tag = elem.tag
-        if tag in _BASIC_CLEAN_TAGS:
-            found.append(elem)
-            continue
-        elem_class, elem_id = elem.get("class"), elem.get("id")
-        if elem_class is None and elem_id is None:
-            continue
-        if tag == "div":
-            first = elem_class if elem_id is None else elem_id if elem_class is None else _first_of(elem, elem_class, elem_id)
-            if "footer" in first:
-                found.append(elem)
-                continue
-        if (elem_class is not None and _COOKIE_RE.search(elem_class)) or (elem_id is not None and _COOKIE_RE.search(elem_id)):
-            found.append(elem)
-    return found
-
-
-def _first_of(elem: HtmlElement, elem_class: str, elem_id: str) -> str:
-    for name in elem.keys():
-        if name == "class":
-            return elem_class
-        if name == "id":
-            return elem_id
-    return elem_class
-
-
 def _page_text_length(tree: HtmlElement) -> int:
-    """len(trafilatura.html2txt(tree)): the text of the page's body after BASIC_CLEAN_XPATH's
-    elements are deleted, block boundaries spaced, whitespace collapsed (on a copy)."""
-    tree = copy(tree)
+    """len(trafilatura.html2txt(tree)), without its copy of the page: the text of the body less
+    BASIC_CLEAN_XPATH's elements (each one's tail stays, joined to the text before it), with a space
+    before the text and the tail of every block element (whose text and tail, joined tails
+    included, lose their control characters), whitespace collapsed.
+
+    The text is read as runs, one per place html2txt's copy holds text (an element's text, or its
+    tail): a deleted element's tail joins the run before it, as `delete_element` joins it."""
     body = tree.find(".//body")
     if body is None:
         body = tree
-    for elem in basic_clean_targets(body):
-        delete_element(elem)
-    return len(_spaced_text(body))
+    out: list[str] = []
+    run: list[str] = []
+    run_in_block = False  # the run is a block element's text or tail: spaced and cleaned
+    deleted = None
+    walker = iterwalk(body, events=("start", "end"))
+    for event, elem in walker:
+        if event == "start":
+            if elem is not body and isinstance(elem.tag, str) and basic_cleaned(elem):
+                walker.skip_subtree()
+                deleted = elem
+                continue
+            text = elem.text if isinstance(elem.tag, str) else None
+        elif elem is deleted:
+            if elem.tail:
+                run.append(elem.tail)
+            continue
+        elif elem is body:
+            continue
+        else:
+            text = elem.tail
+        out.append(_spaced("".join(run)) if run_in_block else "".join(run))
+        run = [text] if text else []
+        run_in_block = isinstance(elem.tag, str) and elem.tag in _SPACED_BLOCKS
+    out.append(_spaced("".join(run)) if run_in_block else "".join(run))
+    return len(" ".join("".join(out).split()))
+
+
+def _spaced(text: str) -> str:
+    """A block element's text or tail as html2txt sets it: a space, then the text less its control
+    characters; lxml refuses the whitespace controls XML forbids (html2txt then raises)."""
+    if text.isprintable():
+        return " " + text
+    text = remove_control_characters(text)
+    if any(char in text for char in _XML_FORBIDDEN_SPACES):
+        raise ValueError("text with characters XML forbids")
+    return " " + text

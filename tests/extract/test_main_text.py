@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 import trafilatura
 from lxml import etree
-from trafilatura.settings import BASIC_CLEAN_XPATH
-from trafilatura.xpaths import RAW_TREE_PRUNE_XPATH, REMOVE_COMMENTS_AND_LISTS_XPATH
+from trafilatura.htmlprocessing import convert_tags, tree_cleaning
+from trafilatura.settings import BASIC_CLEAN_XPATH, Extractor
+from trafilatura.xpaths import BODY_XPATH, OVERALL_DISCARD_XPATH, RAW_TREE_PRUNE_XPATH, REMOVE_COMMENTS_AND_LISTS_XPATH
 
 from m3w_pipeline.core.config import ExtractConfig
-from m3w_pipeline.extract import main_text
-from m3w_pipeline.extract.main_text import basic_clean_targets, main_text_body, raw_prune_targets
+from m3w_pipeline.extract import main_text, trafilatura_walks
+from m3w_pipeline.extract.main_text import main_text_body
 from m3w_pipeline.extract.media_refs import rewrite_media
 from m3w_pipeline.extract.page import _base_url, _parse
+from m3w_pipeline.extract.trafilatura_walks import basic_clean_targets, first_body, overall_discard_targets, raw_prune_targets
 from m3w_pipeline.read.decode import decode_html
 from m3w_pipeline.read.warc import Page, iter_warc
 
@@ -78,8 +80,21 @@ def _our_body(tree: etree._Element, url: str, fast: bool) -> bytes | None:
     return None if body is None else etree.tostring(body)
 
 
+def _check_walks_inside_extract_content(tree: etree._Element) -> None:
+    """On the cleaned, converted tree (and each region BODY_XPATH finds in it, as _extract prunes
+    them): our walks select what BODY_XPATH[0] and OVERALL_DISCARD_XPATH select."""
+    for focus in ("balanced", "recall"):
+        options = Extractor(output_format="xml", fast=True, comments=False, images=True)
+        options.focus = focus
+        cleaned = convert_tags(tree_cleaning(copy(tree), options), options)
+        assert first_body(cleaned) == BODY_XPATH[0](cleaned)[:1]
+        for region in [cleaned, *(found[0] for expr in BODY_XPATH if (found := expr(cleaned)))]:
+            assert overall_discard_targets(region) == tuple(expr(region) for expr in OVERALL_DISCARD_XPATH)
+
+
 def _check_page(tree: etree._Element, url: str, fast_settings: tuple[bool, ...] = (True,)) -> None:
     assert raw_prune_targets(tree) == _xpath_prunes(tree)
+    _check_walks_inside_extract_content(tree)
     body = tree.find(".//body")
     body = tree if body is None else body
     assert basic_clean_targets(body) == BASIC_CLEAN_XPATH(body)
@@ -105,6 +120,41 @@ def test_edge_page_hits_every_prune_and_matches_trafilatura():
     assert "Kept: it holds" in text and "disqus id: kept" in text and "tail after share" in text
 
 
+DISCARD_PAGE = """<html><body><article class="story"><div class="entry-content"><p>{para}</p>
+<div id="share" class="hidden">both: the id comes first</div><div class="hidden" id="share">class first</div>
+<span id="x" class="cookie-box">first of id/class is the id: no cookie</span><p class="cookie-box" id="x">cookie: class first</p>
+<div role="Navigation">role nav</div><section data-lp-replacement-content="1">lp</section>
+<div data-component="MostPopularStories-v2">popular</div><div class="comments-title">t</div><p class="x comments-title">c</p>
+<div id="reply-3">reply by id</div><p id="y" class="reply-x">id first: kept</p><div style="display: none">hidden by style</div>
+<div id="main" style="x">id before style: kept</div><div style="visibility:hidden" id="main">style first</div>
+<div aria-hidden="true">aria</div><div aria-hidden="True">kept: case</div><p class="wrap hide">hide</p><p class="Hide">kept</p>
+<div class="ad-slot">ad</div><div class="SIDEBAR">kept: case</div><p id="ad-top">ad id</p><p>{para}</p></div></article>
+<main><div class="post">second body candidate</div></main></body></html>""".format(para=PARA)
+
+
+def test_discard_walks_match_trafilaturas_xpaths_on_attribute_order_and_case():
+    tree = _prepared(DISCARD_PAGE, "https://news.example/d")
+    options = Extractor(output_format="xml", fast=True, comments=False, images=True)
+    cleaned = convert_tags(tree_cleaning(copy(tree), options), options)
+    blocks, hidden = overall_discard_targets(cleaned)
+    assert len(blocks) == 8 and len(hidden) == 7
+    assert "kept" not in " ".join(e.text_content() for e in blocks + hidden)
+    assert first_body(cleaned)[0].get("class") == "entry-content"
+    _check_page(tree, "https://news.example/d", (True, False))
+
+
+def test_trafilatura_gets_its_own_xpaths_back_after_our_call():
+    tree = _prepared(DISCARD_PAGE, "https://news.example/d")
+    main_text_body(tree, "https://news.example/d", ExtractConfig())
+    import trafilatura.main_extractor as theirs
+    assert theirs.BODY_XPATH is BODY_XPATH and theirs.OVERALL_DISCARD_XPATH is OVERALL_DISCARD_XPATH
+    with trafilatura_walks.in_extract_content():
+        with trafilatura_walks.in_extract_content():
+            assert theirs.BODY_XPATH[0] is first_body
+        assert theirs.BODY_XPATH[0] is first_body
+    assert theirs.BODY_XPATH is BODY_XPATH and theirs.OVERALL_DISCARD_XPATH is OVERALL_DISCARD_XPATH
+
+
 def test_forum_page_keeps_its_comment_containers():
     forum = EDGE_PAGE.replace("<title>t</title>", '<script type="application/ld+json">{"@type": "DiscussionForumPosting"}</script>')
     tree = _prepared(forum, "https://forum.example/t/1")
@@ -121,6 +171,28 @@ def test_escalation_page_measures_the_page_like_html2txt(monkeypatch):
     monkeypatch.setattr(main_text, "_page_text_length", lambda t: measured.append(len(trafilatura.html2txt(t))) or measured[-1])
     body = main_text_body(tree, "https://tiles.example/", ExtractConfig())
     assert measured and len(" ".join(body.itertext())) > 4000  # the gate measured the page, the recall retry won
+
+
+@pytest.mark.parametrize("body", [
+    "<p><script>1</script>tail of a deleted first child</p><div>a<style>x</style>\u200bjoined to a block's text</div>",
+    "<span>a<script>x</script>\u200bb</span><span>c</span><footer>f</footer>\u00adafter<div>d</div>",
+    "<div class='x'><aside>a</aside></div>t1<aside>b</aside>t2<aside>c</aside>t3<p>p</p>\x85\u2028next",
+    "text<br>more<table><tr><td>a</td><td>b<svg>s</svg></td></tr></table>end<template>t</template>",
+    "<div id='cookie-notice'>gone</div><div class='Footer'>kept: case</div><div data-x='1' class='footer'>gone</div>",
+])
+def test_page_text_length_equals_html2txt_on_edge_cases(body):
+    tree = _parse(f"<html><head><title>t</title></head><body>{body}<p>{PARA}</p></body></html>")
+    assert main_text._page_text_length(tree) == len(trafilatura.html2txt(tree))
+    assert main_text._page_text_length(tree.find("body")) == len(trafilatura.html2txt(tree.find("body")))
+
+
+def test_spaced_runs_lose_control_characters_and_refuse_what_lxml_refuses():
+    paragraph = _parse(f"<html><body><p>{PARA}</p></body></html>").find(".//p")
+    with pytest.raises(ValueError):
+        paragraph.tail = " \x1c"  # what html2txt would set: it raises, bare_extraction discards the page
+    with pytest.raises(ValueError):
+        main_text._spaced("a\x1cb")
+    assert main_text._spaced("a\u200bb\x85") == " ab\x85"  # a format character goes, NEL is whitespace
 
 
 def test_include_comments_runs_trafilaturas_own_path():
