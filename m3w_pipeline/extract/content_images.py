@@ -47,8 +47,7 @@ from m3w_pipeline.extract.media_refs import PLACEHOLDER_RE, MediaTable, Recorded
 # whole page in one (a no-JS wrapper), and trafilatura then extracts from it.
 _INVISIBLE_TAGS = frozenset({"script", "style", "template", "svg", "head", "title", "textarea", "select", "option"})
 # Characters ignored when matching output text to the DOM: whitespace (re-flowed by every
-# extractor) and the " | " the node builder puts between table cells.
-_IGNORED = str.maketrans("", "", "|")
+# extractor) and the " | " the node builder puts between table cells (`_squeeze`).
 _PROBE = 40  # characters of a text node's start (and end) searched for in the DOM stream
 
 
@@ -67,17 +66,21 @@ class DomIndex:
 
 
 def _squeeze(text: str) -> str:
-    return "".join(text.split()).translate(_IGNORED)
+    return "".join(text.split()).replace("|", "")
+
+
+# Joins the raw pieces for one squeeze of the whole page: never in lxml text (XML forbids it),
+# not whitespace to str.split(), so each piece's squeezed form is what lies between two.
+_SEPARATOR = "\x00"
 
 
 def index_dom(root: HtmlElement) -> DomIndex:
-    """One pass over the tree (iterative: pages nest thousands of elements deep). The hot loop
-    of `select_images` (every element twice), so it is kept flat: no call per event."""
-    pieces: list[str] = []
-    starts: list[int] = []
-    owners: list[HtmlElement] = []
-    media: dict[str, tuple[int, HtmlElement]] = {}
-    offset = 0
+    """One pass over the tree (iterative: pages nest thousands of elements deep) collecting each
+    text piece and its owner, then one squeeze of all the pieces at once. The hot loop of
+    `select_images` (every element twice), so it is kept flat: no call per event."""
+    raw: list[str] = []
+    raw_owners: list[HtmlElement] = []
+    media_at: list[tuple[str, int, HtmlElement]] = []  # placeholder src, pieces before it, element
     walker = iterwalk(root, events=("start", "end"))
     for event, elem in walker:
         if event == "end":  # the tail belongs to the parent, after this element's subtree
@@ -85,6 +88,8 @@ def index_dom(root: HtmlElement) -> DomIndex:
             if not text or elem is root or text.isspace():
                 continue
             owner = elem.getparent()
+            if owner is None:
+                continue
         else:
             tag = elem.tag
             if not isinstance(tag, str):  # comments, processing instructions: only their tail counts
@@ -95,17 +100,27 @@ def index_dom(root: HtmlElement) -> DomIndex:
             if tag == "img":
                 src = elem.get("src") or ""
                 if PLACEHOLDER_RE.fullmatch(src):
-                    media[src] = (offset, elem)
+                    media_at.append((src, len(raw), elem))
             text = elem.text
             if not text or text.isspace():
                 continue
             owner = elem
-        squeezed = _squeeze(text)
-        if squeezed and owner is not None:
+        raw.append(text)
+        raw_owners.append(owner)
+    squeezed = _squeeze(_SEPARATOR.join(raw)).split(_SEPARATOR) if raw else []
+    pieces: list[str] = []
+    starts: list[int] = []
+    owners: list[HtmlElement] = []
+    before = [0]  # stream offset before each raw piece
+    offset = 0
+    for piece, owner in zip(squeezed, raw_owners):
+        if piece:
             starts.append(offset)
             owners.append(owner)
-            pieces.append(squeezed)
-            offset += len(squeezed)
+            pieces.append(piece)
+            offset += len(piece)
+        before.append(offset)
+    media = {src: (before[count], elem) for src, count, elem in media_at}
     return DomIndex("".join(pieces), starts, owners, media)
 
 

@@ -197,31 +197,42 @@ class _TeaserCards:
 
     def __init__(self, tree: HtmlElement, url: str, config: ExtractConfig) -> None:
         self.tree, self.url, self.config = tree, url, config
-        self.text_links: Optional[dict[str, list[HtmlElement]]] = None
+        self.links_by_href: Optional[dict[str, list[HtmlElement]]] = None
+        self.text_link_area: dict[str, set[HtmlElement]] = {}  # href -> its text links and their ancestors
 
-    def _index(self) -> dict[str, list[HtmlElement]]:
-        index: dict[str, list[HtmlElement]] = {}
-        for link in self.tree.iter("a"):
-            href = (link.get("href") or "").strip()
-            if href and link.text_content().strip():
-                index.setdefault(href, []).append(link)
-        return index
+    def _text_link_area(self, href: str) -> set[HtmlElement]:
+        """The links to `href` that show text, with all their ancestors (elements, not id()s:
+        lxml proxies live only while referenced). Links are indexed by href on the first call,
+        their text read only for the hrefs a linked image asks about."""
+        if self.links_by_href is None:
+            self.links_by_href = {}
+            for link in self.tree.iter("a"):
+                link_href = (link.get("href") or "").strip()
+                if link_href:
+                    self.links_by_href.setdefault(link_href, []).append(link)
+        area = self.text_link_area.get(href)
+        if area is None:
+            area = set()
+            for link in self.links_by_href.get(href, ()):
+                if link.text_content().strip():
+                    area.add(link)
+                    area.update(link.iterancestors())
+            self.text_link_area[href] = area
+        return area
 
     def is_teaser(self, elem: HtmlElement) -> bool:
         link = next(elem.iterancestors("a"), None)
         href = (link.get("href") or "").strip() if link is not None else ""
         if not href or href.startswith("#") or href == self.url or url_ext(href) in _IMAGE_EXTS:
             return False
-        if self.text_links is None:
-            self.text_links = self._index()
-        twins = self.text_links.get(href)
-        if not twins:
+        area = self._text_link_area(href)
+        if not area:
             return False
         container: Optional[HtmlElement] = link
         for _ in range(self.config.teaser_max_depth + 1):
             if container is None:
                 return False
-            if any(t is container or container in t.iterancestors() for t in twins):
+            if container in area:  # a text link to the same page is this container or inside it
                 total = len("".join(container.text_content().split()))
                 linked = sum(len("".join(a.text_content().split())) for a in container.iter("a"))
                 return total == 0 or linked >= self.config.teaser_link_density * total or self._one_of_many(container)
