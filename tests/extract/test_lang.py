@@ -96,3 +96,47 @@ def test_language_id_matches_the_declared_language_on_the_corpus_pages():
     for fragment, real in MISLABELLED.items():
         name, _, url = next(p for p in pages if fragment in p[2])
         assert identify_language(page_text(name, url)).lang == real, fragment
+
+
+# --------------------------------------------------------------------------- the vectorised automaton walk
+
+
+def test_model_automaton_is_no_deeper_than_the_vectorised_walk_reads():
+    """Every state of the pinned model's byte automaton lies at most MODEL_DEPTH bytes from the root
+    (breadth-first over all its moves), so the last MODEL_DEPTH bytes decide the state."""
+    import numpy as np
+
+    from m3w_pipeline.extract.lang import MODEL_DEPTH, _get_identifier
+
+    identifier = _get_identifier()
+    moves = np.frombuffer(identifier.tk_nextmove, dtype=np.dtype(identifier.tk_nextmove.typecode))
+    rows = np.asarray(identifier._rowbase, dtype=np.int64)
+    seen = np.zeros(len(rows), dtype=bool)
+    seen[0] = True
+    frontier, depth = np.array([0]), 0
+    while len(frontier):
+        reached = moves[(rows[frontier][:, None] + np.arange(256)).ravel()]
+        frontier = np.unique(reached[~seen[reached]])
+        seen[frontier] = True
+        depth += bool(len(frontier))
+    assert seen.all() and depth == MODEL_DEPTH
+
+
+@needs_corpus
+def test_vectorised_walk_scores_equal_py3langids_to_the_bit():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from m3w_pipeline.extract.lang import _get_identifier
+
+    theirs = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    ours = _get_identifier()
+    assert type(ours) is not LanguageIdentifier
+    texts = ["", "a", "ab", "ABCDEF", "АБВГД", "日本語のテキスト", "x" * 7, "ÀÉÎ" * 50, "\U0001F600 emoji", "\x00\xff"]
+    for path in sorted(HTML_DIR.glob("*.htm*")):
+        data = path.read_bytes()
+        nodes = extract_page(gzip.decompress(data) if path.name.endswith(".gz") else data, "https://example.org/").text_nodes()
+        texts += ["\n\n".join(nodes)[:10_000], *nodes[:3]]
+    assert len(texts) > 200
+    for text in texts:
+        assert ours._decide(text).tobytes() == theirs._decide(text).tobytes(), text[:80]
+        assert ours.classify(text) == theirs.classify(text)
