@@ -84,10 +84,12 @@ def _pinned(core: int):
 
 
 def run_pinned(cmd: list[str], env: dict[str, str], core: int, log: Path) -> tuple[float, float, str]:
-    """Run cmd on one core; (wall s, CPU s of it and its children, stdout). Raises on failure."""
+    """Run cmd on one core, in the folder of its log (`python -m` puts the working folder first on
+    sys.path, before PYTHONPATH: run from a checkout, every tree would import that checkout's code);
+    (wall s, CPU s of it and its children, stdout). Raises on failure."""
     cpu0, wall0 = _children_cpu(), time.perf_counter()
     with open(log, "w") as err:
-        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=_pinned(core))
+        done = subprocess.run(cmd, env=env, cwd=log.parent, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=_pinned(core))
     wall, cpu = time.perf_counter() - wall0, _children_cpu() - cpu0
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])

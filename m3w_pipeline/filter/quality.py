@@ -22,7 +22,7 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 from importlib import resources
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from m3w_pipeline.core.config import FilterConfig
 from m3w_pipeline.core.document import Document, words
@@ -111,8 +111,9 @@ def duplicate_fractions(items: Sequence[str]) -> tuple[float, float]:
     return dup_count / len(items), (dup_chars / total_chars if total_chars else 0.0)
 
 
-def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+def _ngrams(tokens: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
+    """Every word n-gram in order (tuples made in C by zip over shifted copies)."""
+    return zip(*(tokens[i:] for i in range(n)))
 
 
 def top_ngram_char_fraction(tokens: Sequence[str], n: int) -> float:
@@ -121,11 +122,10 @@ def top_ngram_char_fraction(tokens: Sequence[str], n: int) -> float:
     Only an n-gram seen at least twice counts (a text of distinct words scores 0).
     Ties between equally frequent n-grams take the longest.
     """
-    total = sum(len(t) for t in tokens)
-    grams = _ngrams(tokens, n)
-    if not grams or not total:
+    total = sum(map(len, tokens))
+    if len(tokens) < n or not total:
         return 0.0
-    counts = Counter(grams)
+    counts = Counter(_ngrams(tokens, n))
     freq = max(counts.values())
     if freq < 2:
         return 0.0
@@ -138,7 +138,7 @@ def duplicate_ngram_char_fraction(tokens: Sequence[str], n: int) -> float:
 
     Overlapping repeats cover each word once. "a b c a b c" with n=3 -> 3 of 6 words.
     """
-    total = sum(len(t) for t in tokens)
+    total = sum(map(len, tokens))
     if len(tokens) < n or not total:
         return 0.0
     covered = bytearray(len(tokens))
@@ -172,11 +172,10 @@ def char_repetition_ratio(text: str, n: int = 10) -> float:
 
 def word_repetition_ratio(tokens: Sequence[str], n: int = 5) -> float:
     """Occurrences of word n-grams that occur more than once / all word n-grams."""
-    grams = _ngrams(tokens, n)
-    if not grams:
+    if len(tokens) < n or n < 1:
         return 0.0
-    counts = Counter(grams)
-    return sum(f for f in counts.values() if f > 1) / len(grams)
+    counts = Counter(_ngrams(tokens, n))
+    return sum(f for f in counts.values() if f > 1) / (len(tokens) - n + 1)
 
 
 def stopword_ratio(tokens: Sequence[str], lang: Optional[str]) -> Optional[float]:
