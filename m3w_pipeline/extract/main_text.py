@@ -41,7 +41,7 @@ from trafilatura.utils import remove_control_characters
 from trafilatura.xml import delete_element
 
 from m3w_pipeline.core.config import ExtractConfig
-from m3w_pipeline.extract.trafilatura_walks import basic_cleaned, in_extract_content, raw_prune_targets
+from m3w_pipeline.extract.trafilatura_walks import BASIC_CLEAN_TAGS, basic_cleaned, in_extract_content, raw_prune_targets
 
 # html2txt's block elements: a space before their text and their tail
 _SPACED_BLOCKS = frozenset(_BLOCK_ELEMS)
@@ -150,29 +150,42 @@ def _page_text_length(tree: HtmlElement) -> int:
     if body is None:
         body = tree
     out: list[str] = []
-    run: list[str] = []
+    run = ""
     run_in_block = False  # the run is a block element's text or tail: spaced and cleaned
     deleted = None
     walker = iterwalk(body, events=("start", "end"))
-    for event, elem in walker:
+    for event, elem in walker:  # flat: a call per element only for those with a class or id
+        tag = elem.tag
         if event == "start":
-            if elem is not body and isinstance(elem.tag, str) and basic_cleaned(elem):
+            if tag.__class__ is not str:  # a comment or processing instruction: no text of its own
+                text = None
+            elif elem is not body and (
+                tag in BASIC_CLEAN_TAGS or ((elem.get("class") is not None or elem.get("id") is not None) and basic_cleaned(elem))
+            ):
                 walker.skip_subtree()
                 deleted = elem
                 continue
-            text = elem.text if isinstance(elem.tag, str) else None
+            else:
+                text = elem.text
         elif elem is deleted:
-            if elem.tail:
-                run.append(elem.tail)
+            tail = elem.tail
+            if tail:
+                run += tail
             continue
         elif elem is body:
             continue
         else:
             text = elem.tail
-        out.append(_spaced("".join(run)) if run_in_block else "".join(run))
-        run = [text] if text else []
-        run_in_block = isinstance(elem.tag, str) and elem.tag in _SPACED_BLOCKS
-    out.append(_spaced("".join(run)) if run_in_block else "".join(run))
+        if run_in_block:
+            out.append(" " + run if run.isprintable() else _spaced(run))
+        elif run:
+            out.append(run)
+        run = text or ""
+        run_in_block = tag in _SPACED_BLOCKS
+    if run_in_block:
+        out.append(" " + run if run.isprintable() else _spaced(run))
+    else:
+        out.append(run)
     return len(" ".join("".join(out).split()))
 
 
