@@ -191,8 +191,7 @@ class _TeaserCards:
     one of a run of look-alike siblings (a list of cards with a blurb each).
 
     trafilatura keeps any block holding an image ("image container"), so without this the
-    thumbnails and titles of related-post lists leak into the main content. Text links are
-    indexed by href once, on the first linked image.
+    thumbnails and titles of related-post lists leak into the main content.
     """
 
     def __init__(self, tree: HtmlElement, url: str, config: ExtractConfig) -> None:
@@ -201,24 +200,18 @@ class _TeaserCards:
         self.text_link_area: dict[str, set[HtmlElement]] = {}  # href -> its text links and their ancestors
 
     def _text_link_area(self, href: str) -> set[HtmlElement]:
-        """The links to `href` that show text, with all their ancestors (elements, not id()s:
-        lxml proxies live only while referenced). Links are indexed by href on the first call,
+        """The links to `href` that show text, with all their ancestors (elements, not id()s: lxml
+        proxies live only while referenced). Links are indexed by href on the first linked image,
         their text read only for the hrefs a linked image asks about."""
         if self.links_by_href is None:
             self.links_by_href = {}
             for link in self.tree.iter("a"):
-                link_href = (link.get("href") or "").strip()
-                if link_href:
+                if link_href := (link.get("href") or "").strip():
                     self.links_by_href.setdefault(link_href, []).append(link)
-        area = self.text_link_area.get(href)
-        if area is None:
-            area = set()
-            for link in self.links_by_href.get(href, ()):
-                if link.text_content().strip():
-                    area.add(link)
-                    area.update(link.iterancestors())
-            self.text_link_area[href] = area
-        return area
+        if href not in self.text_link_area:
+            texted = [link for link in self.links_by_href.get(href, ()) if link.text_content().strip()]
+            self.text_link_area[href] = {elem for link in texted for elem in (link, *link.iterancestors())}
+        return self.text_link_area[href]
 
     def is_teaser(self, elem: HtmlElement) -> bool:
         link = next(elem.iterancestors("a"), None)
