@@ -27,7 +27,7 @@ from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, REJECTS, CountedSteps, CountingFn, SampleRejects, counting, write_rejects
 from beam_jobs.dedup_stages import Dedup
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchMediaFn, fetch_batches
-from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment, split_bytes
+from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment
 from beam_jobs.outputs import Corpus, write_m3w_shards, write_manifests
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
 from m3w_pipeline.core import web
@@ -39,6 +39,7 @@ from m3w_pipeline.extract.timed import ExtractTimeout, TimedExtractor
 from m3w_pipeline.filter.filters import M3WFilters, enough_images_after_dedup
 from m3w_pipeline.media.images import process_image
 from m3w_pipeline.read import warc as warc_lib
+from m3w_pipeline.write.media_bytes import split_image_bytes
 
 MEDIA = "media"
 BROKEN = "broken"
@@ -154,8 +155,9 @@ class ResolveImagesFn(CountingFn):
         if records:
             record = choose_record(records, bool(refs), "media_records", tally)
             if refs:
-                *image_bytes, result = split_bytes(process_image(record.data, self.config))
-                yield from image_bytes
+                content, result = split_image_bytes(process_image(record.data, self.config))
+                if content is not None:
+                    yield TaggedOutput(IMAGE_BYTES, content)
                 for doc_key, node_index, rank in refs:
                     yield (doc_key, (node_index, rank, result))
 

@@ -22,10 +22,11 @@ from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
 from beam_jobs import fsio
 from beam_jobs.counting import REJECTS_NAME, SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SHUFFLE_STAGES
-from beam_jobs.image_bytes import ImageShipment, document_hashes, grouped_with_bytes, with_document_bytes
+from beam_jobs.image_bytes import ImageShipment
 from m3w_pipeline.core.accounting import build_manifest
 from m3w_pipeline.core.config import BuildConfig, ShardConfig
 from m3w_pipeline.write.layout import CARD_NAME, SIZES_NAME, dataset_card, index_file, shard_side_files, sizes_json, stats_file
+from m3w_pipeline.write.media_bytes import document_hashes, grouped_with_bytes, with_document_bytes
 from m3w_pipeline.write.shards import ShardInfo, parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
 from schemas import load_arrow_schema
 
