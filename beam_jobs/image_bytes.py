@@ -50,7 +50,8 @@ class ImageShipment:
         self.steps = steps
         self.name = name  # a prefix of its labels, for a second shipment in one pipeline
         self.sources = [image_bytes]  # (content key, bytes) PCollections: images, then videos
-        self.corpora: dict[str, tuple[beam.PCollection, Hashes, Writer]] = {}
+        self.corpora: dict[str, tuple[beam.PCollection, Any, Writer]] = {}  # keyed samples, their Hashes or declared needs, writer
+        self.extra: dict[str, dict[str, beam.PCollection]] = {}
 
     def add_bytes(self, content: beam.PCollection) -> None:
         """More (content key, bytes) to ship (the video corpus's)."""
@@ -60,12 +61,20 @@ class ImageShipment:
         """`keyed` (shard key, sample) will be written by `write` once its images' bytes are there."""
         self.corpora[corpus] = (keyed, hashes, write)
 
+    def need_declared(self, corpus: str, keyed: beam.PCollection, wanted: beam.PCollection, write: Writer,
+                      extra: dict[str, beam.PCollection]) -> None:
+        """Like `need`, when what each shard needs is decided apart from the samples: `wanted` holds
+        (content key, (corpus, shard key)), and `extra` joins the shards too (the M3W corpus: dedup's
+        drops, so the documents cross this one join instead of a dedup join and then this one)."""
+        self.corpora[corpus] = (keyed, wanted, write)
+        self.extra[corpus] = extra
+
     def ship(self) -> dict[str, beam.PCollection]:
         """corpus -> what its writer returned."""
         if not self.corpora:
             return {}
         wanted = [
-            keyed | f"{self.name}ImageNeeds_{corpus}" >> beam.FlatMap(needs, corpus, hashes)
+            hashes if isinstance(hashes, beam.PCollection) else keyed | f"{self.name}ImageNeeds_{corpus}" >> beam.FlatMap(needs, corpus, hashes)
             for corpus, (keyed, hashes, _) in self.corpora.items()
         ] | f"{self.name}AllImageNeeds" >> beam.Flatten()
         content = self.sources[0] if len(self.sources) == 1 else self.sources | f"{self.name}AllMediaBytes" >> beam.Flatten()
@@ -73,6 +82,7 @@ class ImageShipment:
         shipped = joined | f"{self.name}ShipBytes" >> beam.ParDo(ShipFn()).with_outputs(*self.corpora)
         written = {}
         for corpus, (keyed, _, write) in self.corpora.items():
-            grouped = self.steps.cogroup({"samples": keyed, "bytes": shipped[corpus]}, f"ShardWithBytes_{corpus}")
+            inputs = {"samples": keyed, **self.extra.get(corpus, {}), "bytes": shipped[corpus]}
+            grouped = self.steps.cogroup(inputs, f"ShardWithBytes_{corpus}")
             written[corpus] = write(grouped)
         return written

@@ -25,10 +25,10 @@ from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, REJECTS, CountedSteps, CountingFn, SampleRejects, counting, write_rejects
-from beam_jobs.dedup_stages import Dedup
+from beam_jobs.dedup_stages import DedupDecisions
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchMediaFn, fetch_batches
 from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment
-from beam_jobs.outputs import Corpus, write_m3w_shards, write_manifests
+from beam_jobs.outputs import Corpus, write_deduped_m3w_shards, write_m3w_shards, write_manifests
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
 from m3w_pipeline.core import web
 from m3w_pipeline.core.accounting import Tally
@@ -36,7 +36,7 @@ from m3w_pipeline.core.config import BuildConfig, ExtractConfig, FilterConfig, I
 from m3w_pipeline.core.document import Document, assemble_document, choose_candidates, choose_record, document_key, image_candidates
 from m3w_pipeline.extract.optout import page_opt_out
 from m3w_pipeline.extract.timed import ExtractTimeout, TimedExtractor
-from m3w_pipeline.filter.filters import M3WFilters, enough_images_after_dedup
+from m3w_pipeline.filter.filters import POST_DEDUP, M3WFilters, enough_images_after_dedup
 from m3w_pipeline.media.images import process_image
 from m3w_pipeline.read import warc as warc_lib
 from m3w_pipeline.write.media_bytes import split_image_bytes
@@ -227,20 +227,31 @@ def resolve_images(steps: CountedSteps, pages: beam.PCollection, media: beam.PCo
 
 def add_m3w_corpus(docs: beam.PCollection, rejects: beam.PCollection, output_dir: str, config: BuildConfig,
                    shipment: ImageShipment) -> Corpus:
-    """Filtered documents -> Dedup -> FinalImageCheck -> shards (written once `shipment` ships the
-    bytes); the reject sample -> rejects.jsonl."""
+    """Filtered documents -> dedup's decisions -> shards (written once `shipment` ships the bytes),
+    the documents meeting the decisions in the shard join; the reject sample -> rejects.jsonl.
+    Without dedup: FinalImageCheck -> shards."""
     steps = CountedSteps()
-    samples = [rejects]
-    if config.dedup.enabled:
-        deduped = docs | "Dedup" >> Dedup(config.dedup)
-        docs = deduped["docs"]
-        steps.add(deduped["counts"])
-        samples.append(deduped["rejects"])
-    final = steps(docs, "FinalImageCheck", final_image_check, REJECTS, main="docs", args=(config.filters,))
-    sampled = samples | "FilterAndDedupRejects" >> beam.Flatten() | "SampleRejects" >> SampleRejects(config.dedup.reject_sample_size)
-    rejects_file = write_rejects([sampled, final[REJECTS]], output_dir, steps)  # post_dedup rejects are all written, as before
-    write_m3w_shards(final.docs, output_dir, config.shards, shipment)
-    return Corpus((config.shards.prefix,), None, steps.counts, files=[rejects_file])
+    corpus = Corpus((config.shards.prefix,), None, steps.counts)
+
+    def write_all_rejects(sampled: list[beam.PCollection], written: list[beam.PCollection]) -> None:
+        """The sample of filter and dedup rejects and every post_dedup reject (as before) -> rejects.jsonl."""
+        sample = sampled | "FilterAndDedupRejects" >> beam.Flatten() | "SampleRejects" >> SampleRejects(config.dedup.reject_sample_size)
+        corpus.files.append(write_rejects([sample, *written], output_dir, steps))
+
+    if not config.dedup.enabled:
+        final = steps(docs, "FinalImageCheck", final_image_check, REJECTS, main="docs", args=(config.filters,))
+        write_all_rejects([rejects], [final[REJECTS]])
+        write_m3w_shards(final.docs, output_dir, config.shards, shipment)
+        return corpus
+    decided = docs | "Dedup" >> DedupDecisions(config.dedup)
+    steps.add(decided["counts"] | "DedupCounts" >> beam.Flatten())
+
+    def writer_rejects(written: beam.PCollection) -> None:
+        post, hot = written | "SplitWriterRejects" >> beam.Partition(lambda r, _: 0 if r.stage == POST_DEDUP else 1, 2)
+        write_all_rejects([rejects, *decided["rejects"], hot], [post])
+
+    write_deduped_m3w_shards(decided, output_dir, config, shipment, steps, writer_rejects)
+    return corpus
 
 
 def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, str], config: BuildConfig) -> list[beam.PCollection]:

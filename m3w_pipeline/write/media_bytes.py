@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from m3w_pipeline.core.document import DocImage, Document
+from m3w_pipeline.filter.dedup import without_hot
 from m3w_pipeline.media.images import ImageResult
 from m3w_pipeline.media.video import VideoResult
 
@@ -71,6 +72,17 @@ def video_hashes(sample: Any) -> Iterator[str]:
     """A video sample's video (failed rows have none)."""
     if getattr(sample, "video", None) is not None:
         yield video_content_key(sample.video.sha256)
+
+
+def kept_keys_needs(images: Iterable[tuple[str, Optional[str]]], hot: frozenset[str], min_images: int) -> Optional[list[str]]:
+    """A document that survived dedup's drop stages, seen through its dedup image ids ((URL key,
+    "sha256:" key or None), `filter.dedup.image_ids`): None when it will not be written (after the hot
+    images leave it has fewer than `min_images` stored images: `enough_images_after_dedup`), else
+    the sha256 of every stored image it keeps, sorted and distinct. The same decision the writer
+    makes on the document itself, made before documents move, so the shard count and the bytes
+    each shard needs are known when the documents first cross a shuffle."""
+    stored = [sha.removeprefix("sha256:") for _, sha in without_hot(images, hot) if sha is not None]
+    return sorted(set(stored)) if len(stored) >= min_images else None
 
 
 def needs(element: tuple[Any, Any], corpus: str, hashes: Hashes) -> list[tuple[str, tuple[str, Any]]]:

@@ -12,15 +12,19 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from m3w_pipeline.core.config import PairConfig, VideoConfig
+from m3w_pipeline.core.accounting import Tally
+from m3w_pipeline.core.config import FilterConfig, PairConfig, VideoConfig
 from m3w_pipeline.core.document import DocImage, DocVideo, assemble_document
 from m3w_pipeline.core.nodes import ExtractedPage, ImageRef, Node, VideoRef
 from m3w_pipeline.core.web import Provenance
+from m3w_pipeline.filter.dedup import image_ids, remove_hot_images
+from m3w_pipeline.filter.filters import enough_images_after_dedup
 from m3w_pipeline.media.images import ImageResult, process_image
 from m3w_pipeline.media.video import VideoResult, process_video
 from m3w_pipeline.write.media_bytes import (
     document_hashes,
     grouped_with_bytes,
+    kept_keys_needs,
     needs,
     sample_hashes,
     shipments,
@@ -163,3 +167,22 @@ def test_video_shard_from_shipped_bytes_is_the_shard_from_processed_videos(conta
     write_video_shard([full], "video-00000", want)
     write_video_shard(back["video-00000"], "video-00000", got)
     assert got.getvalue() == want.getvalue()
+
+
+@pytest.mark.parametrize("min_images", [1, 2, 3])
+def test_kept_keys_needs_is_the_writers_decision_made_on_dedup_keys(min_images):
+    """What the build decides on dedup's keys (shard count, bytes to ship) must be what the writer then
+    decides on the document: hot images removed, then enough stored images left."""
+    red, blue, banner = (process_image(jpeg(c)) for c in ((200, 30, 30), (30, 30, 200), (90, 90, 90)))
+    doc = document("g" * 24, {0: red, 1: banner})  # image 2 is missing: no result
+    doc2 = document("h" * 24, {0: red, 1: blue, 2: banner})
+    hot_sets = [frozenset(), frozenset({f"sha256:{banner.image.sha256}"}), frozenset({"url:https://cdn.example/0.jpg"})]
+    config = FilterConfig(min_images_per_document=min_images)
+    for d in (doc, doc2):
+        for hot in hot_sets:
+            after = remove_hot_images(d, hot, Tally())
+            written = enough_images_after_dedup(after, config, Tally())
+            decided = kept_keys_needs(image_ids(d), hot, min_images)
+            assert (decided is not None) == written, (d.key, hot, min_images)
+            if written:
+                assert decided == sorted(set(document_hashes(after)))
