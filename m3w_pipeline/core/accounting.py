@@ -204,6 +204,7 @@ def build_manifest(
         "totals": {
             "shards": len(shard_list),
             "samples": samples,
-            "images": stages.get("image_refs", {}).get("kept", {}).get("resolved", 0),
+            "images_stored": sum(s.get("images", 0) for s in shard_list),  # in this corpus's tars (video: frames)
+            "image_refs_resolved": stages.get("image_refs", {}).get("kept", {}).get("resolved", 0),  # the build's, every corpus alike
         },
     }
