@@ -2,10 +2,10 @@
 pages, one image on four of them and ten pages have a photo of their own.
 
 The manifest's `shuffle_bytes` (payload bytes entering each grouping) must show that the document
-join and the shard join carried image metadata only, the documents crossing one shuffle after assembly; that the processed bytes of each image crossed the
-ShipImageBytes join once, and reached each shard that keeps it once (the hot banner: none); and
-the shards must hold exactly the kept documents with the bytes `process_image` makes of their
-images.
+join and the shard join carried image metadata only, the documents crossing one shuffle after
+assembly; that the processed bytes of each image crossed the ShipImageBytes join once, and
+reached each shard that keeps it once (the hot banner: none); and the shards must hold exactly
+the kept documents with the bytes `process_image` makes of their images.
 """
 from __future__ import annotations
 
