@@ -1,10 +1,12 @@
 """Media bytes move once: the Beam wiring of `m3w_pipeline.write.media_bytes`.
 
-    ResolveImages / FetchMedia: process_image once per URL
+    ProcessImageRecords (once per record, where it was read) / FetchMedia (once per fetched URL): process_image
       -> metadata per reference: the ImageResult with its ProcessedImage's `data` emptied (URL,
-         sha256, phash, sizes), for the document join, the filters, dedup and the pairs
-      -> IMAGE_BYTES: (sha256, data) once per URL
-    each corpus: its kept samples keyed by their shard -> needs (sha256, (corpus, shard key))
+         sha256, phash, sizes), for the media join, the document join, the filters, dedup and the pairs
+      -> IMAGE_BYTES: (sha256, data) once per processed record or URL
+    each corpus: its kept samples keyed by their shard -> needs (sha256, (corpus, shard key));
+      the M3W corpus declares its needs from dedup's keys (`need_declared`), its documents meeting
+      dedup's drops in the shard join
     ShipImageBytes: CoGroupByKey by sha256 {bytes, needs} -> (shard key, (sha256, data)) once per
       shard that keeps the image; an image no kept sample uses (a hot banner) goes no further
     each corpus: CoGroupByKey by shard {samples, bytes} -> samples get their bytes back -> writer
