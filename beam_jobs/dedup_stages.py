@@ -11,7 +11,9 @@ joins by key. `Dedup` returns a dict of PCollections:
 The documents (image metadata, never bytes: beam_jobs.image_bytes) cross one shuffle only: the
 document-level decisions are made on `DedupKeys`
 (key, rank, URL/text/image keys: ~200 bytes) and MinHash signatures, each stage's survivors
-feeding the next, and all drops are joined to the documents once at the end. Hot images are
+feeding the next, and all drops are joined to the documents once at the end: by `Dedup` by
+document key, or, in the build, by the M3W shard join (`DedupDecisions` hands the drops on,
+`beam_jobs.outputs.write_deduped_m3w_shards` joins them), so there documents cross no dedup join at all. Hot images are
 counted after the text dedup, so re-captures of one page do not make its images look like
 boilerplate; image sets are compared without them. Memory stays bounded per worker: grouped values are small (ranks, keys, hashes)
 and streamed in two passes (Beam iterables are re-iterable), hot image keys are counted with a
@@ -270,8 +272,11 @@ class NearDuplicates(beam.PTransform):
 # ----------------------------------------------------------------------------- all stages
 
 
-class Dedup(beam.PTransform):
-    """Every dedup stage in the order the build runs them (see the module docstring)."""
+class DedupDecisions(beam.PTransform):
+    """Every dedup decision, made on the small keys: the documents after in-document dedup, the
+    document drops of the four corpus stages, the keys that survived them, and the hot image keys.
+    The drops still have to meet the documents: `Dedup` joins them by document key; the build
+    joins them in its M3W shard join (beam_jobs.outputs), so documents cross one shuffle, not two."""
 
     def __init__(self, config: DedupConfig = DedupConfig()) -> None:
         super().__init__()
@@ -280,8 +285,7 @@ class Dedup(beam.PTransform):
     def expand(self, docs: beam.PCollection) -> dict[str, Any]:
         c, steps = self.config, CountedSteps()
         in_doc = steps(docs, "ImagesInDocument", _ImagesInDocumentFn(c.max_phash_distance), REJECTS, main="docs")
-        docs = in_doc.docs
-        keyed = docs | "KeysAndSignatures" >> beam.ParDo(_KeysFn(c)).with_outputs(SIGNATURES, main="keys")
+        keyed = in_doc.docs | "KeysAndSignatures" >> beam.ParDo(_KeysFn(c)).with_outputs(SIGNATURES, main="keys")
         keys, sigs = keyed.keys, keyed[SIGNATURES]
 
         url_drops = _losers(steps, keys | "UrlKey" >> beam.FlatMap(_ranked, lambda k: k.url_key), dd.URL_REASON, "Url")
@@ -298,17 +302,36 @@ class Dedup(beam.PTransform):
         set_ranks = near.keys | "SetKey" >> beam.ParDo(_ImageSetRankFn(), AsList(hot))
         set_drops = _losers(steps, set_ranks, dd.IMAGE_SET_REASON, "Set")
         sets = _survivors(steps, near.keys, set_drops, dd.IMAGE_SET_STAGE, "Set")
-
         # Each stage only sees the previous one's survivors, so a document is dropped at most once.
-        all_drops = (url_drops, exact_drops, near_drops, set_drops) | "AllDrops" >> beam.Flatten()
+        return {
+            "docs": in_doc.docs,
+            "drops": (url_drops, exact_drops, near_drops, set_drops) | "AllDrops" >> beam.Flatten(),
+            "survivors": sets.keys,
+            "hot": hot,
+            "counts": steps.counts,
+            "rejects": [step[REJECTS] for step in (in_doc, urls, exact, near, sets)],
+        }
+
+
+class Dedup(beam.PTransform):
+    """Every dedup stage in the order the build runs them (see the module docstring): the decisions,
+    joined to the documents by key, then the hot images removed."""
+
+    def __init__(self, config: DedupConfig = DedupConfig()) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, docs: beam.PCollection) -> dict[str, Any]:
+        steps = CountedSteps()
+        decided = docs | "Decide" >> DedupDecisions(self.config)
         kept = (
-            steps.cogroup({"doc": docs | "KeyByDoc" >> beam.Map(lambda d: (d.key, d)), "drop": all_drops}, "DedupJoinDocuments")
+            steps.cogroup({"doc": decided["docs"] | "KeyByDoc" >> beam.Map(lambda d: (d.key, d)), "drop": decided["drops"]},
+                          "DedupJoinDocuments")
             | "KeepUndropped" >> beam.FlatMap(_keep_undropped)
         )
-        hot_removed = steps(kept, "RemoveHot", _RemoveHotFn(), REJECTS, main="docs", args=(AsList(hot),))
-        rejects = [step[REJECTS] for step in (in_doc, urls, exact, near, sets, hot_removed)]
+        hot_removed = steps(kept, "RemoveHot", _RemoveHotFn(), REJECTS, main="docs", args=(AsList(decided["hot"]),))
         return {
             "docs": hot_removed.docs,
-            "counts": steps.counts | "AllCounts" >> beam.Flatten(),
-            "rejects": rejects | "AllRejects" >> beam.Flatten(),
+            "counts": [*decided["counts"], *steps.counts] | "AllCounts" >> beam.Flatten(),
+            "rejects": [*decided["rejects"], hot_removed[REJECTS]] | "AllRejects" >> beam.Flatten(),
         }

@@ -23,10 +23,11 @@ import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.counting import COUNTS, count
-from beam_jobs.image_bytes import IMAGE_BYTES, split_bytes
+from beam_jobs.image_bytes import IMAGE_BYTES
 from m3w_pipeline.core.config import FetchConfig, ImageConfig
 from m3w_pipeline.media.fetch import Fetcher, FetchResult
 from m3w_pipeline.media.images import ImageResult, process_image
+from m3w_pipeline.write.media_bytes import split_image_bytes
 
 FETCH_STATUS = "fetch_status"
 FETCH_STAGE = "fetch"
@@ -125,8 +126,9 @@ class FetchMediaFn(FetchFn):
 
     def results(self, fetched: FetchResult, refs: list[Ref]) -> Iterator[Any]:
         """A result per ref; refs whose best candidate failed try their next candidates, in order."""
-        *image_bytes, result = split_bytes(image_result_for(fetched, self.image_config))
-        yield from image_bytes
+        content, result = split_image_bytes(image_result_for(fetched, self.image_config))
+        if content is not None:
+            yield TaggedOutput(IMAGE_BYTES, content)
         retry: dict[str, list[Ref]] = {}
         for doc_key, node_index, rank, fallbacks in refs:
             if result.image is None and fallbacks:

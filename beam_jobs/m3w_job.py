@@ -3,9 +3,10 @@
     WARC files -> ReadWarc -> pages -> Extract ------------------------------------+
                            -> media records (by URL) ---------------------------+     |
                               every candidate URL of every image + URLs held ---+-> ChooseCandidate (per node, URLs only)
-                              chosen URL (by URL) + media records -> ResolveImages (once per URL; FetchMedia for the rest)
-                                -> image metadata per reference (by doc key); bytes (sha256, data) once per URL -> [bytes]
-    JoinByDocument (page + its image metadata) -> AssembleAndFilter -> M3W: Dedup -> FinalImageCheck -> kept documents
+                              image records -> ProcessImageRecords (where read): metadata by URL; bytes (sha256, data) -> [bytes]
+                              chosen URL (by URL) + record metadata -> ResolveImages (once per URL; FetchMedia for the rest)
+                                -> image metadata per reference (by doc key)
+    JoinByDocument (page + its image metadata) -> AssembleAndFilter -> M3W: dedup decisions -> shard join -> kept documents
                                                -> AssemblePairInputs -> pairs (ALIGN, LTIP) -> kept pairs
                                                                      -> video corpus -> kept videos (bytes, frames -> [bytes])
     ShipImageBytes: [bytes] to the shards that keep them, once per shard (beam_jobs.image_bytes)
@@ -25,10 +26,10 @@ from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs import fsio
 from beam_jobs.counting import COUNTS, REJECTS, CountedSteps, CountingFn, SampleRejects, counting, write_rejects
-from beam_jobs.dedup_stages import Dedup
+from beam_jobs.dedup_stages import DedupDecisions
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchMediaFn, fetch_batches
-from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment, split_bytes
-from beam_jobs.outputs import Corpus, write_m3w_shards, write_manifests
+from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment
+from beam_jobs.outputs import Corpus, write_deduped_m3w_shards, write_m3w_shards, write_manifests
 from beam_jobs.pairs_video_stages import VIDEO_MEDIA, AssemblePairInputsFn, add_pair_corpus, add_video_corpus, split_media
 from m3w_pipeline.core import web
 from m3w_pipeline.core.accounting import Tally
@@ -36,9 +37,10 @@ from m3w_pipeline.core.config import BuildConfig, ExtractConfig, FilterConfig, I
 from m3w_pipeline.core.document import Document, assemble_document, choose_candidates, choose_record, document_key, image_candidates
 from m3w_pipeline.extract.optout import page_opt_out
 from m3w_pipeline.extract.timed import ExtractTimeout, TimedExtractor
-from m3w_pipeline.filter.filters import M3WFilters, enough_images_after_dedup
+from m3w_pipeline.filter.filters import POST_DEDUP, M3WFilters, enough_images_after_dedup
 from m3w_pipeline.media.images import process_image
 from m3w_pipeline.read import warc as warc_lib
+from m3w_pipeline.write.media_bytes import split_image_bytes
 
 MEDIA = "media"
 BROKEN = "broken"
@@ -139,25 +141,38 @@ def choose_candidate(element: tuple[tuple[str, int], Iterable[tuple[int, str, bo
         yield TaggedOutput(UNRESOLVED, (url, (key, index, rank, fallbacks)))
 
 
-class ResolveImagesFn(CountingFn):
-    """Per URL: choose one media record, process it once, hand the result (without its bytes) to
-    every node that chose this URL; the bytes go once to IMAGE_BYTES. Records no node chose are
-    counted as unreferenced. Stage `media_records`."""
+class ProcessImageRecordsFn(CountingFn):
+    """(URL, image record) -> (URL, (the record without its bytes, the ImageResult without its bytes));
+    the processed bytes once under IMAGE_BYTES. Every image record is processed where it was read,
+    before any shuffle, so the media join carries metadata and the raw bytes never cross a shuffle:
+    they were the largest one (1.0x the image records; the processed bytes are ~0.3x). The price:
+    records no page uses, and older captures of a URL, are processed too."""
 
     def __init__(self, config: ImageConfig):
         self.config = config
 
+    def step(self, element: tuple[str, warc_lib.MediaRecord], tally: Tally) -> Iterator[Any]:
+        url, record = element
+        content, result = split_image_bytes(process_image(record.data, self.config))
+        if content is not None:
+            yield TaggedOutput(IMAGE_BYTES, content)
+        yield url, (dataclasses.replace(record, data=b""), result)
+
+
+class ResolveImagesFn(CountingFn):
+    """Per URL: choose one media record and hand its result (processed where it was read, without
+    bytes) to every node that chose this URL. Records no node chose are counted as unreferenced.
+    Stage `media_records`."""
+
     def step(self, element: tuple[str, dict[str, Iterable[Any]]], tally: Tally) -> Iterator[Any]:
         url, grouped = element
         refs = sorted(grouped["refs"])
-        records = sorted(grouped["media"], key=warc_lib.capture_order)
+        records = sorted(grouped["media"], key=lambda processed: warc_lib.capture_order(processed[0]))
         if records:
-            record = choose_record(records, bool(refs), "media_records", tally)
-            if refs:
-                *image_bytes, result = split_bytes(process_image(record.data, self.config))
-                yield from image_bytes
-                for doc_key, node_index, rank in refs:
-                    yield (doc_key, (node_index, rank, result))
+            chosen = choose_record([record for record, _ in records], bool(refs), "media_records", tally)
+            result = next(result for record, result in records if record is chosen)
+            for doc_key, node_index, rank in refs:
+                yield (doc_key, (node_index, rank, result))
 
 
 class AssembleFn(CountingFn):
@@ -211,34 +226,46 @@ def resolve_images(steps: CountedSteps, pages: beam.PCollection, media: beam.PCo
         | "CandidatesByNode" >> beam.FlatMap(candidate_presence)
     )
     chosen = steps.group(chosen, "GroupByNode") | "ChooseCandidate" >> beam.FlatMap(choose_candidate).with_outputs(UNRESOLVED, main="refs")
-    joined = steps.cogroup({"refs": chosen.refs, "media": media}, "JoinMediaByUrl")
-    resolved = steps(joined, "ResolveImages", ResolveImagesFn(config.image), IMAGE_BYTES, main="images")
+    processed = steps(media, "ProcessImageRecords", ProcessImageRecordsFn(config.image), IMAGE_BYTES, main="records")
+    joined = steps.cogroup({"refs": chosen.refs, "media": processed.records}, "JoinMediaByUrl")
+    resolved = steps(joined, "ResolveImages", ResolveImagesFn(), main="images")
     if not config.fetch.enabled:
-        return resolved.images, resolved[IMAGE_BYTES], None
+        return resolved.images, processed[IMAGE_BYTES], None
     unresolved = steps.group(chosen[UNRESOLVED], "GroupByBestUrl") | "SortRefs" >> beam.MapTuple(lambda url, refs: (url, sorted(refs)))
     fetched = fetch_batches(unresolved, FetchMediaFn(config.fetch, config.image), "FetchMedia", tags=(IMAGE_BYTES,))
     steps.add(fetched[COUNTS])
     images = (resolved.images, fetched.images) | "AllImageResults" >> beam.Flatten()
-    image_bytes = (resolved[IMAGE_BYTES], fetched[IMAGE_BYTES]) | "AllImageBytes" >> beam.Flatten()
+    image_bytes = (processed[IMAGE_BYTES], fetched[IMAGE_BYTES]) | "AllImageBytes" >> beam.Flatten()
     return images, image_bytes, fetched[FETCH_STATUS]
 
 
 def add_m3w_corpus(docs: beam.PCollection, rejects: beam.PCollection, output_dir: str, config: BuildConfig,
                    shipment: ImageShipment) -> Corpus:
-    """Filtered documents -> Dedup -> FinalImageCheck -> shards (written once `shipment` ships the
-    bytes); the reject sample -> rejects.jsonl."""
+    """Filtered documents -> dedup's decisions -> shards (written once `shipment` ships the bytes),
+    the documents meeting the decisions in the shard join; the reject sample -> rejects.jsonl.
+    Without dedup: FinalImageCheck -> shards."""
     steps = CountedSteps()
-    samples = [rejects]
-    if config.dedup.enabled:
-        deduped = docs | "Dedup" >> Dedup(config.dedup)
-        docs = deduped["docs"]
-        steps.add(deduped["counts"])
-        samples.append(deduped["rejects"])
-    final = steps(docs, "FinalImageCheck", final_image_check, REJECTS, main="docs", args=(config.filters,))
-    sampled = samples | "FilterAndDedupRejects" >> beam.Flatten() | "SampleRejects" >> SampleRejects(config.dedup.reject_sample_size)
-    rejects_file = write_rejects([sampled, final[REJECTS]], output_dir, steps)  # post_dedup rejects are all written, as before
-    write_m3w_shards(final.docs, output_dir, config.shards, shipment)
-    return Corpus((config.shards.prefix,), None, steps.counts, files=[rejects_file])
+    corpus = Corpus((config.shards.prefix,), None, steps.counts)
+
+    def write_all_rejects(sampled: list[beam.PCollection], written: list[beam.PCollection]) -> None:
+        """The sample of filter and dedup rejects and every post_dedup reject (as before) -> rejects.jsonl."""
+        sample = sampled | "FilterAndDedupRejects" >> beam.Flatten() | "SampleRejects" >> SampleRejects(config.dedup.reject_sample_size)
+        corpus.files.append(write_rejects([sample, *written], output_dir, steps))
+
+    if not config.dedup.enabled:
+        final = steps(docs, "FinalImageCheck", final_image_check, REJECTS, main="docs", args=(config.filters,))
+        write_all_rejects([rejects], [final[REJECTS]])
+        write_m3w_shards(final.docs, output_dir, config.shards, shipment)
+        return corpus
+    decided = docs | "Dedup" >> DedupDecisions(config.dedup)
+    steps.add(decided["counts"] | "DedupCounts" >> beam.Flatten())
+
+    def writer_rejects(written: beam.PCollection) -> None:
+        post, hot = written | "SplitWriterRejects" >> beam.Partition(lambda r, _: 0 if r.stage == POST_DEDUP else 1, 2)
+        write_all_rejects([rejects, *decided["rejects"], hot], [post])
+
+    write_deduped_m3w_shards(decided, output_dir, config, shipment, steps, writer_rejects)
+    return corpus
 
 
 def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], dirs: dict[str, str], config: BuildConfig) -> list[beam.PCollection]:

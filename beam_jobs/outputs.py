@@ -21,11 +21,14 @@ import pyarrow as pa
 from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
 from beam_jobs import fsio
-from beam_jobs.counting import REJECTS_NAME, SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SHUFFLE_STAGES
-from beam_jobs.image_bytes import ImageShipment, document_hashes, grouped_with_bytes, with_document_bytes
-from m3w_pipeline.core.accounting import build_manifest
-from m3w_pipeline.core.config import BuildConfig, ShardConfig
+from beam_jobs.counting import REJECTS, REJECTS_NAME, SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SHUFFLE_STAGES, CountedSteps, CountingFn
+from beam_jobs.image_bytes import ImageShipment
+from m3w_pipeline.core.accounting import Tally, build_manifest
+from m3w_pipeline.core.config import BuildConfig, FilterConfig, ShardConfig
+from m3w_pipeline.filter.dedup import DedupKeys, remove_hot_images
+from m3w_pipeline.filter.filters import enough_images_after_dedup
 from m3w_pipeline.write.layout import CARD_NAME, SIZES_NAME, dataset_card, index_file, shard_side_files, sizes_json, stats_file
+from m3w_pipeline.write.media_bytes import document_hashes, grouped_with_bytes, kept_keys_needs, with_document_bytes
 from m3w_pipeline.write.shards import ShardInfo, parquet_bytes, sha256_bytes, shard_name, write_m3w_shard
 from schemas import load_arrow_schema
 
@@ -95,6 +98,81 @@ def write_m3w_shards(docs: beam.PCollection, output_dir: str, config: ShardConfi
     n = docs | "CountKept" >> beam.combiners.Count.Globally() | "ShardCount" >> beam.Map(n_shards, config.samples_per_shard)
     keyed = docs | "AssignShard" >> beam.Map(lambda doc, n: (shard_of(doc.key, n), doc), AsSingleton(n))
     shipment.need(corpus, keyed, document_hashes, lambda grouped: grouped | "WriteShards" >> beam.ParDo(WriteM3WShardFn(output_dir, config)))
+
+
+class WriteDedupedM3WShardFn(CountingFn):
+    """(shard index, {samples: documents after in-document dedup, drops: keys dedup dropped, bytes})
+    -> the shard of the documents dedup kept, once the hot images left them and they still have
+    enough images; stages images_hot and post_dedup (the writer is where documents meet dedup's
+    decisions). A shard none of whose documents is kept is not written."""
+
+    def __init__(self, output_dir: str, config: ShardConfig, filters: FilterConfig):
+        self.output_dir = output_dir
+        self.config = config
+        self.filters = filters
+
+    def step(self, element: tuple[int, dict[str, Iterable[Any]]], tally: Tally, hot: list) -> Iterator[dict[str, Any]]:
+        index, grouped = element
+        dropped, hot_keys = set(grouped["drops"]), frozenset(hot)
+        docs = []
+        for doc in grouped["samples"]:
+            if doc.key in dropped:
+                continue  # counted where dedup decided it
+            doc = remove_hot_images(doc, hot_keys, tally)
+            if enough_images_after_dedup(doc, self.filters, tally):
+                docs.append(doc)
+        if not docs:
+            return
+        by_sha = dict(grouped["bytes"])
+        missing = sorted({sha for doc in docs for sha in document_hashes(doc)} - by_sha.keys())
+        if missing:  # the keys decided what this shard needs: a difference is a wiring bug, not data
+            raise ValueError(f"shard {index}: kept documents need images {missing[:3]} that dedup's keys did not ship")
+        docs = [with_document_bytes(doc, by_sha) for doc in docs]
+        name = shard_name(self.config.prefix, index)
+        info, _ = write_shard_files(self.output_dir, name, lambda out: write_m3w_shard(docs, name, out))
+        yield dataclasses.asdict(info)
+
+
+def _kept_needs(keys: DedupKeys, n: int, hot: list, min_images: int) -> Iterator[tuple[str, tuple[str, int]]]:
+    """Surviving dedup keys -> (sha256, ("m3w", shard)) for each stored image of a document that will be written."""
+    shas = kept_keys_needs(keys.images, frozenset(hot), min_images)
+    for sha in shas or ():
+        yield sha, ("m3w", shard_of(keys.key, n))
+
+
+def _written_one(keys: DedupKeys, hot: list, min_images: int) -> Iterator[int]:
+    if kept_keys_needs(keys.images, frozenset(hot), min_images) is not None:
+        yield 1
+
+
+def write_deduped_m3w_shards(decided: dict[str, Any], output_dir: str, config: BuildConfig, shipment: ImageShipment,
+                             steps: CountedSteps, on_rejects: Callable[[beam.PCollection], None]) -> None:
+    """Dedup's decisions -> M3W shards, the documents crossing one shuffle: the shard join.
+
+    The shard count and the images each shard needs are decided on the small keys (the documents
+    that survive dedup's drop stages and will still have enough images once the hot ones leave);
+    every document after in-document dedup goes to its shard by key hash, dedup's drops go there too,
+    and the writer keeps the undropped ones, removes their hot images and checks them again, counting
+    both. Before, the documents crossed a dedup join by document key and then the shard join.
+    `on_rejects` gets the writer's rejects (images_hot and post_dedup) once `shipment.ship` applies it."""
+    hot, survivors, min_images = AsList(decided["hot"]), decided["survivors"], config.filters.min_images_per_document
+    n = (
+        survivors
+        | "WrittenAfterDedup" >> beam.FlatMap(_written_one, hot, min_images)
+        | "CountKept" >> beam.CombineGlobally(sum)
+        | "ShardCount" >> beam.Map(n_shards, config.shards.samples_per_shard)
+    )
+    keyed = decided["docs"] | "AssignShard" >> beam.Map(lambda doc, n: (shard_of(doc.key, n), doc), AsSingleton(n))
+    drops = decided["drops"] | "DropsToShards" >> beam.Map(lambda drop, n: (shard_of(drop[0], n), drop[0]), AsSingleton(n))
+    wanted = survivors | "ImageNeeds_m3w" >> beam.FlatMap(_kept_needs, AsSingleton(n), hot, min_images)
+
+    def write(grouped: beam.PCollection) -> beam.PCollection:
+        written = steps(grouped, "WriteShards", WriteDedupedM3WShardFn(output_dir, config.shards, config.filters), REJECTS,
+                        main="shards", args=(hot,))
+        on_rejects(written[REJECTS])
+        return written.shards
+
+    shipment.need_declared("m3w", keyed, wanted, write, {"drops": drops})
 
 
 # ----------------------------------------------------------------------------- fetch status tables

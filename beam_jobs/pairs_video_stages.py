@@ -32,16 +32,7 @@ from apache_beam.pvalue import AsDict, TaggedOutput
 
 from beam_jobs.counting import COUNTS, CountedSteps, CountingFn, counting
 from beam_jobs.fetch_stage import FETCH_STATUS, UNRESOLVED, FetchFn, fetch_batches
-from beam_jobs.image_bytes import (
-    VIDEO_BYTES,
-    ImageShipment,
-    grouped_with_bytes,
-    sample_hashes,
-    split_video_bytes,
-    video_hashes,
-    with_sample_bytes,
-    with_video_bytes,
-)
+from beam_jobs.image_bytes import VIDEO_BYTES, ImageShipment
 from beam_jobs.outputs import Corpus, n_shards, shard_of, write_shard_files
 from m3w_pipeline.core import web
 from m3w_pipeline.core.accounting import Tally
@@ -51,6 +42,7 @@ from m3w_pipeline.media.fetch import FetchResult
 from m3w_pipeline.media.images import ImageResult
 from m3w_pipeline.media.video import VideoResult, media_kind, process_video, webvtt_text
 from m3w_pipeline.read import warc as warc_lib
+from m3w_pipeline.write.media_bytes import grouped_with_bytes, sample_hashes, split_video_bytes, video_hashes, with_sample_bytes, with_video_bytes
 from m3w_pipeline.write.pair_shards import write_pair_shard, write_video_shard
 from m3w_pipeline.write.pairs import Pair, PairInput, assemble_pair_input, dedup_samples, extract_pairs
 from m3w_pipeline.write.shards import shard_name
@@ -146,8 +138,9 @@ class VideoCandidatesFn(CountingFn):
 def source_results(refs: Iterable[tuple], result: VideoResult) -> Iterator[Any]:
     """The one result of a video URL, handed (without its bytes) to every candidate that lists it
     as a source; the bytes and frames once under VIDEO_BYTES."""
-    *video_bytes, result = split_video_bytes(result)
-    yield from video_bytes
+    content, result = split_video_bytes(result)
+    if content is not None:
+        yield TaggedOutput(VIDEO_BYTES, content)
     for cand_key, rank, role, url in sorted(refs):
         if role == SOURCE:
             yield (cand_key, (SOURCE, rank, url, result))

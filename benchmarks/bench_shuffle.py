@@ -38,32 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers.articles import page, prose
 from helpers.warc_builder import response, write_warc
 from m3w_pipeline.core.config import ImageConfig
-from m3w_pipeline.core.document import words
-from m3w_pipeline.filter.quality import duplicate_ngram_char_fraction
 from m3w_pipeline.media.images import process_image
-from m3w_pipeline.sample.text import TOPICS, TextMaker, Topic
+from m3w_pipeline.sample.text import TOPICS, TextMaker
 
 BANNER_URL = "https://static.example/site/masthead.jpg"
 IMAGE_STAGES = ("JoinMediaByUrl/media", "ShipImageBytes/bytes", "ShardWithBytes_m3w/bytes", "ShardWithBytes_pairs/bytes")
-
-
-def page(title: str, paragraphs: list[str], images: list[str]) -> bytes:
-    """An article: the paragraphs with an image after each of the first ones (no captions: they would repeat text)."""
-    body = "".join(f"<p>{p}</p>" + (f'<figure><img src="{images[i]}" alt="image {i}"></figure>' if i < len(images) else "")
-                   for i, p in enumerate(paragraphs))
-    return (f"<!doctype html><html lang=en><head><title>{title}</title></head><body><main><article><h1>{title}</h1>{body}"
-            "</article></main></body></html>").encode("utf-8")
-
-
-def prose(maker: TextMaker, topic: Topic) -> list[str]:
-    """Three paragraphs well clear of the repeated n-gram limits, so every page passes the text filters."""
-    while True:
-        paragraphs = [maker.paragraph(topic, 3) for _ in range(3)]
-        tokens = words(" ".join(paragraphs))
-        if duplicate_ngram_char_fraction(tokens, 5) < 0.08 and duplicate_ngram_char_fraction(tokens, 10) < 0.04:
-            return paragraphs
 
 
 def jpeg(rng: np.random.Generator, size: tuple[int, int], quality: int = 85) -> bytes:

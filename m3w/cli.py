@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from m3w_pipeline.core.accounting import STAGE_ORDER  # stdlib only: no cost to the commands that do not build
+
 
 class UsageError(Exception):
     """A mistake in how m3w was called (a path, a flag, a config value): one line and exit 2, no traceback."""
@@ -178,16 +180,6 @@ def _cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     for line in summary_table(manifests):
         print(line)
     return 0 if all(m["reconciles"] for m in manifests.values()) else 3
-
-
-# The stages in the order they run, each group under the corpus that runs it (the first group feeds every corpus).
-STAGE_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("read, extract, images, assemble", ("records", "pages", "page_images", "media_kind", "fetch", "media_records",
-                                         "image_refs", "text_nodes", "image_nodes", "documents")),
-    ("m3w", ("images_in_document", "dedup_url", "dedup_text_exact", "dedup_text_near", "images_hot", "dedup_image_sets", "post_dedup")),
-    ("pairs", ("pair_documents", "pair_candidates", "align_samples", "ltip_samples")),
-    ("video", ("video_refs", "video_media_records", "video_unresolved", "video_fetch", "video_candidates", "video_samples")),
-)
 
 
 def summary_table(manifests: dict[str, dict[str, Any]]) -> list[str]:

@@ -44,6 +44,16 @@ KEPT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "video_samples": ("written",),
 }
 
+# The stages in the order they run, each group under the corpus that runs it (the first group feeds every corpus):
+# how the CLI's summary table and reports list them.
+STAGE_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("read, extract, images, assemble", ("records", "pages", "page_images", "media_kind", "fetch", "media_records",
+                                         "image_refs", "text_nodes", "image_nodes", "documents")),
+    ("m3w", ("images_in_document", "dedup_url", "dedup_text_exact", "dedup_text_near", "images_hot", "dedup_image_sets", "post_dedup")),
+    ("pairs", ("pair_documents", "pair_candidates", "align_samples", "ltip_samples")),
+    ("video", ("video_refs", "video_media_records", "video_unresolved", "video_fetch", "video_candidates", "video_samples")),
+)
+
 # (stage, kept outcome) -> the stage whose `in` it must equal, when that stage ran in this build.
 STAGE_LINKS: tuple[tuple[str, str, str], ...] = (
     ("records", "page", "pages"),
@@ -194,6 +204,7 @@ def build_manifest(
         "totals": {
             "shards": len(shard_list),
             "samples": samples,
-            "images": stages.get("image_refs", {}).get("kept", {}).get("resolved", 0),
+            "images_stored": sum(s.get("images", 0) for s in shard_list),  # in this corpus's tars (video: frames)
+            "image_refs_resolved": stages.get("image_refs", {}).get("kept", {}).get("resolved", 0),  # the build's, every corpus alike
         },
     }

@@ -17,7 +17,7 @@ sorted by key; the caller owns temp-then-rename, as for M3W shards.
 """
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Iterable, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterable, Optional, Union
 
 import pyarrow as pa
 
@@ -172,10 +172,12 @@ def video_index_row(sample: VideoSample, shard: str, offset: Optional[int], size
 Sample = Union[Pair, VideoSample]
 
 
-def _write(samples: Iterable[Sample], name: str, stream: BinaryIO, members, row, schema: str) -> tuple[ShardInfo, pa.Table]:
+def _write(samples: Iterable[Sample], name: str, stream: BinaryIO, members, row, schema: str,
+           images: Callable[[Any], int]) -> tuple[ShardInfo, pa.Table]:
+    """The tar of the written samples (sorted by key), every row (failed ones too) in the index; `images(sample)`: its stored images."""
     writer = DeterministicTarWriter(stream)
     rows = []
-    written = 0
+    written = stored = 0
     for sample in sorted(samples, key=lambda s: (s.key, s.status)):
         if not sample.ok:
             rows.append(row(sample, name, None, None))
@@ -185,9 +187,10 @@ def _write(samples: Iterable[Sample], name: str, stream: BinaryIO, members, row,
             writer.add(member, data)
         rows.append(row(sample, name, start, writer.position - start))
         written += 1
+        stored += images(sample)
     size, digest = writer.close()
     table = pa.Table.from_pylist(rows, schema=load_arrow_schema(schema))
-    return ShardInfo(name=name, samples=written, tar_bytes=size, tar_sha256=digest), table
+    return ShardInfo(name=name, samples=written, tar_bytes=size, tar_sha256=digest, images=stored), table
 
 
 def write_pair_shard(pairs: Iterable[Pair], name: str, tar_stream: BinaryIO) -> tuple[ShardInfo, pa.Table]:
@@ -195,9 +198,9 @@ def write_pair_shard(pairs: Iterable[Pair], name: str, tar_stream: BinaryIO) -> 
 
     Keys must be unique among successes (dedup first: pairs.dedup_samples).
     """
-    return _write(pairs, name, tar_stream, pair_members, pair_index_row, "pair_index")
+    return _write(pairs, name, tar_stream, pair_members, pair_index_row, "pair_index", lambda pair: 1)
 
 
 def write_video_shard(samples: Iterable[VideoSample], name: str, tar_stream: BinaryIO) -> tuple[ShardInfo, pa.Table]:
     """Successful videos into the tar (sorted by key), every row into the index table."""
-    return _write(samples, name, tar_stream, video_members, video_index_row, "video_index")
+    return _write(samples, name, tar_stream, video_members, video_index_row, "video_index", lambda sample: len(sample.video.frames))

@@ -138,6 +138,7 @@ class ShardInfo:
     tar_sha256: str
     parquet_bytes: int = 0
     parquet_sha256: str = ""
+    images: int = 0  # images stored in the tar: M3W documents' images, pair images, video frames
 
 
 class DeterministicTarWriter:
@@ -206,15 +207,16 @@ def write_m3w_shard(docs: Iterable[Document], name: str, tar_stream: BinaryIO) -
     with `write_parquet` and owns the temp-then-rename of both files.
     """
     writer = DeterministicTarWriter(tar_stream)
-    rows = []
+    rows, images = [], 0
     for doc in sorted(docs, key=lambda d: d.key):
         start = writer.position
         for member, data in document_members(doc):
             writer.add(member, data)
         rows.append(index_row(doc, name, start, writer.position - start))
+        images += doc.n_images
     size, digest = writer.close()
     table = pa.Table.from_pylist(rows, schema=load_arrow_schema("m3w_index"))
-    return ShardInfo(name=name, samples=len(rows), tar_bytes=size, tar_sha256=digest), table
+    return ShardInfo(name=name, samples=len(rows), tar_bytes=size, tar_sha256=digest, images=images), table
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

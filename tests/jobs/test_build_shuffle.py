@@ -2,10 +2,10 @@
 pages, one image on four of them and ten pages have a photo of their own.
 
 The manifest's `shuffle_bytes` (payload bytes entering each grouping) must show that the document
-join and dedup carried image metadata only; that the processed bytes of each image crossed the
-ShipImageBytes join once, and reached each shard that keeps it once (the hot banner: none); and
-the shards must hold exactly the kept documents with the bytes `process_image` makes of their
-images.
+join and the shard join carried image metadata only, the documents crossing one shuffle after
+assembly; that the processed bytes of each image crossed the ShipImageBytes join once, and
+reached each shard that keeps it once (the hot banner: none); and the shards must hold exactly
+the kept documents with the bytes `process_image` makes of their images.
 """
 from __future__ import annotations
 
@@ -21,12 +21,11 @@ import pytest
 from conftest import build
 from PIL import Image
 
+from helpers.articles import page, prose
 from helpers.warc_builder import response, write_warc
 from m3w_pipeline.core.config import ImageConfig
-from m3w_pipeline.core.document import words
-from m3w_pipeline.filter.quality import duplicate_ngram_char_fraction
 from m3w_pipeline.media.images import process_image
-from m3w_pipeline.sample.text import TOPICS, TextMaker, Topic
+from m3w_pipeline.sample.text import TOPICS, TextMaker
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +36,9 @@ ALT = {"site": "The harbour at dawn with fishing boats", "static.example": "A re
 SHA_HEX = 64  # a shipped element is (sha256 hex, bytes)
 
 
-def page(title: str, paragraphs: list[str], images: list[str]) -> bytes:
-    """An article: the paragraphs with an image after each of the first ones (no captions: they would repeat text);
-    each image's alt text names it, so the pair corpus has ALIGN pairs too."""
-    body = "".join(f"<p>{p}</p>" + (f'<figure><img src="{images[i]}" alt="{ALT[images[i].rsplit("/", 2)[-2]]}"></figure>'
-                                    if i < len(images) else "")
-                   for i, p in enumerate(paragraphs))
-    return (f"<!doctype html><html lang=en><head><title>{title}</title></head><body><main><article><h1>{title}</h1>{body}"
-            "</article></main></body></html>").encode("utf-8")
-
-
-def prose(maker: TextMaker, topic: Topic) -> list[str]:
-    """Three paragraphs well clear of the repeated n-gram limits, so every page passes the text filters."""
-    while True:
-        paragraphs = [maker.paragraph(topic, 3) for _ in range(3)]
-        tokens = words(" ".join(paragraphs))
-        if duplicate_ngram_char_fraction(tokens, 5) < 0.08 and duplicate_ngram_char_fraction(tokens, 10) < 0.04:
-            return paragraphs
+def alt_text(_: int, url: str) -> str:
+    """Each image's alt text names its host, so the pair corpus has ALIGN pairs too."""
+    return ALT[url.rsplit("/", 2)[-2]]
 
 
 def _jpeg(rng: np.random.Generator, size: tuple[int, int]) -> bytes:
@@ -83,7 +68,7 @@ def shuffle_build(tmp_path_factory) -> tuple[Path, dict, dict[str, bytes], dict[
             images += [SHARED, photo] if i in SHARED_ON else [photo]
             photo_pages[page_url] = images[1:]
         topic = TOPICS[i % len(TOPICS)]
-        records.append(response(page_url, page(maker.title(topic), prose(maker, topic), images)))
+        records.append(response(page_url, page(maker.title(topic), prose(maker, topic), images, alt_text)))
     write_warc(root / "crawl.warc.gz", records)
     manifests = build("all", [str(root / "crawl.warc.gz")], root / "out", "--samples-per-shard", "3")
     return root / "out", manifests, raw, photo_pages
@@ -139,8 +124,11 @@ def test_image_bytes_cross_each_join_once_per_shard_that_needs_them(shuffle_buil
     joined = grouping["JoinByDocument/images"]
     assert joined["elements"] == PAGES + len(photo_pages) + len(SHARED_ON)
     assert joined["bytes"] < 250 * joined["elements"] < min(len(p.data) for p in processed.values()) * joined["elements"] / 50
-    dedup = grouping["DedupJoinDocuments/doc"]
-    assert dedup["elements"] == PAGES and dedup["bytes"] < PAGES * len(processed[BANNER].data) / 5  # a copy each would be 5x this
+    # The documents cross one shuffle after their assembly: the M3W shard join, where dedup's drops meet them
+    # (every page: dedup keeps them all, the writer removes the banner and then every page without another image).
+    docs = grouping["ShardWithBytes_m3w/samples"]
+    assert docs["elements"] == PAGES and docs["bytes"] < PAGES * len(processed[BANNER].data) / 5  # a copy each would be 5x this
+    assert "DedupJoinDocuments/doc" not in grouping and "ShardWithBytes_m3w/drops" not in grouping  # no dedup join; no drops
 
     # To the M3W shards: each image once per shard whose documents keep it; the banner nowhere.
     by_shard = defaultdict(set)

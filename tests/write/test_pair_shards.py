@@ -19,7 +19,7 @@ from PIL import Image
 
 from beam_jobs.counting import SHUFFLE_STAGES, CountedSteps
 from beam_jobs.image_bytes import IMAGE_BYTES, ImageShipment
-from beam_jobs.m3w_job import BROKEN, COUNTS, MEDIA, ExtractFn, ReadWarcFn, ResolveImagesFn, image_refs
+from beam_jobs.m3w_job import BROKEN, COUNTS, MEDIA, ExtractFn, ProcessImageRecordsFn, ReadWarcFn, ResolveImagesFn, image_refs
 from beam_jobs.pairs_video_stages import (
     VIDEO_MEDIA,
     AssemblePairInputsFn,
@@ -170,11 +170,13 @@ def run_pairs_and_video(inputs: list[str], out: Path, config: BuildConfig) -> di
         split = read[MEDIA] | "SplitMedia" >> beam.FlatMap(split_media).with_outputs(VIDEO_MEDIA, COUNTS, main="images")
         extracted = read.pages | "Extract" >> beam.ParDo(ExtractFn(config.extract)).with_outputs(COUNTS, main="docs")
         refs = extracted.docs | "ImageRefs" >> beam.FlatMap(image_refs)
-        resolved = ({"refs": refs, "media": split.images} | "JoinMediaByUrl" >> beam.CoGroupByKey()
-                    | "ResolveImages" >> beam.ParDo(ResolveImagesFn(config.image)).with_outputs(COUNTS, IMAGE_BYTES, main="images"))
+        processed = split.images | "ProcessImageRecords" >> beam.ParDo(ProcessImageRecordsFn(config.image)).with_outputs(
+            COUNTS, IMAGE_BYTES, main="records")
+        resolved = ({"refs": refs, "media": processed.records} | "JoinMediaByUrl" >> beam.CoGroupByKey()
+                    | "ResolveImages" >> beam.ParDo(ResolveImagesFn()).with_outputs(COUNTS, main="images"))
         by_doc = {"page": extracted.docs, "images": resolved.images} | "JoinByDocument" >> beam.CoGroupByKey()
         pair_inputs = by_doc | "AssemblePairInputs" >> beam.ParDo(AssemblePairInputsFn())
-        shipment = ImageShipment(CountedSteps(), resolved[IMAGE_BYTES])
+        shipment = ImageShipment(CountedSteps(), processed[IMAGE_BYTES])
         pairs = add_pair_corpus(pair_inputs, str(out), config, shipment)
         videos = add_video_corpus(pair_inputs, split[VIDEO_MEDIA], str(out), config)
         pairs.shards = shipment.ship()["pairs"]  # image bytes travel apart from the pairs, as in the job
