@@ -20,14 +20,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psutil  # installed with distributed (m3w[dask])
+from proctree import ProcessTreeSampler
 
 from m3w_pipeline.sample.crawl import write_sample_crawl
 
@@ -39,34 +38,6 @@ ENGINES = {
 }
 
 
-class TreeSampler(threading.Thread):
-    """Peak RSS of a process and each of its descendants, sampled until stopped."""
-
-    def __init__(self, pid: int, every_s: float = 0.1):
-        super().__init__(daemon=True)
-        self.root = psutil.Process(pid)
-        self.every_s = every_s
-        self.peak_rss: dict[int, int] = {}
-        self.cpu_s: dict[int, float] = {}  # last seen user+sys: misses at most one interval of each process
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            for p in procs:
-                try:
-                    rss = p.memory_info().rss
-                    times = p.cpu_times()
-                except psutil.Error:
-                    continue
-                self.cpu_s[p.pid] = times.user + times.system
-                self.peak_rss[p.pid] = max(rss, self.peak_rss.get(p.pid, 0))
-            time.sleep(self.every_s)
-
-
 def run_engine(flags: list[str], workdir: Path, out: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "m3w", "build", "all", "--input", "crawl/*.warc.gz", "--output", out, "--force", *flags]
@@ -74,12 +45,11 @@ def run_engine(flags: list[str], workdir: Path, out: str) -> dict:
     start = time.perf_counter()
     with open(workdir / f"{out}.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(proc.pid)
+        sampler = ProcessTreeSampler(proc.pid)
         sampler.start()
         rc = proc.wait()
     wall = time.perf_counter() - start
-    sampler.done.set()
-    sampler.join()
+    sampler.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:
         raise SystemExit(f"{out}: exit {rc}, see {workdir / (out + '.log')}")

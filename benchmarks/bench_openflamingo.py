@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, SEQ_LEN, SLOTS = 8, 256, 6
@@ -94,6 +95,24 @@ def peak_rss_mb() -> float:
 # ----------------------------------------------------------------------------- the two sides (worker processes)
 
 
+def training_step(params: list, loss: Callable[[], Any]) -> tuple[Callable[[], float], Callable[[], None]]:
+    """The step both sides take (`loss()`, backward, clip_grad_norm_ 1.0, AdamW lr 1e-4 wd 0.1, zero_grad), and the
+    zero_grad the media-only timing ends with: one definition, so the two sides cannot drift apart."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+
+    def step() -> float:
+        value = loss()
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(value)
+
+    return step, lambda: opt.zero_grad(set_to_none=True)
+
+
 def build_openflamingo(work: Path, tok_dir: Path):
     """OpenFlamingo's model through its own factory, and a step function."""
     import open_clip
@@ -128,22 +147,14 @@ def build_openflamingo(work: Path, tok_dir: Path):
     labels[labels == image_id] = -100
     mask = torch.ones_like(ids)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
-
-    def step() -> float:
-        loss = model(vision_x=vision_x, lang_x=ids, attention_mask=mask, labels=labels)[0]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss)
+    step, zero_grad = training_step(params, lambda: model(vision_x=vision_x, lang_x=ids, attention_mask=mask, labels=labels)[0])
 
     def media_part() -> None:
         """What Flamingo._encode_vision_x runs (frozen tower without autograd, then the resampler), + its backward."""
         with torch.no_grad():
             features = model.vision_encoder(vision_x.flatten(0, 2))[1]
         model.perceiver(features.view(BATCH, SLOTS, 1, *features.shape[1:])).sum().backward()
-        opt.zero_grad(set_to_none=True)
+        zero_grad()
 
     return step, media_part, sum(p.numel() for p in params), BATCH * SLOTS
 
@@ -176,19 +187,11 @@ def build_ours(work: Path, tok_dir: Path, implementation: str = "routed"):
     labels = text_labels(ids, mask, tok.special)
     labels[:, 0] = -100
     params = list(model.trainable_parameters().values())
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
-
-    def step() -> float:
-        loss = model(ids, mask, images, media_batch_idx, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss)
+    step, zero_grad = training_step(params, lambda: model(ids, mask, images, media_batch_idx, labels=labels).loss)
 
     def media_part() -> None:
         model.encode_media(images).sum().backward()
-        opt.zero_grad(set_to_none=True)
+        zero_grad()
 
     return step, media_part, sum(p.numel() for p in params), len(images)
 

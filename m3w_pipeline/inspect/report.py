@@ -75,6 +75,13 @@ def _save(fig: Any, path: str, dpi: int) -> bytes:
     return data
 
 
+def _weighted_hist(ax: Any, histogram: Sequence[Sequence[float]], config: ReportConfig, colour: str,
+                   value_range: Optional[tuple[float, float]] = None) -> None:
+    """An exact histogram ((value, count) pairs, as the summary keeps it) drawn in config.histogram_bins bins:
+    the binned panels of the distributions and of the quality scores."""
+    ax.hist([v for v, _ in histogram], weights=[c for _, c in histogram], bins=config.histogram_bins, range=value_range, color=colour)
+
+
 def plot_distribution(dist: Mapping[str, Any], path: str, config: ReportConfig) -> bytes:
     """A distribution's exact histogram: bars per value when few, binned otherwise."""
     plt = _pyplot()
@@ -87,7 +94,7 @@ def plot_distribution(dist: Mapping[str, Any], path: str, config: ReportConfig) 
         width = 0.8 if max(values) - min(values) < 60 else 0.8 * min(b - a for a, b in zip(values, values[1:]))
         ax.bar(values, weights, width=width, color="#4C72B0")
     else:
-        ax.hist(values, weights=weights, bins=config.histogram_bins, color="#4C72B0")
+        _weighted_hist(ax, dist["histogram"], config, "#4C72B0")
     ax.axvline(dist["p50"], color="#C44E52", linestyle="--", linewidth=1, label=f"median {dist['p50']:g}")
     ax.set_xlabel(dist["label"])
     ax.set_ylabel("count")
@@ -156,7 +163,7 @@ def plot_quality_scores(scores: Mapping[str, Mapping[str, Any]], path: str, conf
         ends = values + ([limit["value"]] if limit else [])
         lo, hi = min(ends), max(ends)
         pad = max(hi - lo, 0.02) * 0.05
-        ax.hist(values, weights=[c for _, c in d["histogram"]], bins=config.histogram_bins, range=(lo - pad, hi + pad), color=SCORE_COLOUR)
+        _weighted_hist(ax, d["histogram"], config, SCORE_COLOUR, (lo - pad, hi + pad))
         if limit:
             if limit["active"]:
                 ax.axvline(limit["value"], color=LIMIT_COLOUR, linewidth=2)

@@ -107,6 +107,14 @@ class ValidationReport:
         }
 
 
+def open_checked(opener: Opener, path: str, name: str) -> BinaryIO | Problem:
+    """The opened file, or the `missing-file` problem that names it: every check starts here."""
+    try:
+        return opener(path)
+    except OSError as err:
+        return Problem("missing-file", name, f"cannot open: {err}")
+
+
 class _HashingReader:
     """Hashes and counts everything read through it, so one pass checks sha256, size and structure."""
 
@@ -139,10 +147,9 @@ def validate_shard(
     check = ShardCheck(shard.name)
     tar_name = shard.tar.rsplit("/", 1)[-1]
     samples: list[Sample] = []
-    try:
-        stream = opener(shard.tar)
-    except OSError as err:
-        check.problems.append(Problem("missing-file", tar_name, f"cannot open: {err}"))
+    stream = open_checked(opener, shard.tar, tar_name)
+    if isinstance(stream, Problem):
+        check.problems.append(stream)
         return check
     with stream:
         reader = _HashingReader(stream)
@@ -371,11 +378,15 @@ def _check_pair_hash(sample: Sample, tar_name: str) -> Iterator[Problem]:
 def _check_index(shard: ShardRef, samples: list[Sample], expected: Optional[Mapping[str, Any]], opener: Opener) -> Iterator[Problem]:
     assert shard.index is not None
     name = shard.index.rsplit("/", 1)[-1]
+    stream = open_checked(opener, shard.index, name)
+    if isinstance(stream, Problem):
+        yield stream
+        return
     try:
-        with opener(shard.index) as f:
-            data = f.read()
-    except OSError as err:
-        yield Problem("missing-file", name, f"cannot open: {err}")
+        with stream:
+            data = stream.read()
+    except OSError as err:  # opened but unreadable (a remote file system's error)
+        yield Problem("missing-file", name, f"cannot read: {err}")
         return
     if expected is not None:
         if expected.get("parquet_bytes") and len(data) != expected["parquet_bytes"]:

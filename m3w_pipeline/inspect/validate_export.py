@@ -33,7 +33,7 @@ from m3w_pipeline.inspect.corpus import (
     seekable,
     split_member_name,
 )
-from m3w_pipeline.inspect.validate import Problem, ShardCheck, ValidateConfig, ValidationReport, _decode
+from m3w_pipeline.inspect.validate import Problem, ShardCheck, ValidateConfig, ValidationReport, _decode, open_checked
 
 SIZES_NAME = "sizes.json"  # = export.export_mmc4's samples-per-tar file
 
@@ -84,10 +84,9 @@ def _duplicate_keys(checks: list[ShardCheck]) -> Iterator[Problem]:
 
 
 def _check_mmc4_tar(path: str, name: str, check: ShardCheck, opener: Opener, config: ValidateConfig) -> Iterator[Problem]:
-    try:
-        stream = opener(path)
-    except OSError as err:
-        yield Problem("missing-file", name, f"cannot open: {err}")
+    stream = open_checked(opener, path, name)
+    if isinstance(stream, Problem):
+        yield stream
         return
     with stream:
         try:
@@ -221,10 +220,9 @@ def _check_obelics_file(path: str, name: str, check: ShardCheck, opener: Opener,
 
     from m3w_pipeline.inspect.corpus import OBELICS_COLUMNS
 
-    try:
-        stream = opener(path)
-    except OSError as err:
-        yield Problem("missing-file", name, f"cannot open: {err}")
+    stream = open_checked(opener, path, name)
+    if isinstance(stream, Problem):
+        yield stream
         return
     with stream:
         try:

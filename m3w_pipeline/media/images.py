@@ -28,7 +28,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
-from PIL import Image, ImageCms, features
+from PIL import ExifTags, Image, ImageCms, features
 
 from m3w_pipeline.core.config import ImageConfig
 
@@ -127,7 +127,7 @@ class ProcessedImage:
     sha256: str  # hex digest of `data`
     phash: str  # 64-bit perceptual hash of the resized pixels, hex (imagehash.phash's definition; ~= phash of `data`)
     original_sha256: str = ""  # hex digest of the input bytes (img2dataset's `sha256`: joins with source data)
-    exif: str = "{}"  # the input's EXIF as a JSON object string, tag name -> value as text (`exif_json`)
+    exif: str = "{}"  # the input's EXIF as a JSON object string, tag name -> value as text (`_exif_json`)
 
 
 @dataclass
@@ -312,8 +312,8 @@ def _classify_decode_error(exc: BaseException, data: bytes, kind: str) -> _Drop:
     return _Drop("corrupt", message)
 
 
-def _decode(data: bytes, kind: str, config: ImageConfig, exact: bool) -> tuple[Image.Image, str, tuple[int, int]]:
-    """First frame as RGB at its final size, Pillow's format name, displayed original size.
+def _decode(data: bytes, kind: str, config: ImageConfig, exact: bool) -> tuple[Image.Image, str, tuple[int, int], str]:
+    """First frame as RGB at its final size, Pillow's format name, displayed original size, EXIF as JSON.
 
     Fast path: a JPEG is decoded in the DCT domain at the smallest 1/2, 1/4 or 1/8 scale that
     keeps _DRAFT_MIN_FRACTION of the target; RGB, grey and CMYK pixels are resized before any
@@ -327,6 +327,7 @@ def _decode(data: bytes, kind: str, config: ImageConfig, exact: bool) -> tuple[I
     try:
         with _open_header(data, kind) as im:
             _check_header(im, config)
+            exif = _exif_json(im.info.get("exif"))  # the block the header parse found: no second open
             fmt = im.format or kind.upper()
             stored_size = im.size
             target = _fit_size(*stored_size, config.max_side)
@@ -342,7 +343,7 @@ def _decode(data: bytes, kind: str, config: ImageConfig, exact: bool) -> tuple[I
             if orientation != 1:
                 rgb = rgb.transpose(_TRANSPOSE[orientation])
             displayed = stored_size[::-1] if orientation in _SWAPS_AXES else stored_size
-            return rgb, fmt, displayed
+            return rgb, fmt, displayed, exif
     except _Drop:
         raise
     except Exception as exc:
@@ -510,7 +511,7 @@ def process_image(data: bytes, config: ImageConfig = ImageConfig(), *, exact: bo
     if kind not in _DECODABLE:
         return ImageResult(None, "unsupported-format", kind)
     try:
-        rgb, original_format, (original_width, original_height) = _decode(data, kind, config, exact)
+        rgb, original_format, (original_width, original_height), exif = _decode(data, kind, config, exact)
     except _Drop as drop:
         return ImageResult(None, drop.reason, drop.detail)
     encoded = _encode(rgb, pillow_format, config)
@@ -526,7 +527,7 @@ def process_image(data: bytes, config: ImageConfig = ImageConfig(), *, exact: bo
         sha256=hashlib.sha256(encoded).hexdigest(),
         phash=_phash(rgb, exact),
         original_sha256=hashlib.sha256(data).hexdigest(),
-        exif=exif_json(data),
+        exif=exif,
     )
     return ImageResult(image, IMAGE_OK)
 
@@ -536,23 +537,19 @@ _EXIF_MAX_TAGS = 256
 _EXIF_MAX_VALUE_CHARS = 512
 
 
-def exif_json(data: bytes) -> str:
+def _exif_json(raw: bytes | None) -> str:
     """EXIF as img2dataset stores it: a JSON object string, tag name -> value as text ("{}" when none).
 
-    Read from the raw EXIF block the header parse already found (no pixel decode). Binary
-    values (maker notes, thumbnails) and the GPS IFD (where a photo was taken) are left out;
-    at most _EXIF_MAX_TAGS tags of at most _EXIF_MAX_VALUE_CHARS characters each.
+    Parsed from the raw EXIF block (`info["exif"]`) the header parse already found: no second
+    open, no pixel decode. Binary values (maker notes, thumbnails) and the GPS IFD (where a photo
+    was taken) are left out; at most _EXIF_MAX_TAGS tags of at most _EXIF_MAX_VALUE_CHARS characters each.
     """
-    from PIL import ExifTags
-
+    if not raw:
+        return "{}"
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            raw = im.info.get("exif")
-            if not raw:
-                return "{}"
-            exif = Image.Exif()
-            exif.load(raw)
-            tags = {**{k: v for k, v in exif.items() if k not in (_EXIF_IFD, ExifTags.IFD.GPSInfo)}, **exif.get_ifd(_EXIF_IFD)}
+        exif = Image.Exif()
+        exif.load(raw)
+        tags = {**{k: v for k, v in exif.items() if k not in (_EXIF_IFD, ExifTags.IFD.GPSInfo)}, **exif.get_ifd(_EXIF_IFD)}
     except Exception:  # noqa: BLE001 - hostile EXIF makes Pillow raise many types; the image itself decoded
         return "{}"
     out: dict[str, str] = {}

@@ -18,21 +18,53 @@ from pathlib import Path
 
 import pytest
 
+from beam_jobs.progress import FLUSH_S
+from m3w.progress import REFRESH_S
+
 ROOT = Path(__file__).resolve().parents[2]
 M3W = [sys.executable, "-m", "m3w"]
 BUILD_LINE = re.compile(r"files (\d+)/(\d+) \| ([\d,]+) records [\d,]+/s \| ([\d,]+) pages [\d,]+/s \| ([\d,]+) documents \| \d+:\d\d elapsed")
 EXPORT_LINE = re.compile(r"shards (\d+)/(\d+) \| ([\d,]+)/([\d,]+) documents")
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+# Each WARC file's read starts with this pause (several line refreshes and worker flushes), so every
+# files-done count stays on the line for whole redraws whatever the machine's speed or load: the
+# build's own work may take less than one refresh on a fast machine or come in one burst on a loaded one.
+PAUSE_PER_FILE_S = 3 * max(REFRESH_S, FLUSH_S)
+# Loaded by every Python process of a paced build (the CLI and Beam's worker processes) through PYTHONPATH.
+PACED_SITECUSTOMIZE = f"""
+import time
+from m3w_pipeline.read import warc
+
+_iter_warc = warc.iter_warc
 
 
-def run_in_pty(args: list[str], timeout: float = 600, columns: int = 200) -> tuple[int, str]:
+def _paced_iter_warc(*args, **kwargs):
+    time.sleep({PAUSE_PER_FILE_S})
+    yield from _iter_warc(*args, **kwargs)
+
+
+warc.iter_warc = _paced_iter_warc
+"""
+
+
+def _env(paced: Path | None = None) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*([str(paced)] if paced else []), str(ROOT)])}
+
+
+@pytest.fixture(scope="module")
+def paced(tmp_path_factory) -> Path:
+    """A folder whose sitecustomize.py pauses before each WARC file is read (see PAUSE_PER_FILE_S)."""
+    folder = tmp_path_factory.mktemp("paced")
+    (folder / "sitecustomize.py").write_text(PACED_SITECUSTOMIZE)
+    return folder
+
+
+def run_in_pty(args: list[str], timeout: float = 600, columns: int = 200, paced: Path | None = None) -> tuple[int, str]:
     """Run a command with stdin, stdout and stderr on a pseudo-terminal; (exit code, all it wrote)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=_env(), cwd=ROOT)
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=_env(paced), cwd=ROOT)
     os.close(slave)
     out, deadline = bytearray(), time.monotonic() + timeout
     try:
@@ -80,18 +112,19 @@ def piped_build(crawl, tmp_path_factory) -> tuple[Path, subprocess.CompletedProc
 
 
 @pytest.mark.slow
-def test_build_progress_moves_on_a_terminal_and_is_absent_in_a_pipe(crawl, piped_build, tmp_path):
+def test_build_progress_moves_on_a_terminal_and_is_absent_in_a_pipe(crawl, piped_build, paced, tmp_path):
     out = tmp_path / "out"
-    rc, output = run_in_pty([*M3W, "build", "m3w", "--input", *crawl, "--output", str(out)])
+    rc, output = run_in_pty([*M3W, "build", "m3w", "--input", *crawl, "--output", str(out)], paced=paced)
     assert rc == 0, output[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
 
     lines = progress_lines(output, BUILD_LINE)
     states = [tuple(_n(g) for g in m.groups()) for m in lines]
     # the counts change while it runs: with counts that only grow, three different lines mean one was
-    # drawn part way through (which count moves then depends on the machine's speed: files done can
-    # jump from 0 to 5 between two redraws, and reading can end before the first)
+    # drawn part way through; paced, the embedded runner reads the files one after another, so the
+    # line shows every files-done count on its way to 5
     assert len(set(states)) >= 3, output[:3000]
+    assert {files for files, *_ in states} >= {1, 2, 3, 4, 5}, states
     assert all(total == 5 for _, total, *_ in states)
     for before, after in zip(states, states[1:]):  # files, records, pages and documents only grow
         assert all(a >= b for a, b in zip(after[2:], before[2:])) and after[0] >= before[0]
@@ -111,12 +144,12 @@ def test_build_progress_moves_on_a_terminal_and_is_absent_in_a_pipe(crawl, piped
 
 
 @pytest.mark.slow
-def test_worker_processes_report_progress_and_stay_quiet(crawl, piped_build, tmp_path):
+def test_worker_processes_report_progress_and_stay_quiet(crawl, piped_build, paced, tmp_path):
     """--direct_running_mode multi_processing: the steps run in worker processes, whose counts reach the
     line through their files; the workers print none of Beam's start-up logging; the bytes are the same."""
     out = tmp_path / "out"
     rc, output = run_in_pty([*M3W, "build", "m3w", "--input", *crawl, "--output", str(out),
-                             "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"])
+                             "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], paced=paced)
     assert rc == 0, output[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     states = [tuple(_n(g) for g in m.groups()) for m in progress_lines(output, BUILD_LINE)]

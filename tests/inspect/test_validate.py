@@ -182,3 +182,41 @@ def test_stray_shard_files_are_reported(copy, capsys):
     shutil.copy(copy / "m3w-00000.tar", copy / "m3w-00007.tar")
     rc, lines = cli(copy, capsys)
     assert rc == 1 and lines[:-1] == ["m3w-00007.tar: unlisted-file: shard file not listed in the manifest"]
+
+
+def _refusing(name: str):
+    """open_local, except that the file called `name` cannot be opened (permissions, a vanished object)."""
+    from m3w_pipeline.inspect.corpus import open_local
+
+    def opener(path: str):
+        if path.rsplit("/", 1)[-1] == name:
+            raise PermissionError(13, "Permission denied", path)
+        return open_local(path)
+
+    return opener
+
+
+@pytest.mark.parametrize("unopenable", ["m3w-00001.tar", "m3w-00001.parquet"])
+def test_a_file_that_cannot_be_opened_is_a_missing_file_naming_it(copy, unopenable):
+    from m3w_pipeline.inspect.validate import validate_corpus
+
+    problems = validate_corpus(str(copy), opener=_refusing(unopenable)).problems
+    assert has(problems, "missing-file", unopenable, text="cannot open: [Errno 13] Permission denied")
+    assert not [p for p in problems if p.file.startswith(("m3w-00000", "m3w-00002"))]
+    assert [p.check for p in problems if p.file == unopenable] == ["missing-file"]
+
+
+@pytest.mark.parametrize("layout", ["mmc4", "obelics"])
+def test_an_export_file_that_cannot_be_opened_is_a_missing_file_naming_it(tmp_path, tmp_path_factory, layout):
+    from test_export import export
+
+    from m3w_pipeline.inspect.validate_export import validate_export
+
+    dst = tmp_path / layout
+    export("mmc4" if layout == "mmc4" else "parquet", handmade_corpus(tmp_path_factory), dst)
+    files = sorted(p.name for p in dst.iterdir() if p.suffix in (".tar", ".parquet"))
+    assert len(files) >= 2
+    report = validate_export(str(dst), layout, opener=_refusing(files[0]), progress=False)
+    assert [(p.check, p.file) for p in report.problems if p.file == files[0]] == [("missing-file", files[0])]
+    assert "cannot open: [Errno 13] Permission denied" in report.problems[0].message
+    assert report.shards == len(files) and validate_export(str(dst), layout, progress=False).ok

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 import time
 import zlib
@@ -546,3 +547,31 @@ def test_bmp_and_ico_decode() -> None:
         assert result.reason == IMAGE_OK and result.image is not None
         assert result.image.original_format == fmt
         assert _mean_abs_diff(_pixels(result), np.asarray(source)) < 8
+
+
+def test_exif_is_read_from_the_header_parse_as_json() -> None:
+    """The pair rows' `exif`: base and Exif sub-IFD tags as text, from the block the header parse found."""
+    flower = process_image(_read("pillow__flower.jpg")).image
+    assert flower is not None
+    tags = json.loads(flower.exif)
+    assert (tags["Make"], tags["Model"], tags["DateTimeOriginal"]) == ("Canon", "Canon PowerShot S40", "2003:12:14 12:01:44")
+    assert tags["FNumber"] == "4.9" and tags["ExifImageWidth"] == "2272"  # Exif sub-IFD tags join the base IFD's
+    assert len(tags) == 33 and "MakerNote" not in tags  # binary values are left out
+    assert json.loads(process_image(_read("pillow__hopper.png")).image.exif) == {}
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's, on the broken block below
+@pytest.mark.parametrize("fmt", ("JPEG", "PNG", "WEBP"))
+def test_exif_leaves_out_gps_binary_and_nul_and_survives_a_broken_block(fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "Make\x00r"  # NULs dropped
+    exif[0x927C] = b"\x01\x02binary maker note"
+    exif.get_ifd(0x8825)[2] = (51.0, 30.0, 0.0)  # GPSLatitude: never stored
+    exif.get_ifd(0x8769)[0x9003] = "2020:01:02 03:04:05"
+    data = _encode(Image.new("RGB", (300, 200), (10, 200, 30)), fmt, exif=exif.tobytes())
+    image = process_image(data).image
+    assert image is not None
+    assert json.loads(image.exif) == {"Make": "Maker", "DateTimeOriginal": "2020:01:02 03:04:05"}
+    broken = _encode(Image.new("RGB", (300, 200), (10, 200, 30)), fmt, exif=b"Exif\x00\x00MM\x00*\x00\x00\xff\xff")
+    kept = process_image(broken)
+    assert kept.reason == IMAGE_OK and kept.image is not None and kept.image.exif == "{}"
