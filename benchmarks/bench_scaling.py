@@ -26,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-import psutil  # installed with distributed (m3w[dask])
+from proctree import ProcessTreeSampler  # benchmarks/ is on sys.path: the script's folder
 
 from m3w_pipeline.sample.crawl import write_sample_crawl
 
@@ -46,34 +45,6 @@ WRAPPER = (
     "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
     "print('RUSAGE', json.dumps({'cpu_s': u.ru_utime + u.ru_stime, 'max_rss_kb': u.ru_maxrss}), flush=True); sys.exit(rc)"
 )
-
-
-class TreeRss(threading.Thread):
-    """Peak of the summed RSS of a process and all its descendants, sampled until stopped."""
-
-    def __init__(self, pid: int, every_s: float = 0.1):
-        super().__init__(daemon=True)
-        self.root = psutil.Process(pid)
-        self.every_s = every_s
-        self.peak_bytes = 0
-        self.processes: set[int] = set()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            total = 0
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-                self.processes.add(proc.pid)
-            self.peak_bytes = max(self.peak_bytes, total)
-            time.sleep(self.every_s)
 
 
 def crawl_for(pages: int) -> tuple[Path, int, int]:
@@ -95,12 +66,11 @@ def run_build(crawl: Path, out: Path, corpus: str, extra: list[str]) -> dict:
     start = time.perf_counter()
     with open(log, "w") as sink:
         proc = subprocess.Popen([sys.executable, "-c", WRAPPER, *build], env=env, stdout=subprocess.PIPE, stderr=sink, text=True)
-        sampler = TreeRss(proc.pid)
+        sampler = ProcessTreeSampler(proc.pid)
         sampler.start()
         stdout, _ = proc.communicate()
     wall = time.perf_counter() - start
-    sampler.done.set()
-    sampler.join()
+    sampler.stop()
     sink_tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
     if proc.returncode != 0:
         raise SystemExit(f"build of {crawl} failed (exit {proc.returncode}); log {log}:\n{sink_tail}")
@@ -109,8 +79,8 @@ def run_build(crawl: Path, out: Path, corpus: str, extra: list[str]) -> dict:
         "wall_s": wall,
         "cpu_s": usage["cpu_s"],
         "max_process_rss_mb": usage["max_rss_kb"] / 1024,
-        "tree_peak_rss_mb": sampler.peak_bytes / 2**20,
-        "processes": len(sampler.processes) - 1,  # without the wrapper
+        "tree_peak_rss_mb": sampler.peak_total_rss / 2**20,
+        "processes": len(sampler.peak_rss) - 1,  # without the wrapper
     }
 
 
