@@ -11,7 +11,8 @@ from m3w_pipeline.extract.page import extract_page
 from m3w_pipeline.extract.timed import ExtractTimeout, TimedExtractor
 
 HTML = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "html"
-BIG = ("<html><body><article>" + "".join(f"<p>Paragraph {i} of a long article about rivers and hills.</p>" for i in range(3000))
+# A page that takes ~0.35 CPU-s to extract: 7x the 0.05 s budget of the timeout test.
+BIG = ("<html><body><article>" + "".join(f"<p>Paragraph {i} of a long article about rivers and hills.</p>" for i in range(20000))
        + "</article></body></html>")
 
 
