@@ -71,11 +71,16 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    """Multi-head attention; `smeared_keys` (causal use only) mixes each key with the previous
+    position's key, k'_t = w k_t + (1 - w) k_{t-1}, w = sigmoid(a learned scalar per head), so
+    one layer can match "the token before this one" (Olsson et al., 2022, smeared keys)."""
+
+    def __init__(self, dim: int, heads: int, smeared_keys: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
+        self.smear = nn.Parameter(torch.zeros(heads)) if smeared_keys else None
 
     def forward(
         self,
@@ -83,26 +88,41 @@ class SelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         layer_idx: int = 0,
+        key_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            k, v = cache.update(layer_idx, k, v)
+            k, v = cache.update(layer_idx, k, v)  # the cache holds raw keys: smearing needs the previous one
+        if self.smear is not None:
+            k = smear_keys(k, self.smear, key_valid)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
+def smear_keys(k: torch.Tensor, smear: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    """k (B, H, S, D) -> w k_t + (1 - w) k_{t-1}; the first position and positions after padding
+    (`key_valid` (B, S) False) mix with zeros, so a left-padded row equals the same row unpadded."""
+    prev = torch.cat([torch.zeros_like(k[:, :, :1]), k[:, :, :-1]], dim=2)
+    if key_valid is not None:
+        prev_valid = torch.cat([torch.zeros_like(key_valid[:, :1]), key_valid[:, :-1]], dim=1)
+        prev = prev * prev_valid[:, None, :, None].to(k.dtype)
+    w = torch.sigmoid(smear).to(k.dtype)[None, :, None, None]
+    return w * k + (1 - w) * prev
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, ff_mult: int) -> None:
+    def __init__(self, dim: int, heads: int, ff_mult: int, smeared_keys: bool = False) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads)
+        self.attn = SelfAttention(dim, heads, smeared_keys)
         self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None, layer_idx: int = 0
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None, layer_idx: int = 0,
+        key_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask, cache, layer_idx)
+        x = x + self.attn(self.ln1(x), mask, cache, layer_idx, key_valid)
         return x + self.mlp(self.ln2(x))
 
 
@@ -126,7 +146,7 @@ def causal_padding_mask(attention_mask: torch.Tensor, n_query: int) -> torch.Ten
 
 
 class BuiltinLM(nn.Module):
-    """A small GPT-style decoder (learned positions, tied output head) for tests and demos."""
+    """A small GPT-style decoder (learned positions, tied output head, smeared keys) for tests and demos."""
 
     def __init__(self, cfg: BuiltinLMConfig) -> None:
         super().__init__()
@@ -134,7 +154,7 @@ class BuiltinLM(nn.Module):
         self.config = SimpleNamespace(hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers, vocab_size=cfg.vocab_size)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.ff_mult) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.ff_mult, cfg.smeared_keys) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.dim)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight
@@ -167,8 +187,9 @@ class BuiltinLM(nn.Module):
             cache = KVCache()
         x = x + self.pos_emb(position_ids)
         mask = causal_padding_mask(attention_mask, n)
+        key_valid = attention_mask.bool()
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache if use_cache else None, i)
+            x = layer(x, mask, cache if use_cache else None, i, key_valid)
         return LMOutput(logits=self.lm_head(self.norm(x)), cache=cache if use_cache else None)
 
 

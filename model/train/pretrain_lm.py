@@ -73,6 +73,7 @@ class PretrainResult:
     eval_loss: float | None
     steps: int
     seconds: float
+    drills: dict[str, float] | None = None  # `drill_accuracy` on held-out drills, when drills were trained
 
 
 def _stream(texts: Sequence[str], tok: ByteTokenizer) -> torch.Tensor:
@@ -120,6 +121,35 @@ def drill_embeddings(lm: BuiltinLM, ids: torch.Tensor, drill_rows: torch.Tensor,
     table = torch.randn(ids.shape[0], len(DRILL_SYMBOLS), embeds.shape[-1], generator=gen) * scale
     vectors = table[torch.arange(ids.shape[0])[:, None], (ids - DRILL_SYMBOLS[0]).clamp(min=0)]
     return torch.where(is_symbol[..., None], vectors, embeds)
+
+
+def drill_accuracy(lm: BuiltinLM, seq_len: int, seed: int, windows: int = 32) -> dict[str, float]:
+    """How the LM predicts a drill word's first letter where its symbol was seen before in the same
+    drill (held-out drills, seed `seed`): `bound` = the letter of that symbol's word (binding),
+    `copied` = the first letter of some word of the drill (copying from context without binding;
+    1/ways of it is what picking either word gives). Symbols get their random vectors as in training."""
+    tok = ByteTokenizer()
+    data = drill_stream(windows * (seq_len + 1), tok, seed + 7919)
+    x = data.view(windows, seq_len + 1)[:, :-1]
+    gen = torch.Generator().manual_seed(seed)
+    was_training = lm.training
+    lm.eval()
+    with torch.no_grad():
+        pred = lm(inputs_embeds=drill_embeddings(lm, x, torch.ones(windows, dtype=torch.bool), gen)).logits.argmax(-1)
+    lm.train(was_training)
+    bound = copied = n = 0
+    for row, row_pred in zip(x.tolist(), pred.tolist()):
+        words: dict[int, int] = {}  # symbol -> first letter of its word, in the current drill
+        for p, t in enumerate(row[:-1]):
+            if t == ord("\n") and p and row[p - 1] == ord("\n"):
+                words = {}  # a blank line: a new drill
+            elif t >= DRILL_SYMBOLS[0]:
+                if t in words:
+                    n += 1
+                    bound += row_pred[p] == words[t]
+                    copied += row_pred[p] in words.values()
+                words[t] = row[p + 1]
+    return {"bound": bound / max(1, n), "copied": copied / max(1, n), "queries": float(n)}
 
 
 def _windows(pools: list[torch.Tensor], weights: list[float], batch: int, length: int,
@@ -196,7 +226,9 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         value = float(loss.detach())
         loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
         if log and (step % 100 == 0 or step == steps - 1):
-            print(f"  lm step {step:4d}  loss {loss_ema:.3f}", flush=True)
+            probe = drill_accuracy(lm, seq_len, seed) if drill_weight > 0 else None
+            drills = f"  drills: bound {probe['bound']:.0%}, copied {probe['copied']:.0%}" if probe else ""
+            print(f"  lm step {step:4d}  loss {loss_ema:.3f}{drills}", flush=True)
     eval_loss = None
     if eval_pools is not None:
         lm.eval()
@@ -205,5 +237,6 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
     state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
     out = save_pretrained_backbone(state, out, LM_WEIGHTS_FORMAT, cfg, tokenizer=tok.name)
-    return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0)
+    drills = drill_accuracy(lm, seq_len, seed) if drill_weight > 0 else None
+    return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0, drills)
 

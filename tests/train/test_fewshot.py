@@ -23,12 +23,13 @@ from pathlib import Path
 
 from test_data_shards import COLOURS, SHAPES, jpeg, key_of, write_tar
 
+from model.backbones import BuiltinLM
 from model.checkpoint import load_checkpoint
 from model.config import BuiltinLMConfig
 from model.train.config import TrainConfig
 from model.train.fewshot import LESSON_PATH, Score, fast_binding, read_lessons
 from model.train.loop import train
-from model.train.pretrain_lm import pretrain_lm
+from model.train.pretrain_lm import drill_accuracy, pretrain_lm
 from model.train.samples import ImageSpec
 
 MODEL = {
@@ -99,3 +100,12 @@ def test_wilson_interval():
     low, high = Score(80, 100).interval()
     assert abs(low - 0.7112) < 1e-3 and abs(high - 0.8666) < 1e-3
     assert Score(0, 0).interval() == (0.0, 1.0)
+
+
+def test_drill_probe_counts_repeated_symbols_and_separates_binding_from_copying():
+    lm = BuiltinLM(BuiltinLMConfig(dim=32, n_layers=2, n_heads=2, max_seq_len=128))
+    probe = drill_accuracy(lm, seq_len=96, seed=0, windows=8)
+    # 8 windows of 96 bytes hold ~14 drill lines each, most of them repeating a symbol of their drill
+    assert 50 <= probe["queries"] <= 8 * 20, probe
+    assert 0.0 <= probe["bound"] <= probe["copied"] <= 1.0, probe
+    assert probe["bound"] < 0.2, probe  # an untrained LM binds nothing
