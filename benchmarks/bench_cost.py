@@ -307,11 +307,13 @@ def bench_text(args: argparse.Namespace, trees: dict[str, Path]) -> dict:
     dt = venvs.ensure_venv("datatrove")
     results = {}
     for variant, with_images in (("text", False), ("text+images", True)):
+        if args.variant and variant != args.variant:
+            continue
         warc = WORK / f"{variant.replace('+', '-')}-{args.copies}.warc.gz"
         counts = cost_inputs.build_text_warc(warc, copies=args.copies, with_images=with_images)
         runs: list[Run] = []
         # every tree with its default config; this tree also on trafilatura's full path
-        contenders = ["datatrove", *((who, False) for who in trees), ("this tree", True)]
+        contenders = ["datatrove", *((who, False) for who in trees), *([] if args.no_full_path else [("this tree", True)])]
         for round_ in range(args.repeats):
             rotation = round_ % len(contenders)
             for who in contenders[rotation:] + contenders[:rotation]:
@@ -332,6 +334,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run: 300 pages, 100 photos, 1 round")
     parser.add_argument("--only", choices=("text", "images"))
+    parser.add_argument("--variant", choices=("text", "text+images"), help="text: only this WARC (default both)")
+    parser.add_argument("--no-full-path", action="store_true", help="text: skip the extract.fast=false row")
     parser.add_argument("--repeats", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     parser.add_argument("--core", type=int, default=0, help="the CPU every timed run is pinned to")
     parser.add_argument("--baseline-tree", type=Path, help="also run our side from this checkout (before/after)")

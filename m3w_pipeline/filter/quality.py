@@ -24,6 +24,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Iterator, Optional, Sequence, Union
 
+import numpy as np
+
 from m3w_pipeline.core.config import FilterConfig
 from m3w_pipeline.core.document import Document, words
 from m3w_pipeline.extract.lang import identify_language, primary_subtag
@@ -163,11 +165,48 @@ def char_repetition_ratio(text: str, n: int = 10) -> float:
     text = _SPACE.sub(" ", text).strip()
     if len(text) < n:
         return 0.0
-    counts = Counter(text[i : i + n] for i in range(len(text) - n + 1))
-    freqs = sorted(counts.values(), reverse=True)
+    if len(text) >= _PACK_FROM_CHARS:
+        counts = _ngram_counts(text, n)
+        repeated, distinct = int(np.count_nonzero(counts > 1)), len(counts)
+        k = min(int(math.sqrt(distinct)), repeated)
+        return int(np.sort(counts)[distinct - k :].sum()) / (len(text) - n + 1)
+    freqs = sorted(Counter(text[i : i + n] for i in range(len(text) - n + 1)).values(), reverse=True)
     repeated = sum(1 for f in freqs if f > 1)
     k = min(int(math.sqrt(len(freqs))), repeated)
     return sum(freqs[:k]) / sum(freqs)
+
+
+_PACK_FROM_CHARS = 256  # below this, numpy's per-call overhead costs more than the Counter of slices
+
+
+def _ngram_counts(text: str, n: int) -> np.ndarray:
+    """How often each distinct char n-gram of `text` occurs (in no particular order), as a Counter of
+    the slices would count them, in numpy: each character is replaced by its rank among the text's
+    distinct characters (an injective map), an n-gram by its ranks packed into a few 64-bit keys
+    (as many characters per key as fit), the keys folded into one by their dense ranks, so equal keys
+    are exactly equal n-grams; sorting puts them side by side (a document: 0.87 -> ~0.48 ms, 5k chars)."""
+    chars, ranks = np.unique(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32), return_inverse=True)
+    bits = max(1, (len(chars) - 1).bit_length())
+    per_key = 64 // bits
+    ranks = ranks.astype(np.uint64)
+    windows = len(text) - n + 1
+    keys = []
+    for start in range(0, n, per_key):
+        key = np.zeros(windows, dtype=np.uint64)
+        for j in range(start, min(n, start + per_key)):
+            key <<= np.uint64(bits)
+            key |= ranks[j : j + windows]
+        keys.append(key)
+    combined = keys[0]
+    for key in keys[1:]:  # two keys' dense ranks (each < 2**32) packed into one exact key
+        combined = (np.unique(combined, return_inverse=True)[1].astype(np.uint64) << np.uint64(32)) | np.unique(
+            key, return_inverse=True
+        )[1].astype(np.uint64)
+    ordered = np.sort(combined)
+    change = np.empty(windows + 1, dtype=bool)
+    change[0] = change[-1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:-1])
+    return np.diff(np.flatnonzero(change))
 
 
 def word_repetition_ratio(tokens: Sequence[str], n: int = 5) -> float:

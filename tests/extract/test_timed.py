@@ -14,6 +14,9 @@ HTML = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "html"
 # A page that takes ~0.35 CPU-s to extract: 7x the 0.05 s budget of the timeout test.
 BIG = ("<html><body><article>" + "".join(f"<p>Paragraph {i} of a long article about rivers and hills.</p>" for i in range(20000))
        + "</article></body></html>")
+# Ten times BIG (about 0.6 s to extract here, BIG 0.03 s): far over the 0.05 s budget on any machine,
+# where BIG alone came within it once extraction got faster.
+HUGE = BIG.replace("</article>", "".join(f"<p>More of it, part {i}, about rivers and hills.</p>" for i in range(27_000)) + "</article>")
 
 
 def test_child_gives_the_same_pages_as_in_process():
@@ -28,7 +31,7 @@ def test_a_page_over_budget_times_out_and_the_next_page_still_extracts():
     timed = TimedExtractor(ExtractConfig(timeout_s=0.05))
     timed.extract("<html><body><p>warm up</p></body></html>", "https://example.org/")  # child started, imports done
     with pytest.raises(ExtractTimeout):
-        timed.extract(BIG, "https://example.org/big")
+        timed.extract(HUGE, "https://example.org/big")
     assert timed.restarts == 1
     timed.config = ExtractConfig(timeout_s=30)
     page = timed.extract("<html><body><article><p>After the timeout, a page with enough words to be kept.</p></article></body></html>",

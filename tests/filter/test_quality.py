@@ -1,8 +1,14 @@
 """Quality scores on hand-built texts whose ratios are known, and the filters built on them."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import math
+import random
+import re
+import string
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,6 +86,34 @@ def test_char_and_word_repetition_ratios():
     assert q.char_repetition_ratio("short", 10) == 0.0
     assert q.word_repetition_ratio(["a", "b", "a", "b", "c"], 2) == pytest.approx(2 / 4)
     assert q.word_repetition_ratio(["a", "b", "c"], 5) == 0.0
+
+
+def _char_repetition_by_slices(text: str, n: int) -> float:
+    """The definition, spelled out: a Counter of every char n-gram slice."""
+    text = re.sub(r"\s+", " ", text).strip()
+    if len(text) < n:
+        return 0.0
+    freqs = sorted(Counter(text[i : i + n] for i in range(len(text) - n + 1)).values(), reverse=True)
+    k = min(int(math.sqrt(len(freqs))), sum(1 for f in freqs if f > 1))
+    return sum(freqs[:k]) / sum(freqs)
+
+
+def test_char_repetition_counts_long_texts_exactly_as_slices_do():
+    """Long texts count n-grams by packed character ranks in numpy: the same value, to the bit, as
+    the Counter of slices, whether one key holds an n-gram (few distinct characters) or several do
+    (over 64 distinct characters, any Unicode, a lone surrogate), and for n from 1 to 21."""
+    rng = random.Random(7)
+    corpus = sorted((Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "html").glob("*.html.gz"))[:5]
+    assert len(corpus) == 5
+    texts = [re.sub(r"<[^>]+>", " ", gzip.decompress(p.read_bytes()).decode("utf-8", "replace"))[:8000] for p in corpus]
+    texts += ["".join(rng.choice("ab ") for _ in range(rng.randint(256, 3000))) for _ in range(10)]
+    texts += ["".join(chr(rng.randint(32, 0x2FFFF)) for _ in range(rng.randint(256, 2000))) for _ in range(5)]
+    texts += ["日本語のテキストです。" * 60, "a" * 1000, "x\ud800y " * 100, string.printable * 20]
+    assert all(len(t) >= q._PACK_FROM_CHARS for t in texts)
+    for text in texts:
+        for n in (1, 2, 5, 10, 13, 21):
+            assert q.char_repetition_ratio(text, n) == _char_repetition_by_slices(text, n), (text[:40], n)
+    assert q.char_repetition_ratio("ab" * 200, 2) == 200 / 399  # ab x 200, ba x 199: the top one of two
 
 
 def test_stopword_and_flagged_word_ratios_are_language_aware():
