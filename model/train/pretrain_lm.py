@@ -164,6 +164,14 @@ def _windows(pools: list[torch.Tensor], weights: list[float], batch: int, length
     return torch.stack(rows), choice
 
 
+def _drill_loss(lm: BuiltinLM, data: torch.Tensor, rows: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """Next-byte loss on `rows` random drill windows of `length` bytes (symbols are not targets)."""
+    xy, _ = _windows([data], [1.0], rows, length, gen)
+    logits = lm(inputs_embeds=drill_embeddings(lm, xy[:, :-1], torch.ones(rows, dtype=torch.bool), gen)).logits
+    targets = xy[:, 1:].masked_fill(xy[:, 1:] >= DRILL_SYMBOLS[0], -100)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
 def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, length: int,
            seed: int, drill_weight: float = 0.0) -> tuple[list[torch.Tensor], list[float]]:
     docs, captions = corpus_texts(urls)
@@ -187,11 +195,16 @@ def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, lengt
 
 def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig, *, steps: int = 300,
                 batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, caption_weight: float = 0.5,
-                drill_weight: float = 0.0, eval_urls: Sequence[str] = (), seed: int = 0, log: bool = True) -> PretrainResult:
+                drill_weight: float = 0.0, drill_rows: int = 0, drill_seq_len: int = 32,
+                eval_urls: Sequence[str] = (), seed: int = 0, log: bool = True) -> PretrainResult:
     """AdamW with warmup + cosine on random windows of the corpus text (byte tokens).
 
     A share `drill_weight` of the windows are binding drills, and `caption_weight` of the rest comes from the captions (short, but what Flamingo will
-    write). The built-in LM has learned absolute positions, so `seq_len` must cover the positions
+    write). Or (`drill_rows` > 0, then `drill_weight` must be 0) each step adds a batch of its own of
+    `drill_rows` drill windows of `drill_seq_len` bytes, the loss being the mean of the text and the drill
+    losses: measured (benchmarks/RESULTS.md, issue 15), the induction phase change of a smeared-keys LM
+    comes for every seed with many short drill windows per step (128 x 32 bytes, lr 1e-3) and for few
+    seeds with 128-byte windows mixed into the text batch. The built-in LM has learned absolute positions, so `seq_len` must cover the positions
     Flamingo will use (packed pairs, few-shot prompts, M3W windows): measured for the demo, 64-byte
     windows model a lone caption better than 128-byte ones but break down past position 64, and
     random position offsets cost more than they give."""
@@ -201,7 +214,11 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         raise ValueError(f"seq_len {seq_len} exceeds the LM's max_seq_len {cfg.max_seq_len}")
     if not 0.0 <= drill_weight < 1.0:
         raise ValueError(f"drill_weight must be in [0, 1), got {drill_weight}")
+    if drill_rows < 0 or (drill_rows and drill_weight) or not 0 < drill_seq_len <= cfg.max_seq_len:
+        raise ValueError(f"drill_rows {drill_rows} (>= 0, and drill_weight 0 with it) / drill_seq_len {drill_seq_len} "
+                         f"(1..{cfg.max_seq_len}) are not valid")
     pools, weights = _pools(train_urls, tok, caption_weight, seq_len, seed, drill_weight)
+    drill_data = drill_stream(max(200_000, 20 * drill_seq_len), tok, seed) if drill_rows else None
     eval_pools = _pools(eval_urls, tok, caption_weight, seq_len, seed) if eval_urls else None
     torch.manual_seed(seed)
     lm = BuiltinLM(cfg).train()
@@ -212,12 +229,16 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
     gen = torch.Generator().manual_seed(seed)
     loss_ema = None
     drill_pool = len(pools) - 1 if drill_weight > 0 else -1  # _pools puts the drills last
+    drilled, probe_len = drill_weight > 0 or drill_rows > 0, drill_seq_len if drill_rows else seq_len
+    probe_windows = 32 * max(1, seq_len // probe_len)  # the same bytes probed at either window length
     for step in range(steps):
         xy, pool = _windows(pools, weights, batch_size, seq_len, gen)
-        drill_rows = pool == drill_pool
-        logits = lm(inputs_embeds=drill_embeddings(lm, xy[:, :-1], drill_rows, gen)).logits
-        targets = xy[:, 1:].masked_fill(drill_rows[:, None] & (xy[:, 1:] >= DRILL_SYMBOLS[0]), -100)
+        is_drill = pool == drill_pool
+        logits = lm(inputs_embeds=drill_embeddings(lm, xy[:, :-1], is_drill, gen)).logits
+        targets = xy[:, 1:].masked_fill(is_drill[:, None] & (xy[:, 1:] >= DRILL_SYMBOLS[0]), -100)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        if drill_data is not None:
+            loss = 0.5 * (loss + _drill_loss(lm, drill_data, drill_rows, drill_seq_len, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -226,7 +247,7 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         value = float(loss.detach())
         loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
         if log and (step % 100 == 0 or step == steps - 1):
-            probe = drill_accuracy(lm, seq_len, seed) if drill_weight > 0 else None
+            probe = drill_accuracy(lm, probe_len, seed, probe_windows) if drilled else None
             drills = f"  drills: bound {probe['bound']:.0%}, copied {probe['copied']:.0%}" if probe else ""
             print(f"  lm step {step:4d}  loss {loss_ema:.3f}{drills}", flush=True)
     eval_loss = None
@@ -237,6 +258,6 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
     state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
     out = save_pretrained_backbone(state, out, LM_WEIGHTS_FORMAT, cfg, tokenizer=tok.name)
-    drills = drill_accuracy(lm, seq_len, seed) if drill_weight > 0 else None
+    drills = drill_accuracy(lm, probe_len, seed, probe_windows) if drilled else None
     return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0, drills)
 
