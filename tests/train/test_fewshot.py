@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data_shards import COLOURS, SHAPES, jpeg, key_of, write_tar
+from test_data_shards import COLOURS, SHAPES, TINY_MODEL, jpeg, key_of, write_tar
 
 from model.backbones import BuiltinLM
 from model.checkpoint import load_checkpoint
@@ -34,12 +34,11 @@ from model.train.loop import train
 from model.train.pretrain_lm import drill_accuracy, pretrain_lm
 from model.train.samples import ImageSpec
 
-MODEL = {
-    "seed": 0,
-    "builtin_lm": {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 128},
-    "builtin_vision": {"image_size": 16, "patch_size": 8, "dim": 32, "depth": 1, "heads": 2},
-    "resampler": {"n_latents": 4, "depth": 1, "heads": 2, "dim_head": 16, "max_frames": 1},
-    "xattn": {"heads": 2, "dim_head": 16, "block_size": 8},
+MODEL = {  # test_data_shards' tiny model with a wider LM, single-frame media and 8-token cross-attention blocks
+    **TINY_MODEL,
+    "builtin_lm": {**TINY_MODEL["builtin_lm"], "dim": 64},
+    "resampler": {**TINY_MODEL["resampler"], "max_frames": 1},
+    "xattn": {**TINY_MODEL["xattn"], "block_size": 8},
 }
 
 
