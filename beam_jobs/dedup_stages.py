@@ -1,24 +1,27 @@
-"""Corpus-scale dedup as one Beam composite, `Dedup`, over a PCollection of `Document`:
+"""Corpus-scale dedup's decisions as one Beam composite, `DedupDecisions`, over a PCollection of `Document`:
 
-    images in a document -> URL -> exact text -> near text -> hot images -> image sets
+    images in a document -> URL -> exact text -> near text -> hot image keys -> image sets
 
 The keys, signatures and decisions are `m3w_pipeline.filter.dedup`'s; this module groups and
-joins by key. `Dedup` returns a dict of PCollections:
-    "docs"    : the documents it keeps (possibly with images removed),
-    "counts"  : `accounting.Count` elements per stage: in = kept + each drop reason;
-    "rejects" : every rejected document and image (`accounting.Reject`), for the build's sample.
+joins by key. `DedupDecisions` returns a dict of PCollections:
+    "docs"      : the documents after in-document image dedup (the only step that edits them here),
+    "drops"     : (dropped doc key, (reason, kept doc key)) from the four corpus stages,
+    "survivors" : the `DedupKeys` of the documents no stage dropped,
+    "hot"       : the image URL and sha256 keys found in more than `max_docs_per_image` documents,
+    "counts"    : `accounting.Count` elements per stage: in = kept + each drop reason,
+    "rejects"   : every rejected document and image (`accounting.Reject`), for the build's sample.
 
-The documents (image metadata, never bytes: beam_jobs.image_bytes) cross one shuffle only: the
-document-level decisions are made on `DedupKeys`
-(key, rank, URL/text/image keys: ~200 bytes) and MinHash signatures, each stage's survivors
-feeding the next, and all drops are joined to the documents once at the end: by `Dedup` by
-document key, or, in the build, by the M3W shard join (`DedupDecisions` hands the drops on,
-`beam_jobs.outputs.write_deduped_m3w_shards` joins them), so there documents cross no dedup join at all. Hot images are
-counted after the text dedup, so re-captures of one page do not make its images look like
-boilerplate; image sets are compared without them. Memory stays bounded per worker: grouped values are small (ranks, keys, hashes)
-and streamed in two passes (Beam iterables are re-iterable), hot image keys are counted with a
-lifted CombinePerKey, and no worker holds a corpus-sized set. (The hot-image side input holds
-only keys found in more than `max_docs_per_image` documents: at most refs / max_docs_per_image.)
+The documents (image metadata, never bytes: beam_jobs.image_bytes) cross no dedup join: the
+document-level decisions are made on `DedupKeys` (key, rank, URL/text/image keys: ~200 bytes)
+and MinHash signatures, each stage's survivors feeding the next, and the build applies them in
+its M3W shard join (`beam_jobs.outputs.write_deduped_m3w_shards`): each document meets the drops
+in its shard, and the writer keeps the undropped ones, removes their hot images and checks that
+enough remain. Hot images are counted after the text dedup, so re-captures of one page do not
+make its images look like boilerplate; image sets are compared without them. Memory stays bounded
+per worker: grouped values are small (ranks, keys, hashes) and streamed in two passes (Beam
+iterables are re-iterable), hot image keys are counted with a lifted CombinePerKey, and no worker
+holds a corpus-sized set. (The hot-image side input holds only keys found in more than
+`max_docs_per_image` documents: at most refs / max_docs_per_image.)
 
 Near-duplicate clusters are connected components computed by min-label propagation
 (`dedup.spread_label`): every node of a candidate edge starts with its own rank, each round
@@ -79,31 +82,20 @@ class _KeysFn(beam.DoFn):
             yield TaggedOutput(SIGNATURES, (doc.key, (keys.rank, sig.tobytes())))
 
 
-class _HotSetFn(beam.DoFn):
-    """Holds the hot-key side input as a frozenset, rebuilt only when the runner hands a new list."""
+class _ImageSetRankFn(beam.DoFn):
+    """DedupKeys -> (image-set key after hot images leave, rank). The hot-key side input is held as a
+    frozenset, rebuilt only when the runner hands a new list."""
 
     def setup(self) -> None:
         self._source: Optional[list] = None
         self._hot: frozenset[str] = frozenset()
 
-    def hot(self, keys: list) -> frozenset[str]:
-        if keys is not self._source:  # the side input is materialised once per bundle at most
-            self._source, self._hot = keys, frozenset(keys)
-        return self._hot
-
-
-class _ImageSetRankFn(_HotSetFn):
-    """DedupKeys -> (image-set key after hot images leave, rank)."""
-
     def process(self, keys: dd.DedupKeys, hot: list) -> Iterator[tuple[str, dd.Rank]]:
-        ranked = keys.image_set_rank(self.hot(hot))
+        if hot is not self._source:  # the side input is materialised once per bundle at most
+            self._source, self._hot = hot, frozenset(hot)
+        ranked = keys.image_set_rank(self._hot)
         if ranked is not None:
             yield ranked
-
-
-class _RemoveHotFn(_HotSetFn, CountingFn):
-    def step(self, doc: Document, tally: Tally, hot: list) -> Iterator[Document]:
-        yield dd.remove_hot_images(doc, self.hot(hot), tally)
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -138,12 +130,6 @@ def _survivors(steps: CountedSteps, keys: beam.PCollection, drops: beam.PCollect
     """One stage's survivors, counted under it: its drop decisions joined to the small keys."""
     joined = steps.cogroup({"doc": keys | f"{label}KeyByDoc" >> beam.Map(lambda k: (k.key, k)), "drop": drops}, f"{label}Join")
     return steps(joined, f"{label}Apply", _SurvivorsFn(stage), REJECTS, main="keys")
-
-
-def _keep_undropped(element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Document]:
-    _, grouped = element
-    if not list(grouped["drop"]):
-        yield from grouped["doc"]
 
 
 def hot_image_keys(keys: beam.PCollection, limit: int) -> beam.PCollection:
@@ -275,8 +261,8 @@ class NearDuplicates(beam.PTransform):
 class DedupDecisions(beam.PTransform):
     """Every dedup decision, made on the small keys: the documents after in-document dedup, the
     document drops of the four corpus stages, the keys that survived them, and the hot image keys.
-    The drops still have to meet the documents: `Dedup` joins them by document key; the build
-    joins them in its M3W shard join (beam_jobs.outputs), so documents cross one shuffle, not two."""
+    The drops meet the documents in the build's M3W shard join (beam_jobs.outputs.write_deduped_m3w_shards),
+    which also removes the hot images, so documents cross one shuffle, not two."""
 
     def __init__(self, config: DedupConfig = DedupConfig()) -> None:
         super().__init__()
@@ -312,26 +298,3 @@ class DedupDecisions(beam.PTransform):
             "rejects": [step[REJECTS] for step in (in_doc, urls, exact, near, sets)],
         }
 
-
-class Dedup(beam.PTransform):
-    """Every dedup stage in the order the build runs them (see the module docstring): the decisions,
-    joined to the documents by key, then the hot images removed."""
-
-    def __init__(self, config: DedupConfig = DedupConfig()) -> None:
-        super().__init__()
-        self.config = config
-
-    def expand(self, docs: beam.PCollection) -> dict[str, Any]:
-        steps = CountedSteps()
-        decided = docs | "Decide" >> DedupDecisions(self.config)
-        kept = (
-            steps.cogroup({"doc": decided["docs"] | "KeyByDoc" >> beam.Map(lambda d: (d.key, d)), "drop": decided["drops"]},
-                          "DedupJoinDocuments")
-            | "KeepUndropped" >> beam.FlatMap(_keep_undropped)
-        )
-        hot_removed = steps(kept, "RemoveHot", _RemoveHotFn(), REJECTS, main="docs", args=(AsList(decided["hot"]),))
-        return {
-            "docs": hot_removed.docs,
-            "counts": [*decided["counts"], *steps.counts] | "AllCounts" >> beam.Flatten(),
-            "rejects": [*decided["rejects"], hot_removed[REJECTS]] | "AllRejects" >> beam.Flatten(),
-        }

@@ -1,14 +1,21 @@
-"""Cost of the dedup stage per 10,000 documents: the Beam `Dedup` composite on FnApiRunner, and
-the per-document work of its pure functions in one process.
+"""CPU cost of dedup in the build per 10,000 documents, as the build runs it: `DedupDecisions`, then
+the M3W shard join that applies them (`write_deduped_m3w_shards`), on FnApiRunner; and the
+per-document work of its pure functions in one process.
 
-    python benchmarks/bench_dedup.py [--docs 10000] [--no-write]
+    python benchmarks/bench_dedup.py [--docs 10000] [--repeats 2] [--no-write]
 
 Synthetic documents (~300 words, 2-3 images each) with planted duplicates: 5% re-captures
 of a URL, 8% exact text copies, 8% near copies (last 5% of the words replaced: Jaccard
-~0.9), a logo on 20% of the pages, 3% identical image sets. `Dedup` runs as its own pipeline
-on the embedded runner (single process, in-memory) over the documents, generated inside the
-pipeline from their index; an identity pipeline (generate -> count) is measured too, and "net"
-subtracts it (the cost of moving the documents through the runner, which the job pays anyway).
+~0.9), a logo on 20% of the pages, 3% identical image sets. Each row is its own pipeline on the
+embedded runner (single process, in-memory), the documents generated inside it from their index
+(image metadata; their bytes travel apart, as in the build):
+  - identity: generate -> count, the cost of moving the documents through the runner;
+  - decisions: `DedupDecisions` alone (the four drop stages and the hot keys, on the small keys);
+  - shards with dedup: the build's M3W path, the decisions met by the documents in the shard join,
+    hot images removed, post-dedup check, image bytes shipped, shards written to a temp folder;
+  - shards without dedup: the shard join and writer alone (`write_m3w_shards`), so "with" minus
+    "without" is what dedup adds to a build.
+The rows run interleaved, `--repeats` rounds, best CPU time (user + sys of this process) kept.
 The pure row runs the per-document functions of `m3w_pipeline.filter.dedup` (words, keys, MinHash
 signature, images in a document) over the same list in one process: the algorithmic floor of the
 per-document work, without the grouping and joins. Prints a table and writes the section
@@ -17,14 +24,16 @@ per-document work, without the grouping and joins. Prints a table and writes the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import random
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,8 +42,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics, MetricsFilter
 
 from beam_jobs import dedup_stages as ds
+from beam_jobs.counting import CountedSteps
+from beam_jobs.image_bytes import ImageShipment
+from beam_jobs.outputs import write_deduped_m3w_shards, write_m3w_shards
 from m3w_pipeline.core.accounting import Tally
-from m3w_pipeline.core.config import DedupConfig
+from m3w_pipeline.core.config import BuildConfig, DedupConfig
 from m3w_pipeline.core.document import DocImage, Document
 from m3w_pipeline.core.nodes import ImageRef
 from m3w_pipeline.core.web import Provenance
@@ -43,10 +55,14 @@ from m3w_pipeline.media.images import ProcessedImage
 
 SECTION = "## Dedup (issue 3)"
 CONFIG = DedupConfig()
+BUILD = BuildConfig(dedup=CONFIG)
+IMAGE_BYTES = b"\xff" * 64  # every image's processed bytes (what they are does not matter here, only that they move)
 
 
 def _image(url: str, sha: str) -> DocImage:
-    return DocImage(ImageRef(url), "ok", ProcessedImage(b"\xff" * 64, "jpg", 400, 300, 400, 300, "JPEG", 64, sha, f"{hash(sha) & (2**64 - 1):016x}"))
+    """An image as the build's documents carry it: metadata, its bytes emptied (beam_jobs.image_bytes)."""
+    phash = hashlib.blake2b(sha.encode(), digest_size=8).hexdigest()
+    return DocImage(ImageRef(url), "ok", ProcessedImage(b"", "jpg", 400, 300, 400, 300, "JPEG", len(IMAGE_BYTES), sha, phash))
 
 
 def _is_original(i: int) -> bool:
@@ -97,7 +113,7 @@ def make_docs(n: int) -> list[Document]:
 
 
 def pure_per_document(docs: list[Document]) -> int:
-    """The per-document functions `Dedup` calls, in one process; returns how many documents had a signature."""
+    """The per-document functions `DedupDecisions` calls, in one process; returns how many documents had a signature."""
     hasher, signed = dd.MinHasher(CONFIG), 0
     for doc in docs:
         doc = dd.dedup_images_in_document(doc, CONFIG.max_phash_distance, Tally())
@@ -107,33 +123,73 @@ def pure_per_document(docs: list[Document]) -> int:
     return signed
 
 
-def run_beam(n: int, make: Callable[[], beam.PTransform]) -> tuple[float, int]:
-    """Seconds to run generate(n docs) -> stage -> count, and how many documents it kept.
+# ----------------------------------------------------------------------------- the rows: documents, output folder -> kept counts
+
+Row = Callable[[beam.PCollection, str], beam.PCollection]
+
+
+def _image_bytes(doc: Document) -> Iterator[tuple[str, bytes]]:
+    """(sha256, bytes) of a document's images: the build emits them once per processed URL, apart from the documents."""
+    for im in doc.images:
+        if im is not None and im.image is not None:
+            yield im.image.sha256, IMAGE_BYTES
+
+
+def _shipment(docs: beam.PCollection) -> tuple[ImageShipment, CountedSteps]:
+    steps = CountedSteps()
+    return ImageShipment(steps, docs | "ImageBytes" >> beam.FlatMap(_image_bytes)), steps
+
+
+def identity(docs: beam.PCollection, _: str) -> beam.PCollection:
+    return docs | "One" >> beam.Map(lambda _: 1)
+
+
+def decisions(docs: beam.PCollection, _: str) -> beam.PCollection:
+    return (docs | "Dedup" >> ds.DedupDecisions(CONFIG))["survivors"] | "OneSurvivor" >> beam.Map(lambda _: 1)
+
+
+def shards_with_dedup(docs: beam.PCollection, out: str) -> beam.PCollection:
+    shipment, steps = _shipment(docs)
+    decided = docs | "Dedup" >> ds.DedupDecisions(CONFIG)
+    write_deduped_m3w_shards(decided, out, BUILD, shipment, steps, lambda rejects: None)
+    return shipment.ship()["m3w"] | "Samples" >> beam.Map(lambda info: info["samples"])
+
+
+def shards_without_dedup(docs: beam.PCollection, out: str) -> beam.PCollection:
+    shipment, _ = _shipment(docs)
+    write_m3w_shards(docs, out, BUILD.shards, shipment)
+    return shipment.ship()["m3w"] | "Samples" >> beam.Map(lambda info: info["samples"])
+
+
+ROWS: dict[str, Row] = {
+    "identity pipeline (generate -> count)": identity,
+    "`DedupDecisions` (drop stages and hot keys, on the keys)": decisions,
+    "shards with dedup (decisions + shard join, hot removal, writer)": shards_with_dedup,
+    "shards without dedup (shard join and writer alone)": shards_without_dedup,
+}
+
+
+def run_beam(n: int, row: Row) -> tuple[float, int]:
+    """CPU seconds of this process to run generate(n docs) -> row, and how many documents it kept.
 
     The documents are generated inside the pipeline (Create of the indices, then make_doc),
     so the figure is not dominated by pickling a list of documents into the pipeline."""
-    start = time.perf_counter()
-    p = beam.Pipeline(runner="FnApiRunner")
-    docs = p | beam.Create(list(range(n)), reshuffle=False) | "Generate" >> beam.Map(make_doc)
-    out = docs | make()
-    kept_docs = out["docs"] if isinstance(out, dict) else out
-    _ = kept_docs | beam.Map(lambda _: Metrics.counter("bench", "kept").inc())
-    result = p.run()
-    result.wait_until_finish()
-    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="bench_dedup_") as out:
+        start = time.process_time()
+        p = beam.Pipeline(runner="FnApiRunner")
+        docs = p | beam.Create(list(range(n)), reshuffle=False) | "Generate" >> beam.Map(make_doc)
+        _ = row(docs, out) | "Kept" >> beam.Map(lambda k: Metrics.counter("bench", "kept").inc(k))
+        result = p.run()
+        result.wait_until_finish()
+        seconds = time.process_time() - start
     counters = result.metrics().query(MetricsFilter().with_namespace("bench").with_name("kept"))["counters"]
     return seconds, sum(c.committed for c in counters)
-
-
-class Identity(beam.PTransform):
-    def expand(self, pcoll):
-        return pcoll | beam.Map(lambda d: d)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per measurement (the VM is shared)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the interleaved rows; the best of each is kept (the VM is shared)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     n = args.docs
@@ -141,21 +197,25 @@ def main() -> None:
     t0 = time.perf_counter()
     docs = make_docs(n)
     print(f"{n} synthetic documents generated in {time.perf_counter() - t0:.1f} s", flush=True)
-    base = min(run_beam(n, Identity)[0] for _ in range(args.repeats))
-    beam_s, kept = min(run_beam(n, lambda: ds.Dedup(CONFIG)) for _ in range(args.repeats))
+    best: dict[str, tuple[float, int]] = {}
     pure_s = float("inf")
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
+    for round_ in range(args.repeats):
+        for name, row in ROWS.items():
+            seconds, kept = run_beam(n, row)
+            print(f"  round {round_ + 1}: {name}: {seconds:7.2f} CPU s, kept {kept}", flush=True)
+            best[name] = min(best.get(name, (seconds, kept)), (seconds, kept))
+        t0 = time.process_time()
         pure_per_document(docs)
-        pure_s = min(pure_s, time.perf_counter() - t0)
-    print(f"  Dedup: beam {beam_s:7.2f} s, kept {kept}; per-document functions {pure_s:6.2f} s", flush=True)
-    lines = [
-        "| measurement | s / 10k docs | net of identity pipeline | documents kept |",
-        "|---|---|---|---|",
-        f"| identity pipeline (generate -> count) | {base * per10k:.2f} | - | {n} |",
-        f"| `Dedup` (all six stages, one document join) | {beam_s * per10k:.2f} | {max(0.0, beam_s - base) * per10k:.2f} | {kept} |",
-        f"| per-document functions only (words, keys, signature, images in document), one process | {pure_s * per10k:.2f} | - | - |",
-    ]
+        pure_s = min(pure_s, time.process_time() - t0)
+    base = best["identity pipeline (generate -> count)"][0]
+    with_dedup = best["shards with dedup (decisions + shard join, hot removal, writer)"][0]
+    without = best["shards without dedup (shard join and writer alone)"][0]
+    lines = ["| measurement | CPU s / 10k docs | net of identity pipeline | documents kept |", "|---|---|---|---|"]
+    for name, (seconds, kept) in best.items():
+        net = "-" if ROWS[name] is identity else f"{max(0.0, seconds - base) * per10k:.2f}"
+        lines.append(f"| {name} | {seconds * per10k:.2f} | {net} | {kept} |")
+    lines.append(f"| dedup's cost in the build (with minus without dedup) | {(with_dedup - without) * per10k:.2f} | - | - |")
+    lines.append(f"| per-document functions only (words, keys, signature, images in document), one process | {pure_s * per10k:.2f} | - | - |")
     table = "\n".join(lines)
     print()
     print(table)
@@ -168,12 +228,16 @@ def write_section(n: int, repeats: int, table: str) -> None:
     body = (
         f"{SECTION}\n\n"
         f"`python benchmarks/bench_dedup.py --docs {n} --repeats {repeats}` on the {os.cpu_count()}-core dev VM ({cpu}; Beam's\n"
-        f"embedded FnApiRunner, one process; best of {repeats}; other engineers' jobs running, so expect +-30%). Synthetic documents of\n"
-        "200-400 words and 2-3 images, with planted URL re-captures (5%), exact copies (8%), near copies\n"
-        "(8%, Jaccard ~0.9), a logo on 20% of pages and repeated image sets (3%). `Dedup` runs as its own\n"
-        "pipeline over all documents, generated inside it from their index; \"net\" subtracts the identity\n"
-        "pipeline (generating the documents, pipeline start-up). The last row runs the per-document functions of\n"
-        f"m3w_pipeline.filter.dedup on a list in one process. MinHash: {CONFIG.num_perm} permutations, {CONFIG.bands} bands x {CONFIG.rows} rows, "
+        f"embedded FnApiRunner, one process; CPU time (user + sys) of the process, rows interleaved, best of {repeats} rounds;\n"
+        "other engineers' jobs running). Synthetic documents of 200-400 words and 2-3 images, with planted URL\n"
+        "re-captures (5%), exact copies (8%), near copies (8%, Jaccard ~0.9), a logo on 20% of pages and repeated\n"
+        "image sets (3%). Each row is its own pipeline over all documents, generated inside it from their index;\n"
+        "\"net\" subtracts the identity pipeline (generating the documents, pipeline start-up). \"Shards with dedup\"\n"
+        "is the build's M3W path: `DedupDecisions`, then the shard join that applies them\n"
+        "(`beam_jobs.outputs.write_deduped_m3w_shards`: drops, hot images, post-dedup check, image bytes shipped,\n"
+        "shards written); \"without\" is the shard join and writer alone, so their difference is what dedup adds to a\n"
+        "build. The last row runs the per-document functions of m3w_pipeline.filter.dedup on a list in one process.\n"
+        f"MinHash: {CONFIG.num_perm} permutations, {CONFIG.bands} bands x {CONFIG.rows} rows, "
         f"{CONFIG.shingle_size}-word shingles, {CONFIG.cc_rounds} label-propagation rounds.\n\n"
         f"{table}\n"
     )

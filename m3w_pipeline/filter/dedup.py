@@ -1,4 +1,4 @@
-"""Deduplication as pure functions: the keys, signatures and decisions of the Beam `Dedup` stage.
+"""Deduplication as pure functions: the keys, signatures and decisions of the Beam `DedupDecisions` stage.
 
 Every corpus-level decision keeps one document per group, the *preferred* one: the most
 recent capture (`provenance.capture_date`), ties broken by the smallest document key

@@ -1,5 +1,7 @@
-"""Dedup: planted duplicates found exactly by the one implementation, the Beam `Dedup` stage
-over the pure keys, signatures and decisions of m3w_pipeline/filter/dedup.py.
+"""Dedup: planted duplicates found exactly by the build's one path: `DedupDecisions` (the Beam
+stages over the pure keys, signatures and decisions of m3w_pipeline/filter/dedup.py), applied by
+the build's M3W shard join (`beam_jobs.outputs.write_deduped_m3w_shards`), whose shards are read
+back by the real reader.
 
 Near duplicates are planted at known shingle Jaccard: a base of N distinct-ish words and
 copies whose last m words are replaced by new ones. With shingle size k, T = N - k + 1
@@ -21,13 +23,16 @@ import pytest
 from apache_beam.testing.util import assert_that
 
 from beam_jobs import dedup_stages as ds
-from beam_jobs.counting import SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SHUFFLE_STAGES, SampleRejects
+from beam_jobs.counting import SHUFFLE_BYTES, SHUFFLE_ELEMENTS, SHUFFLE_STAGES, CountedSteps, SampleRejects
+from beam_jobs.image_bytes import ImageShipment
+from beam_jobs.outputs import write_deduped_m3w_shards
 from m3w_pipeline.core.accounting import Tally
-from m3w_pipeline.core.config import DedupConfig
+from m3w_pipeline.core.config import BuildConfig, DedupConfig, ShardConfig
 from m3w_pipeline.core.document import DocImage, Document, DocVideo, words
 from m3w_pipeline.core.nodes import ImageRef, VideoRef
 from m3w_pipeline.core.web import Provenance
 from m3w_pipeline.filter import dedup as dd
+from m3w_pipeline.inspect.corpus import iter_m3w_documents, open_corpus
 from m3w_pipeline.media.images import ProcessedImage
 
 CONFIG = DedupConfig()
@@ -39,19 +44,35 @@ N_WORDS = T + K - 1
 # ----------------------------------------------------------------------------- builders
 
 
+def image_bytes(sha: str) -> bytes:
+    """The processed bytes of the image with this sha256 (they travel apart from the documents)."""
+    return f"jpeg bytes of {sha}".encode()
+
+
 def image(url: str, sha: Optional[str] = None, phash: Optional[str] = None, side: int = 200) -> DocImage:
-    """A resolved image (or a missing one without sha); distinct sha256s get unrelated phashes."""
+    """A resolved image as dedup sees it: metadata, its bytes emptied (beam_jobs.image_bytes); a
+    missing one without sha. Distinct sha256s get unrelated phashes."""
     ref = ImageRef(url)
     if sha is None:
         return DocImage(ref, "missing")
     phash = phash or hashlib.blake2b(sha.encode(), digest_size=8).hexdigest()
-    processed = ProcessedImage(b"x", "jpg", side, side, side, side, "JPEG", 1, sha, phash)
+    processed = ProcessedImage(b"", "jpg", side, side, side, side, "JPEG", len(image_bytes(sha)), sha, phash)
     return DocImage(ref, "ok", processed)
 
 
-def make_doc(key: str, text: str, url: Optional[str] = None, date: str = "2024-01-01T00:00:00Z", images: tuple = ()) -> Document:
-    url = url or f"https://site.example/{key}"
-    doc = Document(key, url, "site.example", None, "en", Provenance("f.warc.gz", 0, 0, f"<urn:{key}>", date))
+def key_of(name: str) -> str:
+    """A readable name as a document key: hex like the build's keys (shards are chosen from them),
+    and sorted like the name, so "smallest key" ties break as the names read."""
+    return name.encode().hex()
+
+
+def name_of(key: str) -> str:
+    return bytes.fromhex(key).decode()
+
+
+def make_doc(name: str, text: str, url: Optional[str] = None, date: str = "2024-01-01T00:00:00Z", images: tuple = ()) -> Document:
+    url = url or f"https://site.example/{name}"
+    doc = Document(key_of(name), url, "site.example", None, "en", Provenance("f.warc.gz", 0, 0, f"<urn:{name}>", date))
     doc.texts.append(text)
     doc.images.append(None)
     for im in images:
@@ -84,7 +105,7 @@ def planted_corpus() -> tuple[list[Document], dict[str, float]]:
     docs.append(make_doc("b-two", ", ".join(w.upper() for w in b_words) + ".", date="2024-01-01T00:00:00Z"))  # tie: smallest key kept
     for i in range(30):
         docs.append(make_doc(f"u-{i:02d}", " ".join(random_words(rng, 200 + i, "u"))))
-    texts = {d.key: d.texts[0] for d in docs}
+    texts = {name_of(d.key): d.texts[0] for d in docs}
     hasher = dd.MinHasher(CONFIG)
     jaccard = {k: shingle_jaccard(texts["a-base"], texts[k], hasher) for k in ("a-095", "a-090", "a-050")}
     return docs, jaccard
@@ -102,6 +123,11 @@ def signature(doc: Document, hasher: dd.MinHasher) -> np.ndarray:
 
 # Each cluster's newest member is kept; the others are dropped as near-duplicates of it.
 NEAR_DROPS = {"a-base": "a-095", "a-090": "a-095", "b-two": "b-one"}
+
+
+def named(drops) -> list[tuple[str, tuple[str, str]]]:
+    """(dropped key, (reason, kept key)) decisions with the keys as names."""
+    return [(name_of(dropped), (reason, name_of(kept))) for dropped, (reason, kept) in drops]
 
 
 def url_corpus() -> list[Document]:
@@ -153,7 +179,7 @@ def test_planted_copies_have_the_intended_jaccard_and_minhash_estimates_it():
     docs, jaccard = planted_corpus()
     assert jaccard == pytest.approx({"a-095": 0.95, "a-090": 0.9, "a-050": 0.5}, abs=1e-9)
     hasher = dd.MinHasher(CONFIG)
-    sig = {d.key: signature(d, hasher) for d in docs}
+    sig = {name_of(d.key): signature(d, hasher) for d in docs}
     for key, j in jaccard.items():
         # std of the estimate: sqrt(J (1 - J) / num_perm) <= 0.045
         assert abs(dd.estimated_jaccard(sig["a-base"], sig[key]) - j) < 0.12
@@ -173,15 +199,15 @@ def test_lsh_s_curve_is_documented():
 
 def test_exact_text_key_ignores_case_punctuation_and_whitespace_only():
     docs, _ = planted_corpus()
-    keys = {d.key: dd.dedup_keys(d, dd.document_words(d)).text_key for d in docs}
+    keys = {name_of(d.key): dd.dedup_keys(d, dd.document_words(d)).text_key for d in docs}
     assert keys["b-one"] == keys["b-two"] and len(set(keys.values())) == len(docs) - 1
 
 
 def test_group_losers_keep_the_most_recent_capture_then_the_smallest_key():
     ranks = [dd.preference(d) for d in url_corpus()[:3]]  # one URL: old, new, mid-2024
-    assert sorted(dd.group_losers(ranks, "duplicate-url")) == [("p-mid", ("duplicate-url", "p-new")), ("p-old", ("duplicate-url", "p-new"))]
+    assert sorted(named(dd.group_losers(ranks, "duplicate-url"))) == [("p-mid", ("duplicate-url", "p-new")), ("p-old", ("duplicate-url", "p-new"))]
     tie = [dd.preference(d) for d in url_corpus()[3:5]]  # same date
-    assert list(dd.group_losers(tie, "duplicate-url")) == [("q-z", ("duplicate-url", "q-a"))]
+    assert named(dd.group_losers(tie, "duplicate-url")) == [("q-z", ("duplicate-url", "q-a"))]
 
 
 def test_images_in_a_document_later_exact_and_perceptual_repeats_dropped_and_videos_stay_in_place():
@@ -225,12 +251,16 @@ def test_hot_images_are_removed_by_url_first_then_by_sha256():
 
 
 def test_image_set_key_ignores_urls_and_order_but_not_subsets():
-    ids = {d.key: dd.image_ids(d) for d in image_corpus()}
+    ids = {name_of(d.key): dd.image_ids(d) for d in image_corpus()}
     assert dd.image_set_key(ids["set-old"]) == dd.image_set_key(ids["set-new"]) != dd.image_set_key(ids["set-sub"])
     assert dd.image_set_key(()) is None  # documents without images are not duplicates of each other
 
 
-# ----------------------------------------------------------------------------- Beam
+# ----------------------------------------------------------------------------- Beam: the build's path
+
+# 17 documents are written (the image corpus's survivors), over 4 shards, so drops must find their document's shard.
+BUILD = BuildConfig(dedup=CONFIG, shards=ShardConfig(samples_per_shard=5))
+IMAGE_PAGES = [f"img-{i:02d}" for i in range(15)] + ["set-new", "set-sub"]  # the survivors with an image left after hot removal
 
 
 def _collect(pcoll: beam.PCollection, path, label: str) -> None:
@@ -243,78 +273,112 @@ def _collect(pcoll: beam.PCollection, path, label: str) -> None:
 
 @pytest.fixture(scope="module")
 def dedup_run(tmp_path_factory) -> dict:
-    """One pipeline: `Dedup` over the three planted corpora together, `NearDuplicates` on the planted
-    signatures (default and stricter threshold), the hot image keys of the image corpus, and the
-    reject sample of the build. Returns each output as a list."""
+    """One pipeline. The build's M3W dedup path over the three planted corpora together:
+    `DedupDecisions`, then `write_deduped_m3w_shards`, where the documents meet the drops in the
+    shard join, the writer removes the hot images and checks that enough remain, and the image
+    bytes ship by sha256. Beside it, `NearDuplicates` on the planted signatures (default and
+    stricter threshold). Returns each output as a list, and under "written" the documents read
+    back from the shards by the real reader."""
     tmp = tmp_path_factory.mktemp("dedup")
+    out, collected = tmp / "m3w", tmp / "collected"
+    collected.mkdir()
     near_docs, _ = planted_corpus()
+    everything = near_docs + url_corpus() + image_corpus()
+    shas = sorted({im.image.sha256 for d in everything for im in d.images if im is not None and im.image is not None})
     hasher = dd.MinHasher(CONFIG)
     sigs = {d.key: (d.key, (dd.preference(d), signature(d, hasher).tobytes())) for d in near_docs}
     with beam.Pipeline(runner="FnApiRunner") as p:
-        docs = p | "Docs" >> beam.Create(near_docs + url_corpus() + image_corpus())
-        full = docs | "Dedup" >> ds.Dedup(CONFIG)
-        _collect(full["docs"], tmp / "docs", "Kept")
-        _collect(full["counts"], tmp / "counts", "Counts")
-        _collect(full["rejects"], tmp / "rejects", "Rejects")
-        _collect(full["rejects"] | "Sample" >> SampleRejects(2), tmp / "sample", "Sample")
+        decided = p | "Docs" >> beam.Create(everything) | "Dedup" >> ds.DedupDecisions(CONFIG)
+        steps, writer_rejects = CountedSteps(), []
+        shipment = ImageShipment(steps, p | "ImageBytes" >> beam.Create([(sha, image_bytes(sha)) for sha in shas]))
+        write_deduped_m3w_shards(decided, str(out), BUILD, shipment, steps, writer_rejects.append)
+        shards = shipment.ship()["m3w"]
+        rejects = [*decided["rejects"], *writer_rejects] | "AllRejects" >> beam.Flatten()
+        for name in ("drops", "survivors", "hot"):
+            _collect(decided[name], collected / name, name.title())
+        _collect(shards, collected / "shards", "Shards")
+        _collect([*decided["counts"], *steps.counts] | "AllCounts" >> beam.Flatten(), collected / "counts", "Counts")
+        _collect(rejects, collected / "rejects", "Rejects")
+        _collect(rejects | "Sample" >> SampleRejects(2), collected / "sample", "Sample")
         planted = p | "PlantedDocs" >> beam.Create(near_docs) | "Signatures" >> beam.Map(lambda d: sigs[d.key])
-        _collect(planted | "Near" >> ds.NearDuplicates(CONFIG), tmp / "near", "Near")
-        _collect(planted | "Strict" >> ds.NearDuplicates(replace(CONFIG, min_jaccard=0.97)), tmp / "strict", "Strict")
-        image_keys = p | "ImageDedupKeys" >> beam.Create([dd.dedup_keys(d, dd.document_words(d)) for d in image_corpus()])
-        _collect(ds.hot_image_keys(image_keys, CONFIG.max_docs_per_image), tmp / "hot", "Hot")
-    return {f.name: pickle.loads(f.read_bytes()) for f in tmp.iterdir()}
+        _collect(planted | "Near" >> ds.NearDuplicates(CONFIG), collected / "near", "Near")
+        _collect(planted | "Strict" >> ds.NearDuplicates(replace(CONFIG, min_jaccard=0.97)), collected / "strict", "Strict")
+    run = {f.name: pickle.loads(f.read_bytes()) for f in collected.iterdir()}
+    run["written"] = [doc for shard in open_corpus(str(out), kind="m3w").shards for doc in iter_m3w_documents(shard)]
+    run["everything"] = [name_of(d.key) for d in everything]
+    return run
 
 
 def test_near_duplicate_clusters_are_exactly_the_planted_ones(dedup_run):
     """Family A keeps its newest member (J 0.95 and 0.9 join it, 0.5 does not); family B its smallest key."""
-    assert dict(dedup_run["near"]) == {k: ("near-duplicate-text", kept) for k, kept in NEAR_DROPS.items()}
+    assert dict(named(dedup_run["near"])) == {k: ("near-duplicate-text", kept) for k, kept in NEAR_DROPS.items()}
 
 
 def test_near_dedup_with_a_stricter_threshold_changes_the_clusters(dedup_run):
     """The test can fail: a stricter min_jaccard splits family A."""
-    assert dict(dedup_run["strict"]) == {"b-two": ("near-duplicate-text", "b-one")}
+    assert dict(named(dedup_run["strict"])) == {"b-two": ("near-duplicate-text", "b-one")}
 
 
 def test_a_logo_and_a_rehosted_banner_are_hot_a_photo_on_three_pages_is_not(dedup_run):
     assert sorted(dedup_run["hot"]) == sorted([f"url:{LOGO}", "sha256:logo-sha", "sha256:banner-sha"])
 
 
+DROPS = {  # dropped -> (stage, reason, kept)
+    "p-old": ("dedup_url", "duplicate-url", "p-new"),
+    "p-mid": ("dedup_url", "duplicate-url", "p-new"),
+    "q-z": ("dedup_url", "duplicate-url", "q-a"),
+    "b-two": ("dedup_text_exact", "duplicate-text", "b-one"),
+    "a-base": ("dedup_text_near", "near-duplicate-text", "a-095"),
+    "a-090": ("dedup_text_near", "near-duplicate-text", "a-095"),
+    "set-old": ("dedup_image_sets", "duplicate-image-set", "set-new"),
+}
+
+
 def test_dedup_drops_exactly_the_planted_duplicates_each_in_favour_of_the_right_document(dedup_run):
     """URL: the most recent capture, then the smallest key; exact text: case, punctuation and
     whitespace ignored; near text: the planted clusters (b-two already left as an exact copy);
-    image sets: the most recent of two pages with the same images under other URLs."""
-    drops = {(r.stage, r.reason, r.key, r.detail) for r in dedup_run["rejects"] if r.stage.startswith("dedup_")}
-    assert drops == {
-        ("dedup_url", "duplicate-url", "p-old", "p-new"),
-        ("dedup_url", "duplicate-url", "p-mid", "p-new"),
-        ("dedup_url", "duplicate-url", "q-z", "q-a"),
-        ("dedup_text_exact", "duplicate-text", "b-two", "b-one"),
-        ("dedup_text_near", "near-duplicate-text", "a-base", "a-095"),
-        ("dedup_text_near", "near-duplicate-text", "a-090", "a-095"),
-        ("dedup_image_sets", "duplicate-image-set", "set-old", "set-new"),
-    }
-    near_docs, _ = planted_corpus()
-    everything = [d.key for d in near_docs + url_corpus() + image_corpus()]
-    dropped = {key for _, _, key, _ in drops}
-    assert sorted(d.key for d in dedup_run["docs"]) == sorted(k for k in everything if k not in dropped)
+    image sets: the most recent of two pages with the same images under other URLs. The drops the
+    shard join applies, the rejects recorded for them and the surviving keys agree."""
+    assert dict(named(dedup_run["drops"])) == {k: (reason, kept) for k, (_, reason, kept) in DROPS.items()}
+    rejects = {(r.stage, r.reason, name_of(r.key), name_of(r.detail)) for r in dedup_run["rejects"] if r.stage.startswith("dedup_")}
+    assert rejects == {(stage, reason, k, kept) for k, (stage, reason, kept) in DROPS.items()}
+    survivors = [name_of(k.key) for k in dedup_run["survivors"]]
+    assert sorted(survivors) == sorted(k for k in dedup_run["everything"] if k not in DROPS)
+
+
+def test_the_shard_join_writes_the_survivors_that_keep_an_image_and_counts_the_rest(dedup_run):
+    """Every survivor reaches the writer and no dropped document does: the ones with an image left
+    after the hot ones leave are written (with their bytes, shipped by sha256), the others are
+    post_dedup rejects."""
+    written = sorted(name_of(d.key) for d in dedup_run["written"])
+    assert written == IMAGE_PAGES
+    assert len({d.shard for d in dedup_run["written"]}) > 1  # drops met their documents in more than one shard
+    no_image = sorted(name_of(r.key) for r in dedup_run["rejects"] if (r.stage, r.reason) == ("post_dedup", "no-image"))
+    assert sorted(written + no_image) == sorted(k for k in dedup_run["everything"] if k not in DROPS)
+    stored = [(d.image_bytes(i), im["sha256"]) for d in dedup_run["written"] for i, im in enumerate(d.doc["images"]) if im]
+    assert len(stored) == 21 and all(data == image_bytes(sha) for data, sha in stored)
+    infos = dedup_run["shards"]
+    assert sum(s["samples"] for s in infos) == len(IMAGE_PAGES) and sum(s["images"] for s in infos) == 21
 
 
 def test_dedup_removes_the_logo_and_banner_from_every_page(dedup_run):
     hot = Counter((r.reason, r.url) for r in dedup_run["rejects"] if r.stage == "images_hot")
     assert hot == {("hot-url", LOGO): 15, **{("hot-sha256", f"https://mirror{i}.example.net/banner.jpg"): 1 for i in range(12)}}
-    urls = [im.ref.url for d in dedup_run["docs"] for im in d.images if im]
+    urls = [im["url"] for d in dedup_run["written"] for im in d.doc["images"] if im]
     assert LOGO not in urls and not any("banner" in u for u in urls)
     assert urls.count("https://img.example.com/shared.jpg") == 3
 
 
 def test_each_dedup_stage_reads_what_the_previous_one_kept(dedup_run):
-    """Each stage reads what the previous one kept, and in = kept + drops."""
+    """Each stage reads what the previous one kept, and in = kept + drops; every document after
+    in-document dedup crosses the shard join, and so does every drop."""
     got: dict = {}
-    shuffled: dict = {}  # the bytes entering each of dedup's groupings (the manifest's shuffle_bytes)
+    shuffled: dict = {}  # the bytes entering each grouping (the manifest's shuffle_bytes)
     for c in dedup_run["counts"]:
         into = shuffled if c.stage in SHUFFLE_STAGES else got
         into[(c.stage, c.outcome)] = into.get((c.stage, c.outcome), 0) + c.n
-    assert shuffled[(SHUFFLE_ELEMENTS, "DedupJoinDocuments/doc")] == 60 and shuffled[(SHUFFLE_BYTES, "DedupJoinDocuments/doc")] > 0
+    assert shuffled[(SHUFFLE_ELEMENTS, "ShardWithBytes_m3w/samples")] == 60 and shuffled[(SHUFFLE_BYTES, "ShardWithBytes_m3w/samples")] > 0
+    assert shuffled[(SHUFFLE_ELEMENTS, "ShardWithBytes_m3w/drops")] == len(DROPS)
     expected = {
         ("dedup_url", "in"): 60, ("dedup_url", "kept"): 57, ("dedup_url", "duplicate-url"): 3,
         ("dedup_text_exact", "in"): 57, ("dedup_text_exact", "kept"): 56, ("dedup_text_exact", "duplicate-text"): 1,
@@ -322,12 +386,13 @@ def test_each_dedup_stage_reads_what_the_previous_one_kept(dedup_run):
         ("dedup_image_sets", "in"): 54, ("dedup_image_sets", "kept"): 53, ("dedup_image_sets", "duplicate-image-set"): 1,
         ("images_in_document", "in"): 50, ("images_in_document", "kept"): 50,
         ("images_hot", "in"): 48, ("images_hot", "kept"): 21, ("images_hot", "hot-url"): 15, ("images_hot", "hot-sha256"): 12,
+        ("post_dedup", "in"): 53, ("post_dedup", "kept"): 17, ("post_dedup", "no-image"): 36,
     }
     assert got == expected, sorted(set(got.items()) ^ set(expected.items()))
 
 
 def test_the_reject_sample_keeps_the_smallest_keys_per_stage_and_reason(dedup_run):
-    urls = sorted((r.key, r.detail) for r in dedup_run["sample"] if r.stage == "dedup_url")
+    urls = sorted((name_of(r.key), name_of(r.detail)) for r in dedup_run["sample"] if r.stage == "dedup_url")
     assert urls == [("p-mid", "p-new"), ("p-old", "p-new")]  # 2 of 3: the smallest keys
     assert Counter((r.stage, r.reason) for r in dedup_run["sample"])[("images_hot", "hot-sha256")] == 2
 
