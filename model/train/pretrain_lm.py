@@ -4,18 +4,21 @@ Why: Flamingo's recipe is a *pretrained* frozen LM; the gated cross-attention on
 inject what the images add. At toy scale that LM is the built-in byte-level decoder trained
 for a minute on the text of our own shards (M3W documents' texts, pair and video captions).
 
-Binding drills (`drill_weight`): a share of the windows are synthetic in-context binding text,
-lines `<symbol><made-up word>.` where each drill pairs a few symbols with made-up words,
-repeated in random order. A symbol is a marker byte (0x80-0xFF) whose embedding is replaced by a
-random vector drawn afresh for every window, so the only way to predict a repeated line's word
-is to find the earlier line whose vector matches and copy its word: an induction circuit keyed
-on whatever vector stands at the symbol's place. A large LM has learned such in-context copying
-from web text; a toy LM trained for a minute on our corpus has not, and a frozen LM cannot
-learn it later. With it, Flamingo's gated cross-attention only has to make each `<image>` carry
-a vector of its own for what it shows (an `<image>` stands where a symbol stood,
-`<|endofchunk|>` where the newline did) for the frozen LM to bind the sample crawl's lesson
-pages' words in context (model/train/fewshot.py). Symbols are never targets (neither is
-`<image>`).
+Binding drills (`drill_rows`): each step also trains on a batch of its own of short windows of
+synthetic in-context binding text, lines `<symbol><made-up word>.` where each drill pairs a few
+symbols with made-up words, repeated in random order. A symbol is a marker byte (0x80-0xFF) whose
+embedding is replaced by a random vector drawn afresh for every window, so the only way to predict
+a repeated line's word is to find the earlier line whose vector matches and copy its word: an
+induction circuit keyed on whatever vector stands at the symbol's place (with
+`BuiltinLMConfig.smeared_keys`, one layer can do it). A large LM has learned such in-context copying
+from web text; a toy LM trained for a minute on our corpus has not, and a frozen LM cannot learn it
+later. With it, Flamingo's gated cross-attention only has to make each `<image>` carry a vector of
+its own for what it shows (an `<image>` stands where a symbol stood, `<|endofchunk|>` where the
+newline did) for the frozen LM to bind the sample crawl's lesson pages' words in context
+(model/train/fewshot.py). Symbols are never targets (neither is `<image>`). Measured
+(benchmarks/RESULTS.md, issue 15): the induction phase change comes for every seed tried with many
+short drill windows per step (128 x 32 bytes) at lr 1e-3, and for few seeds or none with drills mixed
+into the text batch, with 128-byte windows, at lr 3e-3, or without smeared keys.
 
 Output: one safetensors file whose metadata holds the `BuiltinLMConfig` it was trained with;
 `model.backbones.load_pretrained_lm` refuses a config that differs, so a Flamingo config cannot silently get
@@ -110,11 +113,11 @@ def drill_stream(n_tokens: int, tok: ByteTokenizer, seed: int) -> torch.Tensor:
     return torch.tensor(ids[:n_tokens], dtype=torch.long)
 
 
-def drill_embeddings(lm: BuiltinLM, ids: torch.Tensor, drill_rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Token embeddings, where the symbol bytes of drill rows get a random vector per (row, symbol)
+def drill_embeddings(lm: BuiltinLM, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Token embeddings of drill windows, where the symbol bytes get a random vector per (row, symbol)
     at the scale of the byte embeddings (see the module docstring)."""
     embeds = lm.get_input_embeddings()(ids)
-    is_symbol = drill_rows[:, None] & (ids >= DRILL_SYMBOLS[0])
+    is_symbol = ids >= DRILL_SYMBOLS[0]
     if not is_symbol.any():
         return embeds
     scale = float(lm.get_input_embeddings().weight.detach().std())
@@ -135,7 +138,7 @@ def drill_accuracy(lm: BuiltinLM, seq_len: int, seed: int, windows: int = 32) ->
     was_training = lm.training
     lm.eval()
     with torch.no_grad():
-        pred = lm(inputs_embeds=drill_embeddings(lm, x, torch.ones(windows, dtype=torch.bool), gen)).logits.argmax(-1)
+        pred = lm(inputs_embeds=drill_embeddings(lm, x, gen)).logits.argmax(-1)
     lm.train(was_training)
     bound = copied = n = 0
     for row, row_pred in zip(x.tolist(), pred.tolist()):
@@ -152,42 +155,37 @@ def drill_accuracy(lm: BuiltinLM, seq_len: int, seed: int, windows: int = 32) ->
     return {"bound": bound / max(1, n), "copied": copied / max(1, n), "queries": float(n)}
 
 
-def _windows(pools: list[torch.Tensor], weights: list[float], batch: int, length: int,
-             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows, each row's pool drawn by weight (documents, captions, drills); and the pool of each row."""
+def _windows(pools: list[torch.Tensor], weights: list[float], batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """Random windows of `length` + 1 tokens, each row's pool (documents, captions) drawn by weight."""
     choice = torch.multinomial(torch.tensor(weights, dtype=torch.float), batch, replacement=True, generator=gen)
     rows = []
     for k in choice.tolist():
         data = pools[k]
         start = int(torch.randint(0, len(data) - length - 1, (1,), generator=gen))
         rows.append(data[start : start + length + 1])
-    return torch.stack(rows), choice
+    return torch.stack(rows)
 
 
 def _drill_loss(lm: BuiltinLM, data: torch.Tensor, rows: int, length: int, gen: torch.Generator) -> torch.Tensor:
     """Next-byte loss on `rows` random drill windows of `length` bytes (symbols are not targets)."""
-    xy, _ = _windows([data], [1.0], rows, length, gen)
-    logits = lm(inputs_embeds=drill_embeddings(lm, xy[:, :-1], torch.ones(rows, dtype=torch.bool), gen)).logits
+    xy = _windows([data], [1.0], rows, length, gen)
+    logits = lm(inputs_embeds=drill_embeddings(lm, xy[:, :-1], gen)).logits
     targets = xy[:, 1:].masked_fill(xy[:, 1:] >= DRILL_SYMBOLS[0], -100)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, length: int,
-           seed: int, drill_weight: float = 0.0) -> tuple[list[torch.Tensor], list[float]]:
+           seed: int) -> tuple[list[torch.Tensor], list[float]]:
     docs, captions = corpus_texts(urls)
     rng = random.Random(seed)
     rng.shuffle(docs)
     rng.shuffle(captions)
     pools, weights = [], []
-    text_weight = 1.0 - drill_weight
-    for texts, weight in ((docs, text_weight * (1.0 - caption_weight)), (captions, text_weight * caption_weight)):
+    for texts, weight in ((docs, 1.0 - caption_weight), (captions, caption_weight)):
         data = _stream(texts, tok)
         if weight > 0 and len(data) > length + 1:
             pools.append(data)
             weights.append(weight)
-    if drill_weight > 0:
-        pools.append(drill_stream(max(200_000, 20 * length), tok, seed))
-        weights.append(drill_weight)
     if not pools:
         raise ValueError(f"not enough text in {list(urls)} for windows of {length} tokens")
     return pools, weights
@@ -195,29 +193,24 @@ def _pools(urls: Sequence[str], tok: ByteTokenizer, caption_weight: float, lengt
 
 def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig, *, steps: int = 300,
                 batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, caption_weight: float = 0.5,
-                drill_weight: float = 0.0, drill_rows: int = 0, drill_seq_len: int = 32,
-                eval_urls: Sequence[str] = (), seed: int = 0, log: bool = True) -> PretrainResult:
-    """AdamW with warmup + cosine on random windows of the corpus text (byte tokens).
+                drill_rows: int = 0, drill_seq_len: int = 32, eval_urls: Sequence[str] = (), seed: int = 0,
+                log: bool = True) -> PretrainResult:
+    """AdamW with warmup + cosine on random windows of the corpus text (byte tokens), `caption_weight`
+    of them from the captions (short, but what Flamingo will write).
 
-    A share `drill_weight` of the windows are binding drills, and `caption_weight` of the rest comes from the captions (short, but what Flamingo will
-    write). Or (`drill_rows` > 0, then `drill_weight` must be 0) each step adds a batch of its own of
-    `drill_rows` drill windows of `drill_seq_len` bytes, the loss being the mean of the text and the drill
-    losses: measured (benchmarks/RESULTS.md, issue 15), the induction phase change of a smeared-keys LM
-    comes for every seed with many short drill windows per step (128 x 32 bytes, lr 1e-3) and for few
-    seeds with 128-byte windows mixed into the text batch. The built-in LM has learned absolute positions, so `seq_len` must cover the positions
-    Flamingo will use (packed pairs, few-shot prompts, M3W windows): measured for the demo, 64-byte
-    windows model a lone caption better than 128-byte ones but break down past position 64, and
-    random position offsets cost more than they give."""
+    With `drill_rows` > 0, each step adds a batch of its own of `drill_rows` binding-drill windows of
+    `drill_seq_len` bytes (see the module docstring), the loss being the mean of the text and the
+    drill losses. The built-in LM has learned absolute positions, so `seq_len` must cover the
+    positions Flamingo will use (packed pairs, few-shot prompts, M3W windows): measured for the demo,
+    64-byte windows model a lone caption better than 128-byte ones but break down past position 64,
+    and random position offsets cost more than they give."""
     t0 = time.perf_counter()
     tok = ByteTokenizer()
     if seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len {seq_len} exceeds the LM's max_seq_len {cfg.max_seq_len}")
-    if not 0.0 <= drill_weight < 1.0:
-        raise ValueError(f"drill_weight must be in [0, 1), got {drill_weight}")
-    if drill_rows < 0 or (drill_rows and drill_weight) or not 0 < drill_seq_len <= cfg.max_seq_len:
-        raise ValueError(f"drill_rows {drill_rows} (>= 0, and drill_weight 0 with it) / drill_seq_len {drill_seq_len} "
-                         f"(1..{cfg.max_seq_len}) are not valid")
-    pools, weights = _pools(train_urls, tok, caption_weight, seq_len, seed, drill_weight)
+    if drill_rows < 0 or not 0 < drill_seq_len <= cfg.max_seq_len:
+        raise ValueError(f"drill_rows {drill_rows} (>= 0) / drill_seq_len {drill_seq_len} (1..{cfg.max_seq_len}) are not valid")
+    pools, weights = _pools(train_urls, tok, caption_weight, seq_len, seed)
     drill_data = drill_stream(max(200_000, 20 * drill_seq_len), tok, seed) if drill_rows else None
     eval_pools = _pools(eval_urls, tok, caption_weight, seq_len, seed) if eval_urls else None
     torch.manual_seed(seed)
@@ -228,15 +221,11 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     gen = torch.Generator().manual_seed(seed)
     loss_ema = None
-    drill_pool = len(pools) - 1 if drill_weight > 0 else -1  # _pools puts the drills last
-    drilled, probe_len = drill_weight > 0 or drill_rows > 0, drill_seq_len if drill_rows else seq_len
-    probe_windows = 32 * max(1, seq_len // probe_len)  # the same bytes probed at either window length
+    probe_windows = 32 * max(1, seq_len // drill_seq_len)  # as many held-out drill bytes as 32 text windows
     for step in range(steps):
-        xy, pool = _windows(pools, weights, batch_size, seq_len, gen)
-        is_drill = pool == drill_pool
-        logits = lm(inputs_embeds=drill_embeddings(lm, xy[:, :-1], is_drill, gen)).logits
-        targets = xy[:, 1:].masked_fill(is_drill[:, None] & (xy[:, 1:] >= DRILL_SYMBOLS[0]), -100)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        xy = _windows(pools, weights, batch_size, seq_len, gen)
+        logits = lm(input_ids=xy[:, :-1]).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), xy[:, 1:].flatten())
         if drill_data is not None:
             loss = 0.5 * (loss + _drill_loss(lm, drill_data, drill_rows, drill_seq_len, gen))
         opt.zero_grad(set_to_none=True)
@@ -247,17 +236,17 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         value = float(loss.detach())
         loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
         if log and (step % 100 == 0 or step == steps - 1):
-            probe = drill_accuracy(lm, probe_len, seed, probe_windows) if drilled else None
+            probe = drill_accuracy(lm, drill_seq_len, seed, probe_windows) if drill_rows else None
             drills = f"  drills: bound {probe['bound']:.0%}, copied {probe['copied']:.0%}" if probe else ""
             print(f"  lm step {step:4d}  loss {loss_ema:.3f}{drills}", flush=True)
     eval_loss = None
     if eval_pools is not None:
         lm.eval()
         with torch.no_grad():
-            xy, _ = _windows(*eval_pools, 64, seq_len, torch.Generator().manual_seed(seed + 1))
+            xy = _windows(*eval_pools, 64, seq_len, torch.Generator().manual_seed(seed + 1))
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
     state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
     out = save_pretrained_backbone(state, out, LM_WEIGHTS_FORMAT, cfg, tokenizer=tok.name)
-    drills = drill_accuracy(lm, probe_len, seed, probe_windows) if drilled else None
+    drills = drill_accuracy(lm, drill_seq_len, seed, probe_windows) if drill_rows else None
     return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0, drills)
 

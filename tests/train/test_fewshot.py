@@ -8,11 +8,11 @@ ranked among 4 candidates (the page's 2 words and 2 distractors): chance 25%, an
 copies either word of the page without looking gets 50% at most. With no shots there is nothing
 to copy.
 
-What this size shows (measured): the model uses its context, 4 shots lift the accuracy from
-chance (24%) to about 40-50%, far outside both intervals; it does not yet bind a word to the
-right picture (that would be above 50%): the LM of this size, after 1500 steps with binding
-drills, copies a word of its context but picks the right one no better than a coin
-(drill accuracy 50%). The demo reports the full table at its larger size (README, Training).
+What this size shows (measured, one thread, ~100 CPU-s): the LM binds 93% of its held-out drills
+after 900 steps; this test's Flamingo then names the query 95% of the time at 4 shots (31% at 0).
+In a 1,000-step run the 4-shot accuracy was 52% / 78% / 97% after 200 / 400 / 600 steps; with seed 1,
+79% / 94% after 600 / 800 steps; seed 2's LM reached only 41% on its drills and its Flamingo only
+copied (50%). The demo reports the full table at its larger size (README, Training).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from model.train.loop import train
 from model.train.pretrain_lm import drill_accuracy, pretrain_lm
 from model.train.samples import ImageSpec
 
-MODEL = {  # test_data_shards' tiny model with a wider LM, single-frame media and 8-token cross-attention blocks
+LM_STEPS, FLAMINGO_STEPS = 900, 800
+MODEL = {  # test_data_shards' tiny model with a wider smeared-keys LM, single-frame media and 8-token cross-attention blocks
     **TINY_MODEL,
-    "builtin_lm": {**TINY_MODEL["builtin_lm"], "dim": 64},
+    "builtin_lm": {**TINY_MODEL["builtin_lm"], "dim": 64, "smeared_keys": True},
     "resampler": {**TINY_MODEL["resampler"], "max_frames": 1},
     "xattn": {**TINY_MODEL["xattn"], "block_size": 8},
 }
@@ -68,33 +69,48 @@ def lesson_shards(root: Path, n_docs: int, seed: int) -> str:
     return str(write_tar(root / "m3w-00000.tar", samples))
 
 
-def test_four_shots_lift_made_up_word_accuracy_above_chance_and_zero_shot(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_flamingo_binds_made_up_words_to_images_in_context(tmp_path, monkeypatch):
+    """The whole mechanism at a small size. The frozen LM learns in-context binding from drills (a
+    smeared-keys LM, a batch of its own of 128 drill windows of 32 bytes per step at lr 1e-3:
+    measured 93% and 87% bound for seeds 0 and 1, RESULTS.md); Flamingo, trained on lesson pages,
+    then learns to make each lesson image's `<image>` carry a vector the LM's circuit matches, and
+    4 shots name a held-out query image beyond what copying either word of the page gives (50%)."""
     monkeypatch.chdir(tmp_path)  # relative shard URLs: the loader's shuffle is seeded by them
     train_shard = lesson_shards(Path("train"), 200, seed=0)
     heldout_shard = lesson_shards(Path("heldout"), 24, seed=1)
     lm_path = Path("lm.safetensors")
-    pretrain_lm([train_shard], lm_path, BuiltinLMConfig(**MODEL["builtin_lm"]), steps=1500, batch_size=16, seq_len=96,
-                lr=3e-3, drill_weight=0.8, seed=0, log=False)
-    result = train(TrainConfig.from_dict({
-        "run": {"out_dir": "run", "steps": 300, "log_every": 100, "progress": False, "resume": "never", "threads": 1,
-                "lm_weights": str(lm_path)},
-        "model": MODEL,
-        "optim": {"lr": 3e-3, "warmup_steps": 10},
-        "data": {"mode": "accumulate", "num_workers": 0, "sources": [
-            {"name": "m3w", "kind": "m3w", "urls": train_shard, "batch_size": 8, "max_tokens": 96, "max_images": 10,
-             "lead_tokens": 8, "shuffle_buffer": 64}]},
-    }))
-    model, tokenizer = load_checkpoint(result.checkpoint)
-    model.eval()
-    lessons = read_lessons([heldout_shard], ImageSpec.for_encoder(model.vision))
-    assert len(lessons) == 24 and all(len(lesson.images) == 10 for lesson in lessons)
-    table = fast_binding(model, tokenizer, lessons, shot_counts=(0, 4), distractors=2, lead_tokens=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: more threads only fight over the cores
+    try:
+        lm = pretrain_lm([train_shard], lm_path, BuiltinLMConfig(**MODEL["builtin_lm"]), steps=LM_STEPS, batch_size=16,
+                         seq_len=96, lr=1e-3, drill_rows=128, drill_seq_len=32, seed=0, log=False)
+        assert lm.drills is not None and lm.drills["queries"] > 150, lm.drills
+        # picking either word of a drill gives ~45% bound (2-3 words); the untrained prior is ~7%
+        assert lm.drills["bound"] > 0.6, lm.drills
+        result = train(TrainConfig.from_dict({
+            "run": {"out_dir": "run", "steps": FLAMINGO_STEPS, "log_every": 100, "progress": False, "resume": "never",
+                    "threads": 1, "lm_weights": str(lm_path)},
+            "model": MODEL,
+            "optim": {"lr": 3e-3, "warmup_steps": 10},
+            "data": {"mode": "accumulate", "num_workers": 0, "sources": [
+                {"name": "m3w", "kind": "m3w", "urls": train_shard, "batch_size": 8, "max_tokens": 96, "max_images": 10,
+                 "lead_tokens": 8, "shuffle_buffer": 64}]},
+        }))
+        model, tokenizer = load_checkpoint(result.checkpoint)
+        model.eval()
+        lessons = read_lessons([heldout_shard], ImageSpec.for_encoder(model.vision))
+        assert len(lessons) == 24 and all(len(lesson.images) == 10 for lesson in lessons)
+        table = fast_binding(model, tokenizer, lessons, shot_counts=(0, 4), distractors=2, lead_tokens=8)
+    finally:
+        torch.set_num_threads(threads)
     zero, four = table["shots"][0], table["shots"][4]
     assert table["chance"] == 0.25 and zero["n"] == four["n"] == 240
     print(table)
     # 240 queries: a Wilson 95% interval is at most +-6.3 points wide
-    assert zero["ci95"][0] < table["chance"] < zero["ci95"][1], table  # no context: nothing to go on
-    assert four["ci95"][0] > zero["ci95"][1] + 0.05, table  # the context lifts it clear of 0 shots
+    copying = 1 / table["concepts_per_page"]  # picking either word of the page without looking
+    assert zero["ci95"][1] < copying, table  # no context: nothing to go on (measured 30%)
+    assert four["ci95"][0] > max(copying, zero["ci95"][1]), table  # bound: beyond copying (measured 97%)
 
 
 def test_wilson_interval():
@@ -115,26 +131,6 @@ def test_drill_probe_counts_repeated_symbols_and_separates_binding_from_copying(
 def test_separate_drill_batch_is_validated(tmp_path):
     cfg = BuiltinLMConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=64, smeared_keys=True)
     shard = lesson_shards(tmp_path, 4, seed=0)
-    for bad in ({"drill_rows": -1}, {"drill_rows": 8, "drill_weight": 0.5}, {"drill_rows": 8, "drill_seq_len": 65}):
+    for bad in ({"drill_rows": -1}, {"drill_rows": 8, "drill_seq_len": 65}, {"drill_rows": 8, "drill_seq_len": 0}):
         with pytest.raises(ValueError, match="drill_rows"):
             pretrain_lm([shard], tmp_path / "lm.safetensors", cfg, steps=1, seq_len=48, log=False, **bad)
-
-
-@pytest.mark.slow
-def test_short_drill_batch_forms_the_binding_circuit(tmp_path):
-    """Issue 15 (benchmarks/RESULTS.md): a smeared-keys LM, text windows plus a batch of its own of
-    128 drill windows of 32 bytes per step at lr 1e-3, learns to bind (the induction phase change):
-    measured 93% and 87% for seeds 0 and 1 (seed 2: 41% and rising); 128-byte drills mixed into the text
-    batch stayed at the 7% prior for most seeds. One seed here (~75 CPU-s on one thread; `make test` budget)."""
-    cfg = BuiltinLMConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=128, smeared_keys=True)
-    shard = lesson_shards(tmp_path, 200, seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: more threads only fight over the cores
-    try:
-        result = pretrain_lm([shard], tmp_path / "lm.safetensors", cfg, steps=900, batch_size=16, seq_len=96, lr=1e-3,
-                             drill_rows=128, drill_seq_len=32, seed=0, log=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert result.drills is not None and result.drills["queries"] > 150, result.drills
-    # picking either word of a drill gives ~45% bound (2-3 words); the untrained prior is ~7%
-    assert result.drills["bound"] > 0.6, result.drills

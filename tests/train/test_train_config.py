@@ -142,3 +142,18 @@ def test_shipped_configs_load():
     assert f"--local-dir {hf.model.lm_path}" in text and f"--local-dir {hf.model.vision_path}" in text
     demo = load_train_config(configs[[p.name for p in configs].index("demo.toml")])
     assert demo.data.loss_normalisation == "per_token"  # the default: what the demo has always trained with
+
+
+def test_demo_config_file_is_the_demos_model():
+    """configs/demo.toml reruns the demo's training on its pre-trained backbones: the same shapes
+    (load_pretrained_lm would refuse an LM of another shape) and the same optimiser."""
+    from pathlib import Path
+
+    import tomllib
+
+    from model.train.demo import demo_config, demo_model
+
+    raw = tomllib.loads((Path(__file__).resolve().parents[2] / "configs" / "demo.toml").read_text())
+    assert raw["model"] == demo_model()
+    shipped = demo_config(Path("w"), {}, {}, raw["run"]["steps"], None, None, "accumulate", 0, 0)["optim"]
+    assert raw["optim"] == {**shipped, "betas": list(shipped["betas"])}
