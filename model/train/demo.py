@@ -11,8 +11,10 @@
          held-out lesson pages at 0, 1, 2 and 4 shots, and caption-slot accuracy zero- vs few-shot
 
 A model that uses its images has a clearly positive blind gap; the gates start at exactly 0.
-The frozen LM learns in-context copying from binding drills during its pretraining
-(pretrain_lm.py): the LM stays frozen, as in the paper.
+The frozen LM (smeared keys) learns in-context binding from drills during its pretraining
+(pretrain_lm.py) and stays frozen, as in the paper; Flamingo's cross-attention then makes each
+lesson image's `<image>` carry a vector the LM's circuit matches. The constants below are the
+measured settings under which that happens (benchmarks/RESULTS.md, "Few-shot binding").
 The corpora are built by the `m3w` CLI in subprocesses (the model package never imports Beam);
 the training and the held-out corpora are generated and built concurrently.
 """
