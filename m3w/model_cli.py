@@ -141,7 +141,7 @@ def run_train(args: argparse.Namespace) -> int:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, type=Path, help="everything is written here")
     parser.add_argument("--pages", type=int, default=300, help="pages in the generated sample crawl")
-    parser.add_argument("--steps", type=int, default=600, help="Flamingo training steps")
+    parser.add_argument("--steps", type=int, default=900, help="Flamingo training steps")
     parser.add_argument("--lm-steps", type=int, default=900, help="built-in LM pretraining steps (text and binding drills)")
     parser.add_argument("--vit-steps", type=int, default=300, help="built-in ViT contrastive pretraining steps")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sample crawl, data order and initialisation")
