@@ -220,7 +220,7 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     gen = torch.Generator().manual_seed(seed)
-    loss_ema = None
+    loss_ema, probe = None, None
     probe_windows = 32 * max(1, seq_len // drill_seq_len)  # as many held-out drill bytes as 32 text windows
     for step in range(steps):
         xy = _windows(pools, weights, batch_size, seq_len, gen)
@@ -237,8 +237,8 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
         loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
         if log and (step % 100 == 0 or step == steps - 1):
             probe = drill_accuracy(lm, drill_seq_len, seed, probe_windows) if drill_rows else None
-            drills = f"  drills: bound {probe['bound']:.0%}, copied {probe['copied']:.0%}" if probe else ""
-            print(f"  lm step {step:4d}  loss {loss_ema:.3f}{drills}", flush=True)
+            shown = f"  drills: bound {probe['bound']:.0%}, copied {probe['copied']:.0%}" if probe else ""
+            print(f"  lm step {step:4d}  loss {loss_ema:.3f}{shown}", flush=True)
     eval_loss = None
     if eval_pools is not None:
         lm.eval()
@@ -247,6 +247,7 @@ def pretrain_lm(train_urls: Sequence[str], out: str | Path, cfg: BuiltinLMConfig
             eval_loss = float(F.cross_entropy(lm(input_ids=xy[:, :-1]).logits.flatten(0, 1), xy[:, 1:].flatten()))
     state = {k: v for k, v in lm.state_dict().items() if k != "lm_head.weight"}  # tied to tok_emb
     out = save_pretrained_backbone(state, out, LM_WEIGHTS_FORMAT, cfg, tokenizer=tok.name)
-    drills = drill_accuracy(lm, drill_seq_len, seed, probe_windows) if drill_rows else None
-    return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0, drills)
+    if drill_rows and not (log and steps):  # the last log step probed the final weights already
+        probe = drill_accuracy(lm, drill_seq_len, seed, probe_windows)
+    return PretrainResult(out, float(loss_ema or 0.0), eval_loss, steps, time.perf_counter() - t0, probe)
 
