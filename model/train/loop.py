@@ -120,39 +120,41 @@ def train(cfg: TrainConfig) -> TrainResult:
     evals: list[dict[str, Any]] = []
     window = Window(cfg.data.sources)
     checkpoint: Path | None = None
-    while state.step < last:
-        t0 = time.perf_counter()
-        plan = mixer.next_step()
-        t_data = time.perf_counter()
-        out = accumulate_gradients(model, plan, rt, cfg.data.loss_normalisation)
-        lr = optimizer.param_groups[0]["lr"]  # this step's (after a resume, recomputed from the config)
-        grad_norm = optimizer_step(model, optimizer, cfg.optim.grad_clip)
-        scheduler.step()
-        state.step += 1
-        step = state.step
-        losses.append((step, out["loss"]))
-        window.add(plan, out, time.perf_counter() - t0, t_data - t0)
-        bar.update(1)
-        bar.set_postfix(loss=f"{out['loss']:.3f}", refresh=False)
+    try:
+        while state.step < last:
+            t0 = time.perf_counter()
+            plan = mixer.next_step()
+            t_data = time.perf_counter()
+            out = accumulate_gradients(model, plan, rt, cfg.data.loss_normalisation)
+            lr = optimizer.param_groups[0]["lr"]  # this step's (after a resume, recomputed from the config)
+            grad_norm = optimizer_step(model, optimizer, cfg.optim.grad_clip)
+            scheduler.step()
+            state.step += 1
+            step = state.step
+            losses.append((step, out["loss"]))
+            window.add(plan, out, time.perf_counter() - t0, t_data - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.3f}", refresh=False)
 
-        if step % cfg.run.log_every == 0 or step == last:
-            record = window.record(step, lr, grad_norm, gate_values(model), loaders, rt)
-            log.write(record, log_line(record))
-            window = Window(cfg.data.sources)
-        if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == last):
-            rec: dict[str, Any] = {"step": step, "eval": {}}
-            for name, batches in eval_sets.items():
-                rec["eval"][name] = evaluate(model, batches, rt, cfg.eval.blind_gap)
-            rec["gates"] = gate_values(model)
-            evals.append(rec)
-            log.write(rec, eval_line(rec))
-        if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or step == last:
-            state.loader, state.rng = _gather(mixer.state_dict(), world), _gather(rng_state(), world)
-            checkpoint = save_on_rank0(lambda: state.save(ckpt_root, cfg, cfg.run.keep_checkpoints), rank, rt)
-    bar.close()
-    counters = {n: {k: int(v) for k, v in c.items()} for n, c in
-                sum_over_ranks({n: loader_counters(loader) for n, loader in loaders.items()}, rt).items()}
-    mixer.close()
+            if step % cfg.run.log_every == 0 or step == last:
+                record = window.record(step, lr, grad_norm, gate_values(model), loaders, rt)
+                log.write(record, log_line(record))
+                window = Window(cfg.data.sources)
+            if cfg.eval.sets and ((cfg.eval.every and step % cfg.eval.every == 0) or step == last):
+                rec: dict[str, Any] = {"step": step, "eval": {}}
+                for name, batches in eval_sets.items():
+                    rec["eval"][name] = evaluate(model, batches, rt, cfg.eval.blind_gap)
+                rec["gates"] = gate_values(model)
+                evals.append(rec)
+                log.write(rec, eval_line(rec))
+            if (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0) or step == last:
+                state.loader, state.rng = _gather(mixer.state_dict(), world), _gather(rng_state(), world)
+                checkpoint = save_on_rank0(lambda: state.save(ckpt_root, cfg, cfg.run.keep_checkpoints), rank, rt)
+        bar.close()
+        counters = {n: {k: int(v) for k, v in c.items()} for n, c in
+                    sum_over_ranks({n: loader_counters(loader) for n, loader in loaders.items()}, rt).items()}
+    finally:  # loader processes end with the run, also when a step or a checkpoint write fails
+        mixer.close()
     return TrainResult(state.step, losses, evals, gate_values(model), checkpoint or latest_checkpoint(ckpt_root),
                        counters, time.perf_counter() - t_start)
 

@@ -64,12 +64,23 @@ def _step(rank: int, world: int, corpus: Path, out: Path) -> None:
     torch.save(model.trainable_parameters(), out / f"rank{rank}-of-{world}.pt")
 
 
+def _exit_before_finalization() -> None:
+    """End a spawned rank without interpreter finalization. A gloo worker thread that still holds the last
+    collective's tensor may need the GIL just as Python tears down, and libstdc++ then aborts the process
+    ("terminate called without an active exception": once in CI, in the failing-rank test). Every test
+    here reads what the ranks wrote before this point, so skipping the teardown loses nothing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _worker(rank: int, world: int, corpus: Path, out: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world)
     try:
         _step(rank, world, corpus, out)
     finally:
         dist.destroy_process_group()
+    _exit_before_finalization()
 
 
 def test_two_gloo_processes_equal_one_process_on_the_doubled_batch(tmp_path):
@@ -130,6 +141,7 @@ def _train_worker(rank: int, world: int, data: dict, out: Path) -> None:
         (out / f"error{rank}.txt").write_text(f"{type(err).__name__}: {err}")
     finally:
         dist.destroy_process_group()
+    _exit_before_finalization()
 
 
 def _spawn_train(data: dict, out: Path) -> None:

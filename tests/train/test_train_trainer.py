@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import shutil
 
 import pytest
@@ -54,6 +55,20 @@ def test_training_runs_logs_everything_and_survives_a_corrupt_source(tmp_path):
     assert last["sources"]["align"]["skipped"]["corrupt_shards"] >= 1
     held = evals[-1]["eval"]["heldout"]
     assert held["blind_gap"] == pytest.approx(held["blind_loss"] - held["loss"]) and held["targets"] > 0
+
+
+def test_a_failed_run_leaves_no_loader_process_behind(tmp_path):
+    """The run's DataLoader processes end with it, also when it fails: here its checkpoint write."""
+    data = tiny_train_dict(tmp_path / "run", tiny_corpus(tmp_path / "data"), steps=1)
+    data["data"]["num_workers"] = 1
+    data["eval"]["sets"] = []
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("a file where the checkpoint directory goes")
+    before = set(multiprocessing.active_children())
+    with pytest.raises(FileExistsError) as failed:  # holds the traceback, and with it the run's frames
+        train(TrainConfig.from_dict(data))
+    assert failed.traceback  # still alive here: only the run's own cleanup can have ended its loaders
+    assert set(multiprocessing.active_children()) - before == set()
 
 
 def test_only_real_media_go_through_the_vision_encoder_and_resampler(tmp_path):
