@@ -163,13 +163,15 @@ def few_shot(checkpoint: Path, pair_shards: list[str], out: Path, n_shots: int =
 def in_context(checkpoint: Path, m3w_shards: list[str], pair_shards: list[str]) -> dict[str, Any]:
     """Fast binding on the held-out lesson pages and caption-slot accuracy on held-out pairs."""
     from model.checkpoint import load_checkpoint
-    from model.train.fewshot import caption_slots, fast_binding, read_lessons, read_pairs
+    from model.train.fewshot import caption_slots, concept_separation, fast_binding, read_lessons, read_pairs
     from model.train.samples import ImageSpec
 
     model, tokenizer = load_checkpoint(checkpoint)
     model.eval()
     spec = ImageSpec.for_encoder(model.vision, resize="pad")  # as in training
-    binding = fast_binding(model, tokenizer, read_lessons(m3w_shards, spec))
+    lessons = read_lessons(m3w_shards, spec)
+    binding = fast_binding(model, tokenizer, lessons)
+    binding["separation"] = concept_separation(model, tokenizer, lessons)
     slots = caption_slots(model, tokenizer, read_pairs(pair_shards, spec, limit=62), shots=2)
     return {"binding": binding, "slots": slots}
 

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from model.backbones import find_decoder_layers
 from model.flamingo import Flamingo
 from model.tokenizer import FlamingoTokenizer
 from model.train.data import expand_shards, read_tar_samples
@@ -190,6 +191,51 @@ def fast_binding(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Le
     return results
 
 
+def concept_separation(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Lesson],
+                       max_lessons: int = 20) -> dict[str, Any]:
+    """Why a model binds or only copies: does cross-attention give each concept of a page a vector of
+    its own? All `<image>` tokens embed alike, so what the frozen LM's matching circuit can tell apart
+    at them is what cross-attention added. Each page is read whole ("<image>word." per image); at the
+    input of the first decoder layer after a cross-attention, its `<image>` states are centred over
+    the page, and the mean cosine similarity is taken between images of the same concept and of the
+    other concept. Measured on the demo: +0.70..+0.82 / -0.76..-0.86 for models that bind (seeds 0-3),
+    -0.08 / -0.10 for two that only copy.
+    `spread` is how large the varying part is, as a share of each state's norm."""
+    special = tokenizer.special
+    layer_id = model.xattn_layer_ids[0]
+    states: list[torch.Tensor] = []
+
+    def grab(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        states.append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach())
+
+    hook = find_decoder_layers(model.lm)[layer_id].decoder_layer.register_forward_pre_hook(grab, with_kwargs=True)
+    same: list[float] = []
+    other: list[float] = []
+    spread: list[float] = []
+    try:
+        for lesson in lessons[:max_lessons]:
+            ids: list[int] = []
+            for j, word in enumerate(lesson.words):
+                ids += ([special.end_of_chunk] if j else []) + [special.image] + tokenizer.encode_text(f"{word}.")
+            x = torch.tensor([ids])
+            states.clear()
+            with torch.no_grad():
+                model(x, torch.ones_like(x), torch.cat(lesson.images))
+            h = states[0][0, (x[0] == special.image).nonzero()[:, 0]].float()
+            centred = h - h.mean(0)
+            share = centred.norm(dim=-1) / h.norm(dim=-1)  # of each state, the part that varies over the page
+            spread.append(float(share.mean()))
+            centred = torch.where(share[:, None] > 1e-5, centred, 0.0)  # no variation: no direction (rounding)
+            cos = F.normalize(centred, dim=-1) @ F.normalize(centred, dim=-1).T
+            for a in range(len(lesson.words)):
+                for b in range(a + 1, len(lesson.words)):
+                    (same if lesson.words[a] == lesson.words[b] else other).append(float(cos[a, b]))
+    finally:
+        hook.remove()
+    return {"same": sum(same) / max(1, len(same)), "other": sum(other) / max(1, len(other)),
+            "spread": sum(spread) / max(1, len(spread)), "lessons": len(spread), "layer": layer_id}
+
+
 def read_pairs(urls: Sequence[str], spec: ImageSpec, limit: int) -> list[tuple[torch.Tensor, str]]:
     """Held-out pairs whose caption has the sample crawl's "<count> <colour> <shape> on a <bg> background" form."""
     pairs: list[tuple[torch.Tensor, str]] = []
@@ -282,6 +328,10 @@ def format_table(binding: dict[str, Any], slots: dict[str, Any]) -> list[str]:
     lines.append("  shots/concept  accuracy  95% CI          queries")
     for shots, s in binding["shots"].items():
         lines.append(f"  {shots:>13}  {s['accuracy']:8.1%}  [{s['ci95'][0]:.1%}, {s['ci95'][1]:.1%}]  {s['n']:7d}")
+    if "separation" in binding:
+        sep = binding["separation"]
+        lines.append(f"  <image> states after cross-attention (layer {sep['layer']}, {sep['lessons']} pages), cosine: same concept "
+                     f"{sep['same']:+.2f}, other concept {sep['other']:+.2f} (binding separates them; copying does not)")
     if slots:
         lines.append(f"caption slots ({slots['queries']} held-out pairs; the true word ranked first among the alternatives):")
         lines.append(f"  slot    chance  zero-shot             {slots['shots']}-shot")

@@ -27,12 +27,13 @@ from test_data_shards import COLOURS, SHAPES, TINY_MODEL, jpeg, key_of, write_ta
 
 from model.backbones import BuiltinLM
 from model.checkpoint import load_checkpoint
-from model.config import BuiltinLMConfig
+from model.config import BuiltinLMConfig, FlamingoConfig
+from model.factory import build_flamingo
 from model.train.config import TrainConfig
-from model.train.fewshot import LESSON_PATH, Score, fast_binding, read_lessons
+from model.train.fewshot import LESSON_PATH, Lesson, Score, concept_separation, fast_binding, read_lessons
 from model.train.loop import train
 from model.train.pretrain_lm import drill_accuracy, pretrain_lm
-from model.train.samples import ImageSpec
+from model.train.samples import ImageSpec, decode_image
 
 LM_STEPS, FLAMINGO_STEPS = 900, 800
 MODEL = {  # test_data_shards' tiny model with a wider smeared-keys LM, single-frame media and 8-token cross-attention blocks
@@ -102,15 +103,43 @@ def test_flamingo_binds_made_up_words_to_images_in_context(tmp_path, monkeypatch
         lessons = read_lessons([heldout_shard], ImageSpec.for_encoder(model.vision))
         assert len(lessons) == 24 and all(len(lesson.images) == 10 for lesson in lessons)
         table = fast_binding(model, tokenizer, lessons, shot_counts=(0, 4), distractors=2, lead_tokens=8)
+        separation = concept_separation(model, tokenizer, lessons)
     finally:
         torch.set_num_threads(threads)
     zero, four = table["shots"][0], table["shots"][4]
     assert table["chance"] == 0.25 and zero["n"] == four["n"] == 240
-    print(table)
+    print(table, separation)
     # 240 queries: a Wilson 95% interval is at most +-6.3 points wide
     copying = 1 / table["concepts_per_page"]  # picking either word of the page without looking
     assert zero["ci95"][1] < copying, table  # no context: nothing to go on (measured 30%)
     assert four["ci95"][0] > max(copying, zero["ci95"][1]), table  # bound: beyond copying (measured 97%)
+    # how: cross-attention marks each concept's <image>s alike and the other concept's apart (measured +0.50 / -0.56)
+    assert separation["same"] > 0.2 and separation["other"] < -0.2, separation
+
+
+def test_concept_separation_sees_what_cross_attention_adds_at_the_image_tokens():
+    """Positions zeroed, so an `<image>` state is its token's embedding plus what cross-attention adds:
+    with the gates shut every state is alike (0 / 0 after centring); open, two concepts drawn as two
+    fixed pictures give +1 within a concept and -1 across (centred over the page: +-(a - b) / 2)."""
+    model, tokenizer = build_flamingo(FlamingoConfig.from_dict(TINY_MODEL))
+    model.eval()
+    spec = ImageSpec.for_encoder(model.vision)
+    a, b = (decode_image(jpeg(c, s, (40, 40)), spec)[None] for c, s in (("red", "circle"), ("blue", "square")))
+    words = ["dax", "wug", "wug", "dax", "dax", "wug"]
+    lesson = Lesson("k", "", [a if w == "dax" else b for w in words], words)
+    with torch.no_grad():
+        model.lm.pos_emb.weight.zero_()
+    shut = concept_separation(model, tokenizer, [lesson])
+    assert shut["spread"] < 1e-5 and (shut["same"], shut["other"], shut["lessons"], shut["layer"]) == (0, 0, 1, 0), shut
+    with torch.no_grad():
+        for block in model.gated_xattn:
+            block.attn_gate.fill_(1.0)
+            block.ff_gate.fill_(1.0)
+    open_ = concept_separation(model, tokenizer, [lesson])
+    assert open_["spread"] > 1e-3, open_
+    assert open_["same"] == pytest.approx(1.0, abs=1e-4) and open_["other"] == pytest.approx(-1.0, abs=1e-4), open_
+    swapped = Lesson("k", "", lesson.images, ["dax", "dax", "wug", "wug", "dax", "wug"])  # words that do not follow the pictures
+    assert concept_separation(model, tokenizer, [swapped])["same"] < 0.5
 
 
 def test_wilson_interval():

@@ -23,4 +23,5 @@ def test_demo_runs_end_to_end_and_reports(tmp_path, capsys):
     for e in summary["eval"].values():
         assert {"loss", "blind_loss", "blind_gap", "blind_gap_per_image"} <= set(e)
     assert len(summary["gates"]["attn"]) == 4 and summary["few_shot"]
+    assert summary["fast_binding"]["separation"]["lessons"] > 0 and "<image> states after cross-attention" in out
     assert (tmp_path / "train.toml").is_file() and summary["checkpoint"].endswith("step-00000004")
