@@ -194,13 +194,13 @@ def fast_binding(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Le
 def concept_separation(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Lesson],
                        max_lessons: int = 20) -> dict[str, Any]:
     """Why a model binds or only copies: does cross-attention give each concept of a page a vector of
-    its own? All `<image>` tokens embed alike, so what the frozen LM's matching circuit can tell apart
-    at them is what cross-attention added. Each page is read whole ("<image>word." per image); at the
-    input of the first decoder layer after a cross-attention, its `<image>` states are centred over
-    the page, and the mean cosine similarity is taken between images of the same concept and of the
-    other concept. Measured on the demo: +0.70..+0.82 / -0.76..-0.86 for models that bind (seeds 0-3),
-    -0.08 / -0.10 for two that only copy.
-    `spread` is how large the varying part is, as a share of each state's norm."""
+    its own? All `<image>` tokens embed alike (but for their position), so what the frozen LM's
+    matching circuit can tell apart at them is what cross-attention added. Each page is read whole
+    ("<image>word." per image); at the input of the first decoder layer after a cross-attention, its
+    `<image>` states are centred over the page, and the mean cosine similarity is taken between images
+    of the same concept and of the other concept. Measured on the demo: +0.70..+0.82 / -0.76..-0.86
+    for models that bind (seeds 0-3), -0.08 / -0.10 for two that only copy. `spread` is the size of
+    the varying part, as a share of each state's norm."""
     special = tokenizer.special
     layer_id = model.xattn_layer_ids[0]
     states: list[torch.Tensor] = []
