@@ -360,6 +360,12 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: Sequen
         from m3w.model_cli import run_generate
 
         return run_generate(args)
+    if args.command == "demo":  # checked before minutes of crawling and pretraining, not after
+        for flag in ("pages", "steps", "lm_steps", "vit_steps"):
+            if getattr(args, flag) < 1:
+                raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+        if args.threads < 0:
+            raise UsageError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.command in ("train", "demo"):
         from m3w.model_cli import run_demo, run_train
 

@@ -50,6 +50,9 @@ CASES = {
     "export from a folder that is not a corpus": (["export", "mmc4", "{tmp}", "{tmp}/out"], "not a corpus"),
     "stats beam flag typo": (["stats", "{tmp}", "--runner", "FnApiRunner", "--direct_num_wrokers", "2"], "--direct_num_wrokers"),
     "no pages": (["sample-crawl", "{tmp}/s", "--pages", "0"], "--pages"),
+    "demo without training steps": (["demo", "--workdir", "{tmp}/out", "--steps", "0"], "--steps must be >= 1, got 0"),
+    "demo with negative LM steps": (["demo", "--workdir", "{tmp}/out", "--lm-steps", "-1"], "--lm-steps must be >= 1"),
+    "demo with negative threads": (["demo", "--workdir", "{tmp}/out", "--threads", "-2"], "--threads must be >= 0"),
 }
 
 
