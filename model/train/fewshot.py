@@ -133,6 +133,15 @@ def score_continuations(model: Flamingo, prompts: list[list[int]], media: list[l
     return scores
 
 
+def captioned_images(tokenizer: FlamingoTokenizer, words: Sequence[str]) -> list[int]:
+    """`<image>word.<|endofchunk|><image>word.`...: lesson images with their words, as a lesson page reads."""
+    special = tokenizer.special
+    ids: list[int] = []
+    for j, word in enumerate(words):
+        ids += ([special.end_of_chunk] if j else []) + [special.image] + tokenizer.encode_text(f"{word}.")
+    return ids
+
+
 def binding_episodes(lessons: list[Lesson], shots: int, distractors: int, seed: int) -> list[dict[str, Any]]:
     """Every image of every lesson as a query once: `shots` other images of each of its page's
     concepts as context (shuffled), candidates = the page's words + `distractors` other pages' words."""
@@ -168,8 +177,7 @@ def fast_binding(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: list[Le
         for e in episodes:
             lesson = lessons[e["lesson"]]
             ids = tokenizer.encode_text(lesson.lead)[-lead_tokens:] if lesson.lead else []
-            for j, i in enumerate(e["context"]):
-                ids += ([special.end_of_chunk] if j else []) + [special.image] + tokenizer.encode_text(f"{lesson.words[i]}.")
+            ids += captioned_images(tokenizer, [lesson.words[i] for i in e["context"]])
             ids += ([special.end_of_chunk] if e["context"] else []) + [special.image]
             images = [lesson.images[i] for i in e["context"]] + [lesson.images[e["query"]]]
             for c in e["candidates"]:
@@ -214,10 +222,7 @@ def concept_separation(model: Flamingo, tokenizer: FlamingoTokenizer, lessons: l
     spread: list[float] = []
     try:
         for lesson in lessons[:max_lessons]:
-            ids: list[int] = []
-            for j, word in enumerate(lesson.words):
-                ids += ([special.end_of_chunk] if j else []) + [special.image] + tokenizer.encode_text(f"{word}.")
-            x = torch.tensor([ids])
+            x = torch.tensor([captioned_images(tokenizer, lesson.words)])
             states.clear()
             with torch.no_grad():
                 model(x, torch.ones_like(x), torch.cat(lesson.images))

@@ -111,8 +111,8 @@ def test_flamingo_binds_made_up_words_to_images_in_context(tmp_path, monkeypatch
     print(table, separation)
     # 240 queries: a Wilson 95% interval is at most +-6.3 points wide
     copying = 1 / table["concepts_per_page"]  # picking either word of the page without looking
-    assert zero["ci95"][1] < copying, table  # no context: nothing to go on (measured 30%)
-    assert four["ci95"][0] > max(copying, zero["ci95"][1]), table  # bound: beyond copying (measured 97%)
+    assert zero["ci95"][1] < copying, table  # no context: nothing to go on (measured 31%)
+    assert four["ci95"][0] > max(copying, zero["ci95"][1]), table  # bound: beyond copying (measured 95%)
     # how: cross-attention marks each concept's <image>s alike and the other concept's apart (measured +0.50 / -0.56)
     assert separation["same"] > 0.2 and separation["other"] < -0.2, separation
 

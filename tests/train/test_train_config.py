@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import tomllib
 import yaml
 
 from model.train.config import SourceConfig, TrainConfig, dump_toml, load_train_config, read_config_file
+from model.train.demo import demo_config, demo_model
 
 TOML = """
 [run]
@@ -111,8 +115,6 @@ def test_video_clips_longer_than_the_learned_time_embeddings_are_refused():
 
 
 def read_config_file_from_text(text):
-    import tomllib
-
     return tomllib.loads(text)
 
 
@@ -128,8 +130,6 @@ def test_overrides_and_toml_round_trip(tmp_path):
 
 
 def test_shipped_configs_load():
-    from pathlib import Path
-
     configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.*"))
     assert {p.name for p in configs} >= {"demo.toml", "flamingo.yaml"}
     for path in configs:
@@ -147,12 +147,6 @@ def test_shipped_configs_load():
 def test_demo_config_file_is_the_demos_model():
     """configs/demo.toml reruns the demo's training on its pre-trained backbones: the same shapes
     (load_pretrained_lm would refuse an LM of another shape) and the same optimiser."""
-    from pathlib import Path
-
-    import tomllib
-
-    from model.train.demo import demo_config, demo_model
-
     raw = tomllib.loads((Path(__file__).resolve().parents[2] / "configs" / "demo.toml").read_text())
     assert raw["model"] == demo_model()
     shipped = demo_config(Path("w"), {}, {}, raw["run"]["steps"], None, None, "accumulate", 0, 0)["optim"]
